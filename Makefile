@@ -1,0 +1,43 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS := qemu-utils libnbd-bin nbdkit fio fuse3 socat e2fsprogs
+# a command each package provides, in the same order, to tell whether it is installed
+DEB_PROBES := qemu-img nbdinfo nbdkit fio fusermount3 socat mkfs.ext4
+
+.PHONY: demo test bench build venv debs clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=70" wheel "Cython>=3.0,<3.4"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# rebuilds only the kernels whose .pyx/.pxd changed
+build: venv
+	@if [ "$$SPLITPOINT_NO_EXTENSIONS" != "1" ]; then $(PY) setup.py -q build_ext --inplace; fi
+
+debs:
+	@missing=""; probes=($(DEB_PROBES)); debs=($(DEBS)); \
+	for i in $${!probes[@]}; do command -v $${probes[$$i]} >/dev/null 2>&1 || missing="$$missing $${debs[$$i]}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: build debs
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+demo: build debs
+	$(PY) -m splitpoint demo
+
+bench: build debs
+	$(PY) -m bench
+
+clean:
+	rm -rf build $(VENV) pyx/*.c pyx/*.so pyx/*.html *.egg-info

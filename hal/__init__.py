@@ -1,0 +1,45 @@
+"""splitpoint.hal: storage behind one contract, chosen by URL scheme.
+
+Owns the BlockDevice contract (``contract``), one backend module per scheme
+and stackable filters. It never knows about mirrors, pools or triggers.
+"""
+from __future__ import annotations
+
+import importlib
+
+from splitpoint.hal.contract import (  # noqa: F401  (re-exported contract)
+    BadURLError,
+    BlockDevice,
+    DeviceClosedError,
+    DeviceGoneError,
+    HalError,
+    MisalignedError,
+    OutOfRangeError,
+    ReadOnlyError,
+    ZeroLengthError,
+    check_io,
+)
+
+#: scheme -> "module:Class"; a backend module is imported only when its scheme is used
+BACKENDS = {
+    "ram": "splitpoint.hal.ram:RamDevice",
+    "file": "splitpoint.hal.file:FileDevice",
+}
+
+
+def register_backend(scheme: str, target: str) -> None:
+    """Make ``scheme://`` open with ``target`` ("module:Class" with a from_url classmethod)."""
+    BACKENDS[scheme] = target
+
+
+def open_device(url: str) -> BlockDevice:
+    """Open the device a URL names, e.g. ``ram://?size=256M&block=4096``."""
+    scheme, sep, _rest = url.partition("://")
+    if not sep:
+        raise BadURLError(f"{url!r} is not a device URL; expected SCHEME://..., schemes: {', '.join(sorted(BACKENDS))}")
+    target = BACKENDS.get(scheme.lower())
+    if target is None:
+        raise BadURLError(f"unknown device scheme {scheme!r} in {url!r}; schemes: {', '.join(sorted(BACKENDS))}")
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.from_url(url)

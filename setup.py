@@ -1,0 +1,60 @@
+"""Build the Cython kernels and install one import namespace, ``splitpoint``.
+
+The design-card folders stay at the top level (firmware/, hal/, pyx/) and are
+mapped into the namespace, so nothing is installed as a top-level ``hal``,
+``pyx`` or ``firmware`` module.  Every ``pyx/*.pyx`` is a kernel; its pure-Python
+twin lives beside it as ``pyx/<name>_py.py``.
+"""
+import glob
+import os
+import re
+
+from setuptools import Extension, setup
+
+PACKAGE_DIR = {
+    "splitpoint": "splitpoint",
+    "splitpoint.firmware": "firmware",
+    "splitpoint.firmware.frontend": "firmware/frontend",
+    "splitpoint.firmware.link": "firmware/link",
+    "splitpoint.hal": "hal",
+    "splitpoint.pyx": "pyx",
+}
+
+
+def _packages():
+    return [name for name, path in PACKAGE_DIR.items() if os.path.isfile(os.path.join(path, "__init__.py"))]
+
+
+def _version():
+    with open("splitpoint/__init__.py", encoding="utf-8") as fh:
+        return re.search(r'^__version__ = "([^"]+)"', fh.read(), re.M).group(1)
+
+
+def _extensions():
+    if os.environ.get("SPLITPOINT_NO_EXTENSIONS") == "1":
+        return []
+    from Cython.Build import cythonize
+
+    exts = [
+        Extension(
+            f"splitpoint.pyx.{os.path.splitext(os.path.basename(src))[0]}",
+            [src],
+            extra_compile_args=["-O3", "-std=c11"],
+        )
+        for src in sorted(glob.glob("pyx/*.pyx"))
+    ]
+    return cythonize(
+        exts,
+        compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True},
+        include_path=["pyx"],
+    )
+
+
+setup(
+    version=_version(),
+    packages=_packages(),
+    package_dir=PACKAGE_DIR,
+    package_data={"splitpoint.pyx": ["*.pxd", "*.pyi", "*.h"], "splitpoint": ["py.typed"]},
+    ext_modules=_extensions(),
+    zip_safe=False,
+)

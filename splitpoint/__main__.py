@@ -1,0 +1,3 @@
+from splitpoint.cli import main
+
+main()
