@@ -11,7 +11,7 @@ DEB_PROBES := qemu-img nbdinfo nbdkit fio fusermount3 socat mkfs.ext4
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=70" wheel "Cython>=3.0,<3.4"
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0,<3.4"
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -1,0 +1,118 @@
+"""The HAL contract on the ram:// and file:// backends."""
+import os
+
+import pytest
+
+from splitpoint import hal
+from splitpoint.hal import (BadURLError, DeviceClosedError, MisalignedError, OutOfRangeError, ReadOnlyError,
+                            ZeroLengthError, open_device)
+
+
+@pytest.fixture(params=["ram", "file"])
+def device(request, tmp_path):
+    if request.param == "ram":
+        dev = open_device("ram://?size=1M&block=4096")
+    else:
+        dev = open_device(f"file://{tmp_path}/lun.img?size=1M&block=4096&create=1")
+    yield dev
+    dev.close()
+
+
+def test_geometry(device):
+    assert device.size == 1 << 20
+    assert device.block_size == 4096
+    assert device.read(0, 8192) == bytes(8192)
+
+
+def test_write_read_roundtrip(device):
+    data = os.urandom(8192)
+    device.write(4096, data)
+    assert device.read(4096, 8192) == data
+    buf = bytearray(4096)
+    device.readinto(8192, buf)
+    assert bytes(buf) == data[4096:]
+
+
+def test_trim_and_zeroes_read_back_zero(device):
+    device.write(0, b"\xff" * 16384)
+    device.trim(0, 4096)
+    device.write_zeroes(8192, 4096, fua=True)
+    got = device.read(0, 16384)
+    assert got == bytes(4096) + b"\xff" * 4096 + bytes(4096) + b"\xff" * 4096
+
+
+@pytest.mark.parametrize("offset,length,error", [
+    (0, 0, ZeroLengthError),
+    (1 << 20, 4096, OutOfRangeError),
+    ((1 << 20) - 4096, 8192, OutOfRangeError),
+    (2**63, 4096, OutOfRangeError),
+    (-4096, 4096, OutOfRangeError),
+    (512, 4096, MisalignedError),
+    (0, 100, MisalignedError),
+])
+def test_bad_io_is_specific(device, offset, length, error):
+    with pytest.raises(error):
+        device.read(offset, length)
+    with pytest.raises(error):
+        device.write(offset, bytes(max(length, 0)))
+    assert device.read(0, 4096) == bytes(4096)  # nothing disturbed
+
+
+def test_closed_device(device):
+    device.close()
+    with pytest.raises(DeviceClosedError):
+        device.read(0, 4096)
+
+
+def test_read_only(tmp_path):
+    dev = open_device("ram://?size=64K&readonly=1")
+    with pytest.raises(ReadOnlyError):
+        dev.write(0, bytes(512))
+    with pytest.raises(ReadOnlyError):
+        dev.trim(0, 512)
+
+
+@pytest.mark.parametrize("url,words", [
+    ("ram://?size=1M&bogus=1", ["bogus", "ram://[NAME]?size=SIZE"]),
+    ("ram://?size=1000&block=512", ["multiple"]),
+    ("ram://?size=1M&block=1000", ["power of two"]),
+    ("ram://?size=lots", ["bad size"]),
+    ("nope://x", ["unknown device scheme", "ram"]),
+    ("just-a-path", ["not a device URL"]),
+    ("file://relative/x.img", ["absolute path"]),
+    ("file:///nonexistent/dir/x.img?size=1M", ["cannot open"]),
+])
+def test_bad_urls_name_the_problem(url, words):
+    with pytest.raises(BadURLError) as info:
+        open_device(url)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_file_is_sparse_and_persists(tmp_path):
+    path = tmp_path / "big.img"
+    dev = open_device(f"file://{path}?size=1G&create=1")
+    dev.write(512 * 1000, b"x" * 512, fua=True)
+    dev.close()
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # sparse
+    again = open_device(f"file://{path}")
+    assert again.size == 1 << 30
+    assert again.read(512 * 1000, 512) == b"x" * 512
+    again.close()
+
+
+def test_size_mismatch_is_refused(tmp_path):
+    path = tmp_path / "a.img"
+    open_device(f"file://{path}?size=1M&create=1").close()
+    with pytest.raises(BadURLError, match="not the"):
+        open_device(f"file://{path}?size=2M")
+
+
+def test_template_shows_every_hook():
+    from splitpoint.hal.template import TemplateDevice
+    hooks = ["read", "write", "flush", "trim", "write_zeroes", "close"]
+    for hook in hooks:
+        assert hook in TemplateDevice.__dict__, hook
+    with pytest.raises(NotImplementedError):
+        TemplateDevice(4096).read(0, 512)
+    assert set(hal.BACKENDS) >= {"ram", "file"}
