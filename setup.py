@@ -3,7 +3,8 @@
 The design-card folders stay at the top level (firmware/, hal/, pyx/) and are
 mapped into the namespace, so nothing is installed as a top-level ``hal``,
 ``pyx`` or ``firmware`` module.  Every ``pyx/*.pyx`` is a kernel; its pure-Python
-twin lives beside it as ``pyx/<name>_py.py``.
+twin lives beside it as ``pyx/<name>_py.py``. ``SPLITPOINT_ONLY=ring,frame``
+builds just those kernels (handy while another one is being edited).
 """
 import glob
 import os
@@ -35,6 +36,7 @@ def _extensions():
         return []
     from Cython.Build import cythonize
 
+    only = {n for n in os.environ.get("SPLITPOINT_ONLY", "").split(",") if n}
     exts = [
         Extension(
             f"splitpoint.pyx.{os.path.splitext(os.path.basename(src))[0]}",
@@ -42,6 +44,7 @@ def _extensions():
             extra_compile_args=["-O3", "-std=c11"],
         )
         for src in sorted(glob.glob("pyx/*.pyx"))
+        if not only or os.path.splitext(os.path.basename(src))[0] in only
     ]
     return cythonize(
         exts,
