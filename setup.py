@@ -14,6 +14,7 @@ from setuptools import Extension, setup
 
 PACKAGE_DIR = {
     "splitpoint": "splitpoint",
+    "splitpoint.commands": "splitpoint/commands",
     "splitpoint.firmware": "firmware",
     "splitpoint.firmware.frontend": "firmware/frontend",
     "splitpoint.firmware.link": "firmware/link",

@@ -1,16 +1,44 @@
 """The ``splitpoint`` command line.
 
-Each subcommand is a thin shell over the public API; it never reaches into
-the controller's internals.
+Each subcommand lives in its own module under ``splitpoint/commands/`` and is
+imported only when used, so ``splitpoint --help`` stays fast and one command's
+dependencies never slow another. A subcommand is a thin shell over the public
+API; it never reaches into the controller's internals.
 """
+import importlib
+import importlib.util
 import sys
 
 import click
 
 from splitpoint import __version__
 
+#: command name -> module under splitpoint.commands exposing a click command named `command`
+COMMANDS = {
+    "serve": "serve",
+    "trigger": "trigger",
+    "status": "status",
+    "verify": "verify",
+    "boards": "boards",
+    "emulate": "emulate",
+    "demo": "demo",
+    "kernels": "kernels",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name, mod in COMMANDS.items()
+                      if importlib.util.find_spec(f"splitpoint.commands.{mod}") is not None)
+
+    def get_command(self, ctx, name):
+        mod = COMMANDS.get(name)
+        if mod is None or importlib.util.find_spec(f"splitpoint.commands.{mod}") is None:
+            return None
+        return importlib.import_module(f"splitpoint.commands.{mod}").command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="splitpoint")
 def main():
     """splitpoint: consistent backups without stopping I/O.
@@ -19,15 +47,6 @@ def main():
     (serial control channel, special LUN, special path or opcode) cuts a
     point-in-time copy in sequence with the writes.
     """
-
-
-@main.command()
-def kernels():
-    """Show which kernel implementation (compiled or pure Python) is in use."""
-    from splitpoint import pyx
-
-    for name, impl in pyx.implementations().items():
-        click.echo(f"{name:10s} {impl}")
 
 
 if __name__ == "__main__":  # pragma: no cover

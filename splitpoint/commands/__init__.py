@@ -1,0 +1,1 @@
+"""One module per ``splitpoint`` subcommand, each exposing a click command named ``command``."""
