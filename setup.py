@@ -20,6 +20,7 @@ PACKAGE_DIR = {
     "splitpoint.firmware.link": "firmware/link",
     "splitpoint.hal": "hal",
     "splitpoint.pyx": "pyx",
+    "splitpoint.boards": "boards",
 }
 
 
@@ -58,7 +59,11 @@ setup(
     version=_version(),
     packages=_packages(),
     package_dir=PACKAGE_DIR,
-    package_data={"splitpoint.pyx": ["*.pxd", "*.pyi", "*.h"], "splitpoint": ["py.typed"]},
+    package_data={
+        "splitpoint.pyx": ["*.pxd", "*.pyi", "*.h"],
+        "splitpoint": ["py.typed"],
+        "splitpoint.boards": ["*/*.toml", "*.toml", "firmware/*"],
+    },
     ext_modules=_extensions(),
     zip_safe=False,
 )
