@@ -1,0 +1,299 @@
+"""Block copy, compare and digest, compiled: the resync loop's data movers.
+
+Owns moving and comparing byte extents between two buffers (a RAM disk's
+memoryview, a bytearray, a numpy array: anything exporting a C-contiguous
+buffer). It never decides *which* extents to move: dirty tracking
+(``epochmap``) and the controller do. The Python API, the rules and the
+exception classes are those of the twin, ``blockcopy_py``; anything the fast
+paths here do not accept is handed to the twin's validators, so both fail
+with the same error.
+
+Every extent is checked against both buffers while the GIL is held; the
+copies and compares then run on raw pointers with the GIL released.
+"""
+from cpython.buffer cimport PyBUF_STRIDES, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer
+from cpython.long cimport PyLong_Check
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.number cimport PyNumber_Index
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.string cimport memcmp, memcpy, memmove
+
+import numpy as np
+import xxhash
+
+from splitpoint.pyx.blockcopy_py import (  # noqa: F401  (re-exported: one set of errors for both twins)
+    ExtentError,
+    ExtentOutOfRangeError,
+    ExtentShapeError,
+    NonContiguousBufferError,
+    ReadOnlyBufferError,
+    check_extents,
+    chunk_extents,
+    extent_pairs,
+    merge_extents,
+)
+
+cdef extern from "Python.h":
+    int PyBUF_READ
+
+cdef object _xxh3 = xxhash.xxh3_64_intdigest
+cdef object _ndarray = np.ndarray
+
+
+# ---------------------------------------------------------------- C kernels
+
+cdef int _by_offset(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t x = (<const sp_extent*>a).offset
+    cdef uint64_t y = (<const sp_extent*>b).offset
+    return (x > y) - (x < y)
+
+
+cdef Py_ssize_t extents_merge(sp_extent* ext, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, out = 0
+    cdef uint64_t end
+    for i in range(1, n):
+        if ext[i].offset < ext[i - 1].offset:
+            qsort(ext, n, sizeof(sp_extent), _by_offset)
+            break
+    for i in range(n):
+        if ext[i].length == 0:
+            continue
+        if out and ext[i].offset <= ext[out - 1].offset + ext[out - 1].length:
+            end = ext[i].offset + ext[i].length
+            if end > ext[out - 1].offset + ext[out - 1].length:
+                ext[out - 1].length = end - ext[out - 1].offset
+        else:
+            ext[out] = ext[i]
+            out += 1
+    return out
+
+
+cdef bint extents_within(const sp_extent* ext, Py_ssize_t n, uint64_t size) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if ext[i].offset > size or ext[i].length > size - ext[i].offset:
+            return False
+    return True
+
+
+cdef uint64_t extents_copy(unsigned char* dst, const unsigned char* src, const sp_extent* ext, Py_ssize_t n,
+                           bint overlap) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint64_t total = 0
+    for i in range(n):
+        if overlap:
+            memmove(dst + ext[i].offset, src + ext[i].offset, ext[i].length)
+        else:
+            memcpy(dst + ext[i].offset, src + ext[i].offset, ext[i].length)
+        total += ext[i].length
+    return total
+
+
+cdef Py_ssize_t extents_compare(const unsigned char* a, const unsigned char* b, const sp_extent* ext, Py_ssize_t n,
+                                unsigned char* differs) noexcept nogil:
+    cdef Py_ssize_t i, count = 0
+    for i in range(n):
+        differs[i] = ext[i].length != 0 and memcmp(a + ext[i].offset, b + ext[i].offset, ext[i].length) != 0
+        count += differs[i]
+    return count
+
+
+# ---------------------------------------------------------------- buffers and extent lists
+
+cdef int _acquire(object obj, Py_buffer* view, bint writable) except -1:
+    """Fill ``view`` with obj's buffer: C-contiguous, writable when asked (same checks as the twin's byte_view)."""
+    PyObject_GetBuffer(obj, view, PyBUF_STRIDES)
+    if not PyBuffer_IsContiguous(view, b"C"):
+        PyBuffer_Release(view)
+        raise NonContiguousBufferError(
+            f"{type(obj).__name__} buffer is not C-contiguous: pass a contiguous copy (e.g. numpy.ascontiguousarray)")
+    if writable and view.readonly:
+        PyBuffer_Release(view)
+        raise ReadOnlyBufferError(
+            f"destination {type(obj).__name__} is read-only: pass a bytearray, a writable memoryview or a numpy array")
+    return 0
+
+
+cdef class _Extents:
+    """A malloc'd array of sp_extent that frees itself."""
+    cdef sp_extent* ext
+    cdef Py_ssize_t n
+
+    def __dealloc__(self):
+        free(self.ext)
+
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        cdef sp_extent* grown = <sp_extent*>realloc(self.ext, (n if n > 0 else 1) * sizeof(sp_extent))
+        if grown == NULL:
+            raise MemoryError(f"no memory for {n} extents")
+        self.ext = grown
+        return 0
+
+
+cdef inline bint _u64(object value, uint64_t* out):
+    if not PyLong_Check(value):
+        return False
+    try:
+        out[0] = value
+        return True
+    except OverflowError:
+        return False
+
+
+cdef _Extents _checked_by_twin(object extents, uint64_t size_a, uint64_t size_b):
+    """The slow path: the twin's validators raise its exact error; extents they accept are converted."""
+    pairs = extent_pairs(extents)
+    check_extents(pairs, size_a, size_b)
+    cdef _Extents out = _Extents()
+    out.reserve(len(pairs))
+    cdef Py_ssize_t i = 0
+    for offset, length in pairs:
+        out.ext[i].offset = offset
+        out.ext[i].length = length
+        i += 1
+    out.n = i
+    return out
+
+
+cdef _Extents _extents(object extents, uint64_t size_a, uint64_t size_b):
+    """``extents`` (pairs or an (n, 2) integer array) as a C array, each inside both buffers."""
+    cdef _Extents out = _Extents()
+    cdef const uint64_t[:, ::1] rows
+    cdef Py_ssize_t i = 0, n
+    cdef object item
+    if isinstance(extents, _ndarray):
+        if (extents.ndim != 2 or extents.shape[1] != 2 or extents.dtype.kind not in "ui"
+                or (extents.dtype.kind == "i" and extents.size and extents.min() < 0)):
+            return _checked_by_twin(extents, size_a, size_b)
+        rows = np.ascontiguousarray(extents, dtype=np.uint64)
+        n = rows.shape[0]
+        out.reserve(n)
+        if n:
+            memcpy(out.ext, &rows[0, 0], n * sizeof(sp_extent))
+    else:
+        if not isinstance(extents, (list, tuple)):
+            extents = list(extents)   # an iterator can only be walked once, and the twin may need to walk it
+        n = len(extents)
+        out.reserve(n)
+        for item in extents:
+            if not (type(item) is tuple and len(<tuple>item) == 2 and _u64((<tuple>item)[0], &out.ext[i].offset)
+                    and _u64((<tuple>item)[1], &out.ext[i].length)):
+                return _checked_by_twin(extents, size_a, size_b)
+            i += 1
+    out.n = n
+    if not (extents_within(out.ext, n, size_a) and extents_within(out.ext, n, size_b)):
+        return _checked_by_twin(extents, size_a, size_b)
+    return out
+
+
+cdef list _pairs(const sp_extent* ext, Py_ssize_t n, const unsigned char* keep):
+    cdef list out = []
+    cdef Py_ssize_t i
+    for i in range(n):
+        if keep == NULL or keep[i]:
+            out.append((ext[i].offset, ext[i].length))
+    return out
+
+
+# ---------------------------------------------------------------- Python API
+
+def copy_extents(src, dst, extents):
+    """Copy every extent from ``src`` to ``dst`` (same offsets); return the bytes copied."""
+    cdef Py_buffer s, d
+    cdef _Extents ext
+    cdef Py_ssize_t n
+    cdef uint64_t total
+    cdef bint overlap
+    _acquire(src, &s, False)
+    try:
+        _acquire(dst, &d, True)
+        try:
+            ext = _extents(extents, s.len, d.len)
+            n = extents_merge(ext.ext, ext.n)
+            # two views of one memory: let memmove order the bytes, as slice assignment does
+            overlap = (<char*>s.buf < <char*>d.buf + d.len) and (<char*>d.buf < <char*>s.buf + s.len)
+            with nogil:
+                total = extents_copy(<unsigned char*>d.buf, <const unsigned char*>s.buf, ext.ext, n, overlap)
+            return total
+        finally:
+            PyBuffer_Release(&d)
+    finally:
+        PyBuffer_Release(&s)
+
+
+def copy_chunks(src, dst, chunks, chunk_size):
+    """Copy whole chunks (a ChunkBitmap or chunk indices) from ``src`` to ``dst``; the last may be partial."""
+    cdef Py_buffer s
+    _acquire(src, &s, False)
+    size = s.len
+    PyBuffer_Release(&s)
+    return copy_extents(src, dst, chunk_extents(chunks, chunk_size, size))
+
+
+def compare_extents(a, b, extents):
+    """The extents (as given, in order) whose bytes differ between ``a`` and ``b``."""
+    cdef Py_buffer va, vb
+    cdef _Extents ext
+    cdef unsigned char* differs = NULL
+    cdef Py_ssize_t count
+    _acquire(a, &va, False)
+    try:
+        _acquire(b, &vb, False)
+        try:
+            ext = _extents(extents, va.len, vb.len)
+            differs = <unsigned char*>malloc(ext.n if ext.n else 1)
+            if differs == NULL:
+                raise MemoryError(f"no memory to compare {ext.n} extents")
+            with nogil:
+                count = extents_compare(<const unsigned char*>va.buf, <const unsigned char*>vb.buf, ext.ext, ext.n,
+                                        differs)
+            return _pairs(ext.ext, ext.n, differs) if count else []
+        finally:
+            free(differs)
+            PyBuffer_Release(&vb)
+    finally:
+        PyBuffer_Release(&va)
+
+
+cdef inline object _digest_at(const char* p, Py_ssize_t n):
+    """xxh3_64 of n bytes at p through a throw-away memoryview (no copy)."""
+    view = PyMemoryView_FromMemory(<char*>p, n, PyBUF_READ)
+    try:
+        return _xxh3(view)
+    finally:
+        view.release()
+
+
+def digest(buf, offset=0, length=None):
+    """xxh3_64 of ``length`` bytes of ``buf`` from ``offset`` (None = to the end)."""
+    cdef Py_buffer v
+    _acquire(buf, &v, False)
+    try:
+        offset = PyNumber_Index(offset)
+        length = v.len - offset if length is None else PyNumber_Index(length)
+        if offset < 0 or length < 0 or offset + length > v.len:
+            raise ExtentOutOfRangeError(f"digest range {offset}+{length} outside a {v.len}-byte buffer")
+        return _digest_at(<const char*>v.buf + <Py_ssize_t>offset, length)
+    finally:
+        PyBuffer_Release(&v)
+
+
+def digest_regions(buf, region_size):
+    """xxh3_64 of each ``region_size`` slice of ``buf`` (the last may be short)."""
+    cdef Py_buffer v
+    cdef Py_ssize_t off, step
+    cdef list out = []
+    _acquire(buf, &v, False)
+    try:
+        region_size = PyNumber_Index(region_size)
+        if region_size <= 0:
+            raise ExtentError(f"region_size must be > 0, got {region_size}")
+        step = min(region_size, v.len) if v.len else 1
+        off = 0
+        while off < v.len:
+            out.append(_digest_at(<const char*>v.buf + off, min(step, v.len - off)))
+            off += step
+        return out
+    finally:
+        PyBuffer_Release(&v)
