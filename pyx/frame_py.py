@@ -25,6 +25,7 @@ TRAILER_SIZE = 4  # CRC32C over header and payload
 OVERHEAD = HEADER_SIZE + TRAILER_SIZE
 DEFAULT_MAX_PAYLOAD = 65536 + 64  # a 64 KiB block transfer plus its message fields
 MAX_ERRORS_KEPT = 64  # pop_errors() keeps only the newest rejections
+CRC_IMPLEMENTATION = "crc32c package"  # which CRC32C loop this module runs
 
 _HEADER = struct.Struct("<BBHII")
 _U32 = struct.Struct("<I")

@@ -338,7 +338,10 @@ def decode_message(frm: tuple) -> Message:
         if of not in _BY_TYPE or of not in REQUEST_TYPES:
             raise BadPayloadError(f"ACK of unknown request type {of:#04x}", type_, seq)
         if of == MsgType.INFO:
-            return Ack(seq, flags, of, b"", BoardInfo.unpack(p[1:]))
+            try:
+                return Ack(seq, flags, of, b"", BoardInfo.unpack(p[1:]))
+            except BadPayloadError as exc:
+                raise BadPayloadError(str(exc), type_, seq) from None
         if of != MsgType.READ and len(p) != 1:
             raise BadPayloadError(f"ACK of {MsgType(of).name} carries {len(p) - 1} unexpected bytes", type_, seq)
         return Ack(seq, flags, of, p[1:])
