@@ -1,0 +1,839 @@
+"""The controller: one sequenced request ring, executed in order on the primary and mirrored.
+
+Owns the request ring and the table of payloads and completions keyed by
+cookie, the controller loop (``poll``: drain a batch, execute each request on
+its primary LUN through the HAL, forward it down the mirror paths, complete
+it; then a bounded slice of background work), the TRIGGER split (O(1): the
+epoch advances and the TRIGGER follows the earlier writes down every path),
+the wiring of LUNs, cascades and pools from the configuration, metadata
+persistence and crash recovery, and the reports (backups, status, verify).
+
+Threading: producers on any thread only ``submit`` (a push into the MPSC ring
+and a dict insert); everything else runs on the one owner thread, the thread
+``start()`` creates or the front end's event loop thread (``claim_owner``).
+Nothing here ever hops a request between Python threads.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import numpy as np
+
+from splitpoint import pyx
+from splitpoint.firmware import errors as E
+from splitpoint.firmware.lun import Lun, LunNode
+from splitpoint.firmware.manifest import Manifest, verify_device
+from splitpoint.firmware.metadata import MetadataStore
+from splitpoint.firmware.mirror import MirrorPath
+from splitpoint.firmware.pool import (CUTTING, EMPTY, FROZEN, INCONSISTENT, SYNCING, BackupPool,
+                                      PoolMember)
+from splitpoint.firmware.requests import (FLAGS_KNOWN, LABEL_MAX, STATE_HOLE, STATE_ZERO, BackupInfo,
+                                          Completion, Op, TriggerResult, VerifyResult, label_bytes,
+                                          label_text)
+from splitpoint.firmware.resync import Sweep, Throttle
+from splitpoint.firmware.triggers import TriggerEvent
+from splitpoint.hal import HalError, open_device
+
+_READ = int(Op.READ)
+_WRITE = int(Op.WRITE)
+_FLUSH = int(Op.FLUSH)
+_TRIM = int(Op.TRIM)
+_CACHE = int(Op.CACHE)
+_ZEROES = int(Op.WRITE_ZEROES)
+_TRIGGER = int(Op.TRIGGER)
+_OPS = frozenset(int(o) for o in Op)
+_U64 = 1 << 64
+_U32 = 1 << 32
+
+#: seconds a lazily persisted state change may wait for an idle moment
+PERSIST_LAG = 0.5
+
+
+def _persistent(device) -> bool:
+    """Whether a device keeps its bytes across a restart (RAM does not)."""
+    return getattr(device, "scheme", "") != "ram"
+
+
+class BackupTarget:
+    """A request target naming a frozen backup (``<lun>.t<id>`` or ``<lun>.latest``): read-only."""
+
+    __slots__ = ("lun", "name", "which")
+
+    def __init__(self, lun: Lun, name: str, which):
+        self.lun = lun
+        self.name = name
+        self.which = which   # trigger id (int) or "latest"
+
+
+class Controller:
+    """The controller of one device: its LUNs, their mirror paths and backup pools."""
+
+    def __init__(self, config):
+        self.config = config
+        ring_mod = pyx.select("ring")
+        self._ring = ring_mod.MPSCRing(config.ring_capacity)
+        self._dtype = ring_mod.DESC_DTYPE
+        if tuple(self._dtype.names) != ("seq", "offset", "cookie", "length", "op", "flags"):
+            raise RuntimeError(f"ring descriptor fields {self._dtype.names} are not the documented layout")
+        self._batch = np.zeros(256, dtype=self._dtype)
+        self._entries: dict[int, tuple] = {}
+        self._cookies = itertools.count(1)
+        self.luns: dict[str, Lun] = {}
+        self._pools: list[BackupPool] = []
+        self._nodes: list[LunNode] = []          # primary backup LUNs (cascade hops)
+        self._paths: list[MirrorPath] = []
+        self._async_paths: list[MirrorPath] = []
+        self._devices = []
+        self.wakeup = None                        # called from any thread when a submit makes the ring non-empty
+        self.on_backups_changed = None            # called on the owner thread when a backup appears or goes
+        self._bg = True                           # background work may be pending
+        self._closing = False
+        self._closed = False
+        self._owner: int | None = None
+        self._thread: threading.Thread | None = None
+        self._event = threading.Event()
+        self._inline_lock = threading.RLock()
+        self._in_poll = False
+        self._dirty: dict[str, float] = {}        # LUN -> when its state first changed since the last persist
+        self.counters = {"requests": 0, "reads": 0, "writes": 0, "trims": 0, "zeroes": 0, "flushes": 0,
+                         "triggers": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
+                         "callback_errors": 0, "queue_full": 0, "metadata_writes": 0, "metadata_errors": 0}
+        self.metadata_error: str | None = None
+        self.recovered = None                     # "clean", "crash" or None (no metadata store)
+        self.store = MetadataStore(config.metadata_dir) if config.metadata_dir else None
+        try:
+            self._build()
+            if self.store is not None:
+                self._restore()
+        except BaseException:
+            self._close_devices()
+            raise
+
+    @classmethod
+    def from_config(cls, config=None) -> "Controller":
+        """A controller for a validated configuration (the embedded default when None)."""
+        if config is None:
+            from splitpoint import config as cfgmod
+            config = cfgmod.default()
+        return cls(config)
+
+    # -- wiring ------------------------------------------------------------------------------
+    def _open(self, url: str, what: str, like=None):
+        try:
+            dev = open_device(url)
+        except HalError as exc:
+            raise E.GeometryError(f"{what}: cannot open {url!r}: {exc}") from None
+        self._devices.append(dev)
+        if like is not None and (dev.size != like.size or dev.block_size != like.block_size):
+            raise E.GeometryError(
+                f"{what} {url!r} is {dev.size} bytes with block {dev.block_size}, but it must match its source: "
+                f"{like.size} bytes with block {like.block_size}")
+        return dev
+
+    def _build(self) -> None:
+        cfg = self.config
+        for lc in cfg.luns:
+            dev = self._open(lc.url, f"LUN {lc.name}")
+            if cfg.chunk_size % dev.block_size:
+                raise E.GeometryError(f"chunk_size {cfg.chunk_size} is not a multiple of LUN {lc.name}'s "
+                                      f"block size {dev.block_size}")
+            lun = Lun(lc.name, dev, cfg.chunk_size, known_zero=not _persistent(dev))
+            self.luns[lc.name] = lun
+            if lc.pool is not None:
+                self._add_pool(lun, lun, lc.pool, f"{lc.name}.pool")
+            if lc.backup is not None:
+                bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
+                node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
+                               known_zero=not _persistent(bdev))
+                lun.backup_node = node
+                self._nodes.append(node)
+                self._add_path(lun, node, lc.backup.mirror)
+                if _persistent(bdev) or _persistent(dev):
+                    node.start_sweep(0)   # nothing says the two hold the same bytes yet
+                if lc.backup.pool is not None:
+                    self._add_pool(lun, node, lc.backup.pool, f"{lc.name}.backup.pool")
+
+    def _add_path(self, source, target, mode: str) -> MirrorPath:
+        path = MirrorPath(source, target, mode, self.config.async_queue_ops, self.config.async_queue_bytes)
+        source.paths.append(path)
+        self._paths.append(path)
+        if not path.sync:
+            self._async_paths.append(path)
+        return path
+
+    def _add_pool(self, lun: Lun, source: LunNode, pc, name: str) -> None:
+        devs = [(url, self._open(url, f"pool {name} member {i}", like=source.device))
+                for i, url in enumerate(pc.members)]
+        rs = self.config.resync
+        known_zero = (not _persistent(source.device) and source.zeros.count() == source.zeros.nchunks
+                      and not any(_persistent(d) for _, d in devs))
+        pool = BackupPool(name, lun.name, source, devs,
+                          region_size=min(self.config.digest_region, max(source.size, 512)),
+                          throttle=Throttle(rs.rate, rs.deadline, rs.slice, source.chunk_size),
+                          known_zero=known_zero, on_change=self._pool_changed,
+                          on_backups_changed=self._backups_changed)
+        if known_zero:
+            first = pool.members[0]
+            first.sweep, first.state = None, "active"   # both sides are fresh RAM: identical zeros
+        lun.pools.append(pool)
+        self._pools.append(pool)
+        self._add_path(source, pool, pc.mirror)
+
+    # -- producers -------------------------------------------------------------------------
+    def submit(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
+               callback=None) -> int:
+        """Queue one request; ``callback(Completion)`` runs on the owner thread. Returns its seq.
+
+        Raises QueueFullError when the ring is full and ShuttingDownError once close() began;
+        every other problem completes the request with an error instead.
+        """
+        if self._closing:
+            raise E.ShuttingDownError("the controller is shutting down and takes no new requests")
+        err = None
+        target = self.luns.get(lun) if type(lun) is str else lun
+        if target is None:
+            target = self._resolve_target(lun)
+            if target is None:
+                err = E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
+        if data is not None and not length:
+            length = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if not (0 <= offset < _U64 and 0 <= length < _U32):
+            err = E.OutOfRangeError(f"offset {offset} or length {length} cannot be addressed",
+                                    28 if op in (_WRITE, _TRIM, _ZEROES) else 22)
+            offset, length = 0, 0
+        if not (0 <= op < 0x10000) or not (0 <= flags < 0x10000):
+            err = E.BadRequestError(f"opcode {op} or flags {flags} out of range")
+            op, flags = 0xFFFF, 0
+        cookie = next(self._cookies)
+        self._entries[cookie] = (target, data, label, callback, err)
+        ring = self._ring
+        was_empty = not len(ring)
+        seq = ring.push(op, flags, offset, length, cookie)
+        if seq < 0:
+            del self._entries[cookie]
+            self.counters["queue_full"] += 1
+            raise E.QueueFullError(f"request ring full ({ring.capacity} slots); retry after the controller polls")
+        if was_empty:
+            wake = self.wakeup
+            if wake is not None:
+                wake()
+        return seq
+
+    def _resolve_target(self, name):
+        if not isinstance(name, str):
+            return None
+        base, dot, which = name.rpartition(".")
+        lun = self.luns.get(base)
+        if lun is None or not dot:
+            return None
+        if which == "latest":
+            return BackupTarget(lun, name, "latest")
+        if which.startswith("t") and which[1:].isdigit():
+            return BackupTarget(lun, name, int(which[1:]))
+        return None
+
+    # -- the controller loop -----------------------------------------------------------------
+    def poll(self, max_batch: int = 256) -> int:
+        """Drain up to ``max_batch`` requests, execute and complete them, then one background slice.
+
+        Owner thread only. Returns the number of requests completed."""
+        if self._in_poll:
+            raise RuntimeError("poll() re-entered from a completion callback; callbacks must not block on the controller")
+        self._in_poll = True
+        try:
+            if max_batch > len(self._batch):
+                self._batch = np.zeros(max_batch, dtype=self._dtype)
+            batch = self._batch if max_batch == len(self._batch) else self._batch[:max_batch]
+            n = self._ring.pop_batch(batch)
+            if n:
+                self._execute_batch(batch[:n].tolist())
+            if self._bg or self._async_paths or self._dirty:
+                self._background(n > 0)
+            return n
+        finally:
+            self._in_poll = False
+
+    def _execute_batch(self, descs) -> None:
+        entries = self._entries
+        counters = self.counters
+        counters["requests"] += len(descs)
+        for seq, offset, cookie, length, op, flags in descs:
+            lun, data, label, cb, err = entries.pop(cookie)
+            result = None
+            trig = None
+            if err is None:
+                try:
+                    if type(lun) is not Lun:
+                        result = self._execute_backup(lun, op, offset, length)
+                    elif op == _WRITE:
+                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
+                            self._range_error(lun, offset, length, True)
+                        if lun.read_only:
+                            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+                        if flags & ~FLAGS_KNOWN:
+                            raise E.BadRequestError(f"unknown flags {flags:#x}")
+                        if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
+                            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
+                        lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
+                        counters["writes"] += 1
+                        counters["bytes_written"] += length
+                    elif op == _READ:
+                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
+                            self._range_error(lun, offset, length, False)
+                        result = lun.device.read(offset, length)
+                        counters["reads"] += 1
+                        counters["bytes_read"] += length
+                    elif op == _TRIGGER:
+                        trig = self._split(lun, seq, label)
+                    elif op == _FLUSH:
+                        lun.flush()
+                        counters["flushes"] += 1
+                    elif op == _TRIM or op == _ZEROES:
+                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
+                            self._range_error(lun, offset, length, True)
+                        if lun.read_only:
+                            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+                        lun.apply(op, offset, length, None, flags, lun.epoch)
+                        counters["trims" if op == _TRIM else "zeroes"] += 1
+                    elif op == _CACHE:
+                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
+                            self._range_error(lun, offset, length, False)
+                    else:
+                        raise E.BadRequestError(f"unknown opcode {op}; opcodes: "
+                                                f"{', '.join(f'{o.name}={o.value}' for o in Op)}")
+                except E.ControllerError as exc:
+                    err = exc
+                except HalError as exc:
+                    err = E.DeviceIOError(f"LUN {getattr(lun, 'name', lun)}: {exc}")
+            if err is not None:
+                counters["errors"] += 1
+            if cb is not None:
+                try:
+                    cb(Completion(seq, op, err, result, trig))
+                except Exception:   # a producer's callback must not stop the controller
+                    counters["callback_errors"] += 1
+
+    @staticmethod
+    def _range_error(lun, offset: int, length: int, writing: bool):
+        if not length:
+            raise E.ZeroLengthError(f"zero-length request at offset {offset} on {lun.name}")
+        if offset + length > lun.size:
+            raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {lun.name} "
+                                    f"({lun.size} bytes)", 28 if writing else 22)
+        raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {lun.name}'s "
+                                f"block size {lun.block_size}")
+
+    def _split(self, lun: Lun, seq: int, label) -> TriggerResult:
+        """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path."""
+        raw = label_bytes(label)
+        if len(raw) > LABEL_MAX:
+            raise E.LabelTooLongError(f"TRIGGER label is {len(raw)} bytes; at most {LABEL_MAX} are allowed")
+        cut = lun.epoch
+        lun.epoch = cut + 1
+        tid = lun.next_trigger_id
+        lun.next_trigger_id = tid + 1
+        text = label_text(raw)
+        event = TriggerEvent(lun.name, tid, seq, cut, text, time.time())
+        self._bg = True
+        self.counters["triggers"] += 1
+        for path in lun.paths:
+            path.trigger(event)
+        if self.store is not None and not lun.pools:
+            self._dirty.setdefault(lun.name, time.monotonic())
+        return TriggerResult(tid, seq, cut, text, lun.name)
+
+    def _execute_backup(self, target, op: int, offset: int, length: int):
+        if op in (_WRITE, _TRIM, _ZEROES):
+            raise E.FrozenMemberError(f"{target.name} is a frozen backup and cannot be written")
+        if op == _FLUSH or op == _CACHE:
+            return None
+        if op != _READ:
+            raise E.BadRequestError(f"{target.name} is a backup: only READ, FLUSH and CACHE apply")
+        member = self._find_backup(target.lun, target.which)
+        lun = target.lun
+        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
+            self._range_error(lun, offset, length, False)
+        return member.device.read(offset, length)
+
+    # -- background ------------------------------------------------------------------------
+    def _background(self, busy: bool) -> None:
+        for path in self._async_paths:
+            if path.queue:
+                path.drain(64 if busy else None)
+        work = 0
+        for node in self._nodes:
+            if node.sweep is not None:
+                work += node.sweep_step(node.chunk_size if busy else self.config.resync.slice) or 1
+        for pool in self._pools:
+            work += pool.background(busy)
+        if not work:
+            self._bg = any(p.has_background() for p in self._pools) or any(n.sweep for n in self._nodes)
+        if self._dirty and self.store is not None:
+            now = time.monotonic()
+            for name, since in list(self._dirty.items()):
+                if not busy or now - since > PERSIST_LAG:
+                    self._persist(self.luns[name])
+
+    def next_background(self) -> float | None:
+        """Seconds until background work wants a poll (0: now), or None when there is none."""
+        if any(p.queue for p in self._async_paths) or self._dirty:
+            return 0.0
+        if not self._bg:
+            return None
+        delays = [p.throttle.delay() for p in self._pools if p.has_background()]
+        if any(n.sweep for n in self._nodes):
+            delays.append(0.0)
+        if not delays:
+            self._bg = False
+            return None
+        return min(delays)
+
+    def _pool_changed(self, pool: BackupPool, urgent: bool) -> None:
+        self._bg = True
+        if self.store is None:
+            return
+        lun = self.luns[pool.lun_name]
+        if urgent:
+            self._persist(lun)
+        else:
+            self._dirty.setdefault(lun.name, time.monotonic())
+
+    def _backups_changed(self, pool: BackupPool) -> None:
+        fn = self.on_backups_changed
+        if fn is not None:
+            try:
+                fn()
+            except Exception:
+                self.counters["callback_errors"] += 1
+
+    # -- owner thread and blocking conveniences --------------------------------------------------
+    def start(self) -> None:
+        """Run the controller loop on a thread of its own (the owner thread)."""
+        if self._thread is not None:
+            return
+        self.wakeup = self._event.set
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="splitpoint-controller", daemon=True)
+        self._owner = -1
+        self._thread.start()
+
+    def _loop(self) -> None:
+        self._owner = threading.get_ident()
+        ev = self._event
+        while not self._stop:
+            n = self.poll()
+            if n:
+                continue
+            delay = self.next_background()
+            if delay == 0.0:
+                continue
+            ev.clear()
+            if len(self._ring) or self._stop:
+                continue
+            ev.wait(delay)
+
+    def stop(self) -> None:
+        """Stop the owner thread started by start() (requests already queued stay queued)."""
+        t = self._thread
+        if t is None:
+            return
+        self._stop = True
+        self._event.set()
+        t.join()
+        self._thread = None
+        self._owner = None
+        self.wakeup = None
+
+    def claim_owner(self) -> None:
+        """Declare the calling thread the owner (a front end's event loop that calls poll() itself)."""
+        self._owner = threading.get_ident()
+
+    def _call(self, lun, op, offset=0, length=0, data=None, flags=0, label=None) -> Completion:
+        box: list[Completion] = []
+        owner = self._owner
+        if owner is None or owner == threading.get_ident():
+            with self._inline_lock:
+                while True:
+                    try:
+                        self.submit(lun, op, offset, length, data, flags, label, box.append)
+                        break
+                    except E.QueueFullError:
+                        self.poll()
+                while not box:
+                    self.poll()
+        else:
+            done = threading.Event()
+
+            def cb(c, box=box, done=done):
+                box.append(c)
+                done.set()
+            while True:
+                try:
+                    self.submit(lun, op, offset, length, data, flags, label, cb)
+                    break
+                except E.QueueFullError:
+                    time.sleep(0.0005)
+            done.wait()
+        c = box[0]
+        if c.error is not None:
+            raise c.error
+        return c
+
+    def write(self, lun, offset: int, data, fua: bool = False) -> None:
+        self._call(lun, _WRITE, offset, 0, data, 1 if fua else 0)
+
+    def read(self, lun, offset: int, length: int) -> bytes:
+        return self._call(lun, _READ, offset, length).data
+
+    def flush(self, lun) -> None:
+        self._call(lun, _FLUSH)
+
+    def trim(self, lun, offset: int, length: int) -> None:
+        self._call(lun, _TRIM, offset, length)
+
+    def write_zeroes(self, lun, offset: int, length: int, flags: int = 0) -> None:
+        self._call(lun, _ZEROES, offset, length, None, flags)
+
+    def trigger(self, lun, label=None) -> TriggerResult:
+        return self._call(lun, _TRIGGER, label=label).trigger
+
+    def drain(self) -> None:
+        """Owner thread (or no owner): complete every queued request and every async mirror op."""
+        while len(self._ring):
+            self.poll()
+        for path in self._async_paths:
+            path.drain()
+
+    def settle(self) -> None:
+        """Owner thread (or no owner): finish queued requests, mirror queues, resyncs and digests now."""
+        with self._inline_lock:
+            self.drain()
+            while True:
+                for node in self._nodes:
+                    node.finish_sweep()
+                for pool in self._pools:
+                    if pool.upstream is not None:
+                        pool.upstream.drain()
+                    pool.finish()
+                if not any(p.has_background() for p in self._pools) and not any(n.sweep for n in self._nodes):
+                    break
+            self._bg = False
+
+    # -- reports -----------------------------------------------------------------------------------
+    def _lun(self, lun) -> Lun:
+        if isinstance(lun, Lun):
+            return lun
+        got = self.luns.get(lun)
+        if got is None:
+            raise E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
+        return got
+
+    def _find_backup(self, lun: Lun, which) -> PoolMember:
+        for pool in lun.pools:
+            for m in pool.backups():
+                if which == "latest" or m.manifest.trigger_id == which:
+                    return m
+        if which == "latest":
+            raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup yet")
+        raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup cut by TRIGGER {which} "
+                                  f"(never cut, recycled, or still completing)")
+
+    def backups(self, lun) -> list[BackupInfo]:
+        """Consistent frozen copies of ``lun``, newest TRIGGER first."""
+        lun = self._lun(lun)
+        out = [m.backup_info() for pool in lun.pools for m in pool.backups()]
+        out.sort(key=lambda b: b.trigger_id, reverse=True)
+        return out
+
+    def read_backup(self, lun, trigger_id, offset: int, length: int) -> bytes:
+        """Bytes of the backup cut by ``trigger_id`` (or "latest")."""
+        lun = self._lun(lun)
+        member = self._find_backup(lun, trigger_id)
+        if (offset | length) & (lun.block_size - 1) or not length or offset < 0 or offset + length > lun.size:
+            self._range_error(lun, offset, length, False)
+        gen = member.generation
+        data = member.device.read(offset, length)
+        if member.generation != gen or member.state != FROZEN:
+            raise E.NoSuchBackupError(f"the backup of TRIGGER {trigger_id} was recycled while it was read")
+        return data
+
+    def allocation(self, lun, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """NBD base:allocation runs over [offset, offset+length): (offset, length, HOLE|ZERO bits)."""
+        target = self.luns.get(lun) if isinstance(lun, str) else lun
+        if target is None:
+            target = self._resolve_target(lun)
+            if target is None:
+                raise E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
+        base = target.lun if isinstance(target, BackupTarget) else target
+        if not length or offset < 0 or offset + length > base.size:
+            self._range_error(base, offset, length, False)
+        if isinstance(target, BackupTarget):
+            return [(offset, length, 0)]
+        return target.allocation(offset, length, STATE_HOLE | STATE_ZERO)
+
+    def verify(self, lun, trigger_id=None, progress=None) -> list[VerifyResult]:
+        """Recompute the digest of each consistent backup (or the one named) against its manifest."""
+        lun = self._lun(lun)
+        members = [self._find_backup(lun, trigger_id)] if trigger_id is not None else \
+            [m for pool in lun.pools for m in pool.backups()]
+        out = []
+        for m in members:
+            note = ""
+            if m.manifest.digest is None:
+                self._await_digest(m)
+                note = "digest was still being computed; it was completed before verifying"
+            gen = m.generation
+            manifest = m.manifest
+            if manifest is None or manifest.digest is None:
+                continue
+            outcome = verify_device(m.device, manifest, progress)
+            if m.generation != gen:
+                out.append(VerifyResult(manifest.trigger_id, m.name, False, manifest.digest, outcome.actual,
+                                        note="recycled while it was verified; verify again"))
+                continue
+            out.append(VerifyResult(manifest.trigger_id, m.name, outcome.ok, manifest.digest, outcome.actual,
+                                    outcome.bad_regions, note))
+        return out
+
+    def _await_digest(self, m: PoolMember) -> None:
+        owner = self._owner
+        if owner is None or owner == threading.get_ident():
+            with self._inline_lock:
+                m.pool.finish_digest(m)
+            return
+        gen = m.generation
+        while m.generation == gen and m.manifest is not None and m.manifest.digest is None:
+            time.sleep(0.001)
+
+    def status(self) -> dict:
+        """One JSON-able structure: LUNs, mirror paths, pools and members, queue, counters."""
+        now = time.time()
+        luns = []
+        for lun in self.luns.values():
+            doc = lun.status()
+            doc["pools"] = [p.status(now) for p in lun.pools]
+            doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
+                               "member": b.member} for b in self.backups(lun)]
+            luns.append(doc)
+        return {"luns": luns,
+                "queue": {"depth": len(self._ring), "capacity": self._ring.capacity, "next_seq": self._ring.next_seq,
+                          "async_mirror_ops": sum(len(p) for p in self._async_paths)},
+                "counters": dict(self.counters),
+                "kernels": pyx.implementations(),
+                "metadata": None if self.store is None else {
+                    "dir": self.store.directory, "generation": self.store.generation,
+                    "recovered": self.recovered, "error": self.metadata_error}}
+
+    # -- metadata: persist and restore -------------------------------------------------------------
+    def _lun_doc(self, lun: Lun, clean: bool) -> dict:
+        def sweep_doc(s: Sweep | None):
+            if s is None:
+                return None
+            return {"since": s.since, "until": s.until, "cursor": s.cursor}
+
+        pools = []
+        for pool in lun.pools:
+            members = []
+            for m in pool.members:
+                members.append({"url": m.url, "state": m.state, "since": m.since, "last_active": m.last_active,
+                                "generation": m.generation, "proven": m.proven,
+                                "manifest": None if m.manifest is None else m.manifest.to_dict(),
+                                "sweep": sweep_doc(m.sweep)})
+            pools.append({"name": pool.name, "clock": pool.clock, "rotations": pool.rotations,
+                          "active": None if pool.active is None else pool.active.index, "members": members})
+        node = lun.backup_node
+        return {"version": 1, "lun": lun.name, "size": lun.size, "chunk_size": lun.chunk_size,
+                "epoch": lun.epoch, "next_trigger_id": lun.next_trigger_id, "clean": clean,
+                "backup": None if node is None else {"url": self._url_of(node.device), "epoch": node.epoch,
+                                                     "sweep": sweep_doc(node.sweep)},
+                "pools": pools}
+
+    def _url_of(self, device) -> str:
+        for lc in self.config.luns:
+            if lc.backup is not None and self.luns[lc.name].backup_node.device is device:
+                return lc.backup.url
+        return ""
+
+    def _persist(self, lun: Lun, clean: bool = False) -> None:
+        self._dirty.pop(lun.name, None)
+        try:
+            if clean:
+                blobs = [lun.epochs.to_bytes(), lun.zeros.to_bytes()]
+                if lun.backup_node is not None:
+                    blobs += [lun.backup_node.epochs.to_bytes(), lun.backup_node.zeros.to_bytes()]
+                self.store.write(f"{lun.name}.maps", b"".join(blobs), "maps")
+            self.store.write_json(f"{lun.name}.state", self._lun_doc(lun, clean))
+            self.counters["metadata_writes"] += 1
+        except OSError as exc:
+            self.counters["metadata_errors"] += 1
+            self.metadata_error = f"cannot write metadata in {self.store.directory}: {exc}"
+
+    def _restore(self) -> None:
+        clean = self.store.was_clean()
+        self.recovered = "clean" if clean else "crash"
+        for lun in self.luns.values():
+            got = self.store.read_json(f"{lun.name}.state")
+            if got is None:
+                continue
+            _gen, doc = got
+            self._check_doc(lun, doc)
+            lun_clean = clean and doc.get("clean") and _persistent(lun.device)
+            maps = None
+            if lun_clean:
+                try:
+                    maps = self._load_maps(lun)
+                except E.MetadataError:
+                    lun_clean = False
+            lun.next_trigger_id = int(doc["next_trigger_id"])
+            lun.epoch = int(doc["epoch"]) if lun_clean else int(doc["epoch"]) + 1
+            if not lun_clean:
+                # the epoch maps may miss writes since they were saved: every incremental resync becomes full
+                lun.zeros.clear()
+                lun._zeros_any = False
+            node = lun.backup_node
+            if node is not None:
+                node.epoch = lun.epoch
+                bdoc = doc.get("backup") or {}
+                s = bdoc.get("sweep")
+                if lun_clean and _persistent(node.device):
+                    node.sweep = None if s is None else Sweep(lun.epochs, s["since"], cursor=s["cursor"])
+                else:
+                    node.start_sweep(0)
+            for pool, pdoc in zip(lun.pools, doc["pools"]):
+                self._restore_pool(pool, pdoc, lun_clean and _persistent(pool.source.device))
+            del maps
+        for lun in self.luns.values():
+            self._persist(lun)
+        self.store.mark_running()
+
+    def _check_doc(self, lun: Lun, doc: dict) -> None:
+        where = f"metadata of LUN {lun.name} in {self.store.directory}"
+        if doc.get("version") != 1:
+            raise E.MetadataError(f"{where} has version {doc.get('version')}; expected 1")
+        if doc.get("size") != lun.size or doc.get("chunk_size") != lun.chunk_size:
+            raise E.MetadataError(f"{where} describes {doc.get('size')} bytes in chunks of {doc.get('chunk_size')}, "
+                                  f"but the LUN is {lun.size} bytes in chunks of {lun.chunk_size}: "
+                                  f"move the metadata directory away to start afresh")
+        pools = doc.get("pools", [])
+        if len(pools) != len(lun.pools) or any(
+                [m["url"] for m in p["members"]] != [m.url for m in pool.members]
+                for p, pool in zip(pools, lun.pools)):
+            raise E.MetadataError(f"{where} lists other pools or members than the configuration: "
+                                  f"move the metadata directory away to start afresh")
+
+    def _load_maps(self, lun: Lun):
+        got = self.store.read(f"{lun.name}.maps")
+        if got is None:
+            raise E.MetadataError(f"no epoch maps for {lun.name}")
+        _gen, body = got
+        em = pyx.select("epochmap")
+        ne = len(lun.epochs) * 4
+        nb = len(lun.zeros.to_bytes())
+        parts = [lun]
+        if lun.backup_node is not None:
+            parts.append(lun.backup_node)
+        if len(body) != (ne + nb) * len(parts):
+            raise E.MetadataError(f"epoch maps of {lun.name} have the wrong length")
+        pos = 0
+        for node in parts:
+            node.epochs = em.EpochMap.from_bytes(node.size, node.chunk_size, body[pos:pos + ne])
+            pos += ne
+            node.zeros = em.ChunkBitmap.from_bytes(node.size, node.chunk_size, body[pos:pos + nb])
+            pos += nb
+            node._zeros_any = node.zeros.count() > 0
+        for pool in lun.pools:
+            for m in pool.members:
+                if m.sweep is not None:
+                    m.sweep.epochs = pool.source.epochs
+        return True
+
+    def _restore_pool(self, pool: BackupPool, pdoc: dict, clean: bool) -> None:
+        pool.clock = int(pdoc["clock"])
+        pool.rotations = int(pdoc["rotations"])
+        pool.active = None
+        pool.source.cow = [m for m in pool.source.cow if m.pool is not pool]
+        epochs = pool.source.epochs
+        for m, md in zip(pool.members, pdoc["members"]):
+            m.last_active = int(md["last_active"])
+            m.generation = int(md["generation"]) + 1
+            m.manifest = None if md["manifest"] is None else Manifest.from_dict(md["manifest"])
+            m.sweep = None
+            m.hasher = None
+            m.error = None
+            state = md["state"]
+            keeps_bytes = _persistent(m.device)
+            if not keeps_bytes:
+                m.state, m.since, m.manifest, m.proven = EMPTY, 0, None, False
+            elif clean:
+                m.state, m.since, m.proven = state, int(md["since"]), bool(md["proven"])
+                s = md["sweep"]
+                if s is not None:
+                    m.sweep = Sweep(epochs, int(s["since"]), deadline=pool.throttle.deadline,
+                                    cursor=int(s["cursor"]), until=s["until"])
+                if state == CUTTING:
+                    pool.source.cow.append(m)
+                if state == FROZEN and m.manifest is not None and m.manifest.digest is None:
+                    from splitpoint.firmware.manifest import RegionHasher
+                    m.hasher = RegionHasher(m.device, pool.region_size, pool.size)
+            elif state == FROZEN and md["proven"] and m.manifest is not None and m.manifest.digest is not None:
+                m.state, m.since, m.proven = FROZEN, 0, True   # proven before the crash; resync in full later
+            else:
+                m.state, m.since, m.manifest, m.proven = INCONSISTENT, 0, None, False
+                m.error = "not proven consistent before an unclean shutdown"
+        idx = pdoc["active"]
+        if idx is not None:
+            m = pool.members[idx]
+            if clean and keeps(m) and m.state in ("active", SYNCING):
+                pool.active = m
+            else:
+                m.state = INCONSISTENT
+                pool._activate(m, notify=False)
+        elif not clean and len(pool.members) > 1:
+            pool._activate(min(pool.members, key=lambda x: (x.last_active, x.index)), notify=False)
+        self._bg = True
+
+    # -- shutdown ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Drain the queue and the mirror paths, persist metadata (clean shutdown), release devices."""
+        if self._closed:
+            return
+        self._closing = True
+        self.stop()
+        with self._inline_lock:
+            self.drain()
+            if self.store is not None:
+                for lun in self.luns.values():
+                    try:
+                        lun.flush()
+                        for node in [lun.backup_node] if lun.backup_node else []:
+                            node.device.flush()
+                        for pool in lun.pools:
+                            for m in pool.members:
+                                m.device.flush()
+                    except HalError as exc:
+                        self.metadata_error = f"flush at close failed: {exc}"
+                    self._persist(lun, clean=True)
+                if self.metadata_error is None:
+                    self.store.mark_clean()
+        self._closed = True
+        self._close_devices()
+
+    def _close_devices(self) -> None:
+        for dev in self._devices:
+            try:
+                dev.close()
+            except Exception:
+                pass
+        self._devices = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def keeps(m: PoolMember) -> bool:
+    return _persistent(m.device)

@@ -1,0 +1,185 @@
+"""LUN nodes: a device that applies the sequenced stream, tracks what changed, and feeds mirror paths.
+
+Owns, for one LUN (the primary, or a primary backup LUN in a cascade): the
+epoch map ("chunk last written in epoch e"), the known-zero chunks reported
+as NBD base:allocation, copy-on-write for pool members cut at a TRIGGER while
+still completing, and forwarding each op to its mirror paths in order. A
+primary backup LUN is also the target of its upstream path, with its own
+resync when it is behind. It never decides what a TRIGGER does to a pool.
+"""
+from __future__ import annotations
+
+import time
+
+from splitpoint import pyx
+from splitpoint.firmware.requests import Op
+from splitpoint.firmware.resync import Sweep, copy_between
+
+_em = pyx.select("epochmap")
+
+_WRITE = int(Op.WRITE)
+_TRIM = int(Op.TRIM)
+
+
+class LunNode:
+    """A LUN that applies data ops in stream order and forwards them down its mirror paths."""
+
+    def __init__(self, name: str, device, chunk_size: int, known_zero: bool = False):
+        self.name = name
+        self.device = device
+        self.size = device.size
+        self.block_size = device.block_size
+        self.chunk_size = chunk_size
+        self.epochs = _em.EpochMap(self.size, chunk_size)
+        self.zeros = _em.ChunkBitmap(self.size, chunk_size)   # chunks known to read as zeros
+        if known_zero:
+            self.zeros.set_all()
+        self._zeros_any = known_zero
+        self.paths: list = []          # MirrorPaths fed by this node, in order
+        self.cow: list = []            # pool members cut at a TRIGGER that still need chunks from here
+        self.epoch = 1                 # epoch of the ops applied most recently
+        self.upstream = None           # the MirrorPath feeding this node (a primary backup LUN), or None
+        self.sweep: Sweep | None = None  # resync from upstream while this node is behind
+        self.failed: str | None = None
+
+    # -- applying the stream -------------------------------------------------------------
+    def apply(self, op: int, offset: int, length: int, data, flags: int, epoch: int) -> None:
+        """Apply one data op, mark it, and forward it on every path (in that order)."""
+        if self.cow:
+            self._copy_on_write(offset, length)
+        dev = self.device
+        if op == _WRITE:
+            dev.write(offset, data, flags & 1)
+            if self._zeros_any:
+                self.zeros.clear_range(offset, length)
+        else:
+            if op == _TRIM:
+                dev.trim(offset, length)
+            else:
+                dev.write_zeroes(offset, length, flags & 1)
+            self._mark_zero(offset, length)
+        self.epochs.mark(offset, length, epoch)
+        self.epoch = epoch
+        for path in self.paths:
+            path.forward(op, offset, length, data, flags, epoch)
+
+    def flush(self) -> None:
+        self.device.flush()
+        for path in self.paths:
+            path.flush()
+
+    def trigger(self, event) -> None:
+        """A TRIGGER reaching this node as a mirror target: be exact at this point, then pass it on."""
+        if self.sweep is not None:
+            if self.upstream is not None and len(self.upstream) == 0:
+                self.finish_sweep(drain=False)  # upstream sits exactly at this TRIGGER: copy up to it
+            else:
+                event = event.inexact()  # upstream is already past it: nothing below can be cut exactly
+        self.epoch = event.epoch + 1
+        for path in self.paths:
+            path.trigger(event)
+
+    def _mark_zero(self, offset: int, length: int) -> None:
+        cs = self.chunk_size
+        first = -(-offset // cs)
+        end = offset + length
+        last = self.size // cs if end >= self.size and self.size % cs else end // cs
+        if last > first:
+            self.zeros.set_range(first * cs, min(last * cs, self.size) - first * cs)
+            self._zeros_any = True
+
+    def _copy_on_write(self, offset: int, length: int) -> None:
+        cs = self.chunk_size
+        c0 = offset // cs
+        c1 = (offset + length - 1) // cs + 1
+        for member in self.cow:
+            ext = member.sweep.pending(c0, c1)
+            if ext:
+                member.sweep.copied += copy_between(self.device, member.device, ext)
+
+    # -- allocation (NBD base:allocation) ----------------------------------------------
+    def allocation(self, offset: int, length: int, hole_flags: int) -> list[tuple[int, int, int]]:
+        """Runs of (offset, length, flags) covering [offset, offset+length): flags 0 for data."""
+        cs = self.chunk_size
+        end = offset + length
+        out = []
+        pos = offset
+        if self._zeros_any:
+            for zo, zl in self.zeros.extents(offset // cs, (end - 1) // cs + 1):
+                zs, ze = max(zo, offset), min(zo + zl, end)
+                if zs >= ze:
+                    continue
+                if zs > pos:
+                    out.append((pos, zs - pos, 0))
+                out.append((zs, ze - zs, hole_flags))
+                pos = ze
+        if pos < end:
+            out.append((pos, end - pos, 0))
+        return out
+
+    # -- being a mirror target (primary backup LUN) ----------------------------------------
+    def attach_upstream(self, path) -> None:
+        self.upstream = path
+
+    def needs_prompt_trigger(self) -> bool:
+        if self.sweep is not None:
+            return True
+        return any(p.target.needs_prompt_trigger() for p in self.paths)
+
+    def device_failed(self, exc) -> None:
+        """The device failed an op: it is behind from now on and must be resynced in full."""
+        self.failed = str(exc)
+        self.start_sweep(0)
+
+    def start_sweep(self, since: int) -> None:
+        if self.upstream is None:
+            return
+        self.sweep = Sweep(self.upstream.source.epochs, since)
+
+    def sweep_step(self, budget: int, drain: bool = True) -> int:
+        """Copy a slice from upstream as ordinary writes (so they mark, copy-on-write and go downstream)."""
+        sweep = self.sweep
+        if sweep is None:
+            return 0
+        if drain:
+            self.upstream.drain()   # upstream and this node at the same point of the stream
+        src = self.upstream.source
+        todo, cursor = sweep.plan(budget)
+        n = 0
+        for off, ln in todo:
+            self.apply(_WRITE, off, ln, src.device.read(off, ln), 0, self.epoch)
+            n += ln
+        sweep.advance(cursor, n)
+        if sweep.done:
+            self.sweep = None
+            self.failed = None
+        return n
+
+    def finish_sweep(self, drain: bool = True) -> None:
+        while self.sweep is not None:
+            self.sweep_step(64 << 20, drain)
+
+    def status(self) -> dict:
+        return {"name": self.name, "device": self.device.describe(), "size": self.size,
+                "block_size": self.block_size, "epoch": self.epoch,
+                "state": "syncing" if self.sweep is not None else ("failed" if self.failed else "in-sync"),
+                "resync": None if self.sweep is None else self.sweep.progress(),
+                "paths": [p.status() for p in self.paths]}
+
+
+class Lun(LunNode):
+    """A primary LUN: where host requests execute and TRIGGERs split the mirror."""
+
+    def __init__(self, name: str, device, chunk_size: int, known_zero: bool = False):
+        super().__init__(name, device, chunk_size, known_zero)
+        self.read_only = bool(getattr(device, "read_only", False))
+        self.next_trigger_id = 1       # TRIGGER ids count from 1 per LUN
+        self.pools: list = []          # every pool downstream (local pool first, then cascades)
+        self.backup_node: LunNode | None = None
+        self.created = time.time()
+
+    def status(self) -> dict:
+        doc = super().status()
+        doc.update({"read_only": self.read_only, "triggers": self.next_trigger_id - 1,
+                    "backup_lun": None if self.backup_node is None else self.backup_node.status()})
+        return doc

@@ -1,0 +1,333 @@
+"""Backup pools: an ordered set of backup LUNs that rotate at each TRIGGER.
+
+Owns the members' states and the rotation: on a TRIGGER the active member is
+frozen (it becomes the point-in-time copy, with a manifest), the least
+recently active member is activated and resynced incrementally from the
+pool's source (only chunks written since it was last in sync) while it
+already receives mirror writes. See docs/pool-states.md for every state and
+transition. It never reports a member as a consistent backup unless the
+member holds exactly its TRIGGER's point in time.
+
+Member states:
+  empty         never held data (fresh; a RAM member next to a fresh RAM source is known to be all zeros)
+  active        receives mirror writes, byte-identical to the source at the stream point
+  syncing       receives mirror writes, resync sweep still copying older changes
+  frozen        a consistent point-in-time backup (manifest; digest computed in the background)
+  cutting       frozen at a TRIGGER while it was still syncing: pending chunks are copied from the
+                source before any later write overwrites them (copy-on-write) and by the background
+                sweep; becomes frozen when none are left. Never reported as a backup before that.
+  inconsistent  contents unknown (crash, device error, a TRIGGER that could not be cut exactly)
+"""
+from __future__ import annotations
+
+from splitpoint.firmware.manifest import Manifest, RegionHasher
+from splitpoint.firmware.requests import BackupInfo, Op
+from splitpoint.firmware.resync import Sweep, Throttle
+from splitpoint.hal import HalError
+
+EMPTY = "empty"
+ACTIVE = "active"
+SYNCING = "syncing"
+FROZEN = "frozen"
+CUTTING = "cutting"
+INCONSISTENT = "inconsistent"
+STATES = (EMPTY, ACTIVE, SYNCING, FROZEN, CUTTING, INCONSISTENT)
+
+_WRITE = int(Op.WRITE)
+_TRIM = int(Op.TRIM)
+
+
+class PoolMember:
+    """One backup LUN of a pool."""
+
+    __slots__ = ("pool", "index", "url", "device", "state", "since", "sweep", "manifest", "hasher",
+                 "last_active", "generation", "proven", "error")
+
+    def __init__(self, pool, index: int, url: str, device, since: int = 0):
+        self.pool = pool
+        self.index = index
+        self.url = url
+        self.device = device
+        self.state = EMPTY
+        self.since = since              # when (re)activated, chunks with epoch >= since must be copied (0: all)
+        self.sweep: Sweep | None = None
+        self.manifest: Manifest | None = None
+        self.hasher: RegionHasher | None = None
+        self.last_active = -1           # rotation clock when it last stopped being active (-1: never)
+        self.generation = 0             # +1 each time it is recycled, so readers notice
+        self.proven = False             # manifest with digest persisted after the data was flushed
+        self.error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.name}[{self.index}]"
+
+    @property
+    def consistent(self) -> bool:
+        return self.state == FROZEN
+
+    def backup_info(self) -> BackupInfo:
+        m = self.manifest
+        return BackupInfo(trigger_id=m.trigger_id, label=m.label, seq=m.seq, epoch=m.epoch, time=m.time,
+                          member=self.name, digest=m.digest)
+
+    def status(self, now: float) -> dict:
+        m = self.manifest
+        doc = {"index": self.index, "url": self.url, "state": self.state,
+               "role": "active" if self.pool.active is self else ("backup" if self.state == FROZEN else "spare"),
+               "consistent": self.consistent, "generation": self.generation}
+        if m is not None:
+            doc.update({"trigger_id": m.trigger_id, "label": m.label, "seq": m.seq, "epoch": m.epoch,
+                        "time": m.time, "age": round(max(now - m.time, 0.0), 3),
+                        "digest": None if m.digest is None else f"{m.digest:016x}",
+                        "digest_progress": None if self.hasher is None else
+                        round(100.0 * self.hasher.offset / max(self.hasher.size, 1), 1)})
+        if self.sweep is not None:
+            doc["resync"] = self.sweep.progress()
+        if self.error:
+            doc["error"] = self.error
+        return doc
+
+
+class BackupPool:
+    """An ordered pool of backup LUNs fed by one source node through one mirror path."""
+
+    def __init__(self, name: str, lun_name: str, source, members: list[tuple[str, object]], *,
+                 region_size: int = 1 << 20, throttle: Throttle | None = None, known_zero: bool = False,
+                 on_change=None, on_backups_changed=None):
+        self.name = name
+        self.lun_name = lun_name
+        self.source = source            # the LunNode this pool copies from (primary or primary backup LUN)
+        self.size = source.size
+        self.chunk_size = source.chunk_size
+        self.region_size = region_size
+        self.throttle = throttle or Throttle(chunk_size=source.chunk_size)
+        self.members = [PoolMember(self, i, url, dev, since=1 if known_zero else 0)
+                        for i, (url, dev) in enumerate(members)]
+        self.upstream = None            # the MirrorPath feeding this pool
+        self.active: PoolMember | None = None
+        self.clock = 0                  # rotations so far; orders members by when they were last active
+        self.rotations = 0
+        self.on_change = on_change or (lambda pool, urgent: None)          # persist pool state
+        self.on_backups_changed = on_backups_changed or (lambda pool: None)
+        first = self.members[0]
+        self._activate(first, notify=False)
+
+    # -- mirror target ---------------------------------------------------------------------
+    def attach_upstream(self, path) -> None:
+        self.upstream = path
+
+    def needs_prompt_trigger(self) -> bool:
+        a = self.active
+        return a is not None and a.sweep is not None
+
+    def apply(self, op: int, offset: int, length: int, data, flags: int, epoch: int) -> None:
+        m = self.active
+        if m is None:
+            return
+        try:
+            dev = m.device
+            if op == _WRITE:
+                dev.write(offset, data, flags & 1)
+            elif op == _TRIM:
+                dev.trim(offset, length)
+            else:
+                dev.write_zeroes(offset, length, flags & 1)
+        except HalError as exc:
+            self._member_failed(m, exc)
+
+    def flush(self) -> None:
+        m = self.active
+        if m is not None:
+            try:
+                m.device.flush()
+            except HalError as exc:
+                self._member_failed(m, exc)
+
+    def device_failed(self, exc) -> None:
+        if self.active is not None:
+            self._member_failed(self.active, exc)
+
+    def trigger(self, event) -> None:
+        """The TRIGGER reached the backup side: freeze the active member, rotate to the LRU one."""
+        a = self.active
+        if a is not None:
+            self.active = None
+            self._freeze(a, event)
+            a.last_active = self.clock
+        self.clock += 1
+        self.rotations += 1
+        if len(self.members) == 1:
+            if a is None:
+                # a pool of one: the member frozen at the previous TRIGGER is refreshed and cut here
+                m = self.members[0]
+                self._activate(m)
+                self.active = None
+                self._freeze(m, event)
+                m.last_active = self.clock
+        else:
+            nxt = min((m for m in self.members if m is not a), key=lambda m: (m.last_active, m.index))
+            self._activate(nxt)
+        self.on_change(self, True)
+        self.on_backups_changed(self)
+
+    # -- transitions ---------------------------------------------------------------------
+    def _activate(self, m: PoolMember, notify: bool = True) -> None:
+        was_backup = m.state == FROZEN
+        if m.state == CUTTING:
+            self._uncow(m)
+            since = m.sweep.since
+        elif m.state in (FROZEN, EMPTY, ACTIVE):
+            since = m.since
+        else:
+            since = 0
+        m.generation += 1
+        m.manifest = None
+        m.hasher = None
+        m.proven = False
+        m.error = None
+        m.sweep = Sweep(self.source.epochs, since, deadline=self.throttle.deadline)
+        m.state = SYNCING
+        self.active = m
+        if notify and was_backup:
+            self.on_backups_changed(self)
+
+    def _freeze(self, m: PoolMember, event) -> None:
+        m.manifest = Manifest(trigger_id=event.id, label=event.label, seq=event.seq, epoch=event.epoch,
+                              time=event.time, size=self.size, region_size=self.region_size)
+        if not event.exact or m.state == INCONSISTENT:
+            self._make_inconsistent(m, "cut by a TRIGGER that could not be delivered at its exact point")
+            return
+        if m.sweep is None:
+            self._frozen(m)
+        else:
+            m.sweep.until = event.epoch
+            m.state = CUTTING
+            self.source.cow.append(m)
+
+    def _frozen(self, m: PoolMember) -> None:
+        m.state = FROZEN
+        m.sweep = None
+        m.since = m.manifest.epoch + 1
+        m.hasher = RegionHasher(m.device, self.region_size, self.size)
+
+    def _make_inconsistent(self, m: PoolMember, why: str) -> None:
+        if m.state == CUTTING:
+            self._uncow(m)
+        m.state = INCONSISTENT
+        m.error = why
+        m.sweep = None
+        m.hasher = None
+        m.proven = False
+        m.since = 0
+
+    def _uncow(self, m: PoolMember) -> None:
+        try:
+            self.source.cow.remove(m)
+        except ValueError:
+            pass
+
+    def _member_failed(self, m: PoolMember, exc) -> None:
+        was_backup = m.state == FROZEN
+        if self.active is m:
+            self.active = None
+        self._make_inconsistent(m, f"device error: {exc}")
+        self.on_change(self, True)
+        if was_backup:
+            self.on_backups_changed(self)
+
+    # -- background work -----------------------------------------------------------------
+    def has_background(self) -> bool:
+        if self.active is not None and self.active.sweep is not None:
+            return True
+        return any(m.state == CUTTING or m.hasher is not None for m in self.members)
+
+    def background(self, busy: bool) -> int:
+        """One bounded slice of resync, cut completion and digest work; returns bytes moved or hashed."""
+        work = 0
+        src = self.source.device
+        a = self.active
+        if a is not None and a.sweep is not None:
+            if self.upstream is not None and len(self.upstream):
+                self.upstream.drain()   # the source must not be ahead of the member while copying from it
+            budget = self.throttle.budget(a.sweep, busy)
+            if budget > 0:
+                try:
+                    n = a.sweep.step(src, a.device, budget)
+                except HalError as exc:
+                    self._member_failed(a, exc)
+                    return work
+                self.throttle.spend(n)
+                work += n or 1
+            if a.sweep is not None and a.sweep.done:
+                a.sweep = None
+                a.state = ACTIVE
+                self.on_change(self, False)
+        for m in self.members:
+            if m.state == CUTTING:
+                budget = self.throttle.budget(m.sweep, busy)
+                if budget <= 0:
+                    continue
+                try:
+                    n = m.sweep.step(src, m.device, budget)
+                except HalError as exc:
+                    self._member_failed(m, exc)
+                    continue
+                self.throttle.spend(n)
+                work += n or 1
+                if m.sweep.done:
+                    self._uncow(m)
+                    self._frozen(m)
+                    self.on_change(self, False)
+                    self.on_backups_changed(self)
+            elif m.hasher is not None:
+                h = m.hasher
+                try:
+                    work += h.step(self.chunk_size if busy else self.throttle.slice) or 1
+                    if h.done:
+                        self._digested(m)
+                except HalError as exc:
+                    self._member_failed(m, exc)
+        return work
+
+    def _digested(self, m: PoolMember) -> None:
+        from splitpoint.firmware.manifest import combine
+        m.manifest.regions = m.hasher.regions
+        m.manifest.digest = combine(m.hasher.regions)
+        m.hasher = None
+        m.device.flush()   # the data is durable before the manifest that vouches for it is written
+        m.proven = True
+        self.on_change(self, False)
+        self.on_backups_changed(self)
+
+    def finish_digest(self, m: PoolMember) -> None:
+        """Complete a frozen member's digest now (verify asked before the background got there)."""
+        if m.hasher is not None:
+            m.hasher.finish()
+            self._digested(m)
+
+    def finish(self) -> None:
+        """Complete every sweep and digest now (tests, clean shutdown of RAM-only setups)."""
+        while self.has_background():
+            self.background(False)
+
+    # -- reporting -------------------------------------------------------------------------
+    def backups(self) -> list[PoolMember]:
+        """Consistent frozen members, newest TRIGGER first."""
+        out = [m for m in self.members if m.state == FROZEN]
+        out.sort(key=lambda m: m.manifest.trigger_id, reverse=True)
+        return out
+
+    def state(self) -> str:
+        a = self.active
+        if a is None:
+            return "split"
+        return "syncing" if a.sweep is not None else "mirroring"
+
+    def status(self, now: float) -> dict:
+        return {"name": self.name, "source": self.source.name, "state": self.state(),
+                "mirror": None if self.upstream is None else self.upstream.mode,
+                "queue_depth": 0 if self.upstream is None else len(self.upstream),
+                "rotations": self.rotations,
+                "active": None if self.active is None else self.active.index,
+                "members": [m.status(now) for m in self.members]}

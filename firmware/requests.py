@@ -1,0 +1,109 @@
+"""Requests and what comes back from them.
+
+Owns the opcodes and flags a ring descriptor carries, the completion handed
+to a producer's callback, and the records the controller reports (a TRIGGER's
+result, a backup, a verify result). Opcodes use NBD's command numbers where
+NBD has one, so a front end passes them through unchanged. Nothing here
+executes a request.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Op(enum.IntEnum):
+    """Request opcodes (u16 in a ring descriptor); NBD's numbers where NBD has the command."""
+
+    READ = 0
+    WRITE = 1
+    FLUSH = 3
+    TRIM = 4
+    CACHE = 5
+    WRITE_ZEROES = 6
+    TRIGGER = 16
+
+
+#: descriptor flags (u16)
+FLAG_FUA = 1        # the write is durable before it completes
+FLAG_FAST_ZERO = 2  # WRITE_ZEROES: fail rather than write zeros slowly (never slow here)
+FLAG_NO_HOLE = 4    # WRITE_ZEROES: keep the range allocated
+FLAGS_KNOWN = FLAG_FUA | FLAG_FAST_ZERO | FLAG_NO_HOLE
+
+#: ops that change the bytes of a LUN (marked in its epoch map, forwarded on the mirror path)
+DATA_OPS = frozenset((Op.WRITE, Op.TRIM, Op.WRITE_ZEROES))
+#: ops with an (offset, length) range that must be in bounds and aligned
+RANGE_OPS = frozenset((Op.READ, Op.WRITE, Op.TRIM, Op.WRITE_ZEROES, Op.CACHE))
+
+#: the longest TRIGGER label, in UTF-8 bytes
+LABEL_MAX = 64
+
+#: NBD base:allocation bits reported by Controller.allocation
+STATE_HOLE = 1
+STATE_ZERO = 2
+
+
+def label_bytes(label) -> bytes:
+    """A TRIGGER label as bytes (str is UTF-8 encoded); None is the empty label."""
+    if label is None:
+        return b""
+    if isinstance(label, str):
+        return label.encode("utf-8")
+    return bytes(label)
+
+
+def label_text(raw: bytes) -> str:
+    """A label as text for reports; bytes that are not UTF-8 are shown escaped, never dropped."""
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerResult:
+    """What a trigger source gets back once the split is done."""
+
+    id: int          # TRIGGER number on its LUN, counted from 1 (export lun0.t<id>)
+    seq: int         # sequence number the TRIGGER got in the ring
+    epoch: int       # the epoch the split closed: the backup holds every write of epochs <= this
+    label: str       # the label, decoded for display
+    lun: str = ""    # the LUN it cut
+
+
+@dataclass(slots=True)
+class Completion:
+    """Handed to a request's callback on the controller's owner thread."""
+
+    seq: int
+    op: int
+    error: Exception | None = None   # None, or a ControllerError with .errno
+    data: bytes | None = None        # READ: the bytes
+    trigger: TriggerResult | None = None  # TRIGGER: its result
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """A consistent frozen copy a LUN's pools hold."""
+
+    trigger_id: int
+    label: str
+    seq: int
+    epoch: int
+    time: float      # wall time of the cut (seconds since the epoch)
+    member: str      # "<pool>[<index>]", e.g. "lun0.pool[1]"
+    digest: int | None = None  # whole-copy digest once computed (None while it is being computed)
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    """The outcome of recomputing one frozen copy's digest against its manifest."""
+
+    trigger_id: int
+    member: str
+    ok: bool
+    expected: int | None
+    actual: int | None
+    bad_regions: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) that differ
+    note: str = ""

@@ -1,0 +1,233 @@
+"""Configuration: a TOML file (or the embedded default) checked key by key.
+
+Owns the schema of ``splitpoint serve --config FILE``: LUNs and their
+backends by URL, the pool each LUN (or its primary backup LUN) feeds, mirror
+modes, chunk size, resync throttle and the metadata directory. Every key is
+checked; an unknown key is an error that names it and lists the valid ones.
+It never opens a device: the controller does that from the validated
+``Config``. Documented with examples in docs/configuration.md.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from splitpoint.hal.url import parse_size
+
+#: the embedded default of DESIGN.md: RAM lun0 (256 MiB) mirrored to a pool of 3 RAM backups
+DEFAULT_TOML = """\
+[[lun]]
+name = "lun0"
+url = "ram://lun0?size=256M"
+
+[lun.pool]
+mirror = "sync"
+members = ["ram://lun0.b0?size=256M", "ram://lun0.b1?size=256M", "ram://lun0.b2?size=256M"]
+"""
+
+MIRROR_MODES = ("sync", "async")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+
+
+class ConfigError(ValueError):
+    """The configuration is not valid; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ResyncConfig:
+    """How fast a recycled pool member is brought back in sync."""
+
+    rate: int = 0             # bytes per second at most (0 = no rate limit)
+    deadline: float = 0.0     # seconds a resync should take at most, paced against foreground load (0 = none)
+    slice: int = 4 << 20      # bytes copied per background step at most
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """An ordered pool of backup LUNs; the first member starts active."""
+
+    members: tuple[str, ...]
+    mirror: str = "sync"
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """A primary backup LUN: a continuous mirror of the primary that feeds its own pool (a cascade)."""
+
+    url: str
+    mirror: str = "sync"
+    pool: PoolConfig | None = None
+
+
+@dataclass(frozen=True)
+class LunConfig:
+    name: str
+    url: str
+    pool: PoolConfig | None = None       # pool fed by the primary itself
+    backup: BackupConfig | None = None   # cascade: primary -> backup LUN -> backup.pool
+
+
+@dataclass(frozen=True)
+class Config:
+    luns: tuple[LunConfig, ...]
+    chunk_size: int = 64 << 10          # dirty-tracking granularity (bytes, power of two)
+    ring_capacity: int = 4096           # request ring slots (power of two)
+    metadata_dir: str | None = None     # where pool state and manifests persist (None: nowhere)
+    digest_region: int = 1 << 20        # bytes per region digest in a manifest
+    async_queue_ops: int = 4096         # asynchronous mirror: queued ops before backpressure
+    async_queue_bytes: int = 64 << 20   # asynchronous mirror: queued payload bytes before backpressure
+    resync: ResyncConfig = field(default_factory=ResyncConfig)
+    source: str = "<default>"           # where it was loaded from, for messages
+
+
+_TOP_KEYS = {"controller", "resync", "lun"}
+_CONTROLLER_KEYS = {"chunk_size", "ring_capacity", "metadata_dir", "digest_region",
+                    "async_queue_ops", "async_queue_bytes"}
+_RESYNC_KEYS = {"rate", "deadline", "slice"}
+_LUN_KEYS = {"name", "url", "pool", "backup"}
+_POOL_KEYS = {"members", "mirror"}
+_BACKUP_KEYS = {"url", "mirror", "pool"}
+
+
+def _check_keys(table, valid: set[str], where: str, source: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table, got {type(table).__name__}")
+    for key in table:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key {key!r} in [{where}]; valid keys: {', '.join(sorted(valid))}")
+
+
+def _size(value, key: str, where: str, source: str, *, power_of_two=False, minimum=1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{source}: [{where}] {key} must be a size like 65536 or \"64K\", got {value!r}")
+    try:
+        n = parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [{where}] {key}: {exc}") from None
+    if n < minimum:
+        raise ConfigError(f"{source}: [{where}] {key} must be at least {minimum}, got {value!r}")
+    if power_of_two and n & (n - 1):
+        raise ConfigError(f"{source}: [{where}] {key} must be a power of two, got {value!r}")
+    return n
+
+
+def _url(value, key: str, where: str, source: str) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(f"{source}: [{where}] {key} must be a device URL like \"ram://?size=256M\", got {value!r}")
+    return value
+
+
+def _mirror(table, where: str, source: str) -> str:
+    mode = table.get("mirror", "sync")
+    if mode not in MIRROR_MODES:
+        raise ConfigError(f"{source}: [{where}] mirror must be one of {', '.join(MIRROR_MODES)}, got {mode!r}")
+    return mode
+
+
+def _pool(table, where: str, source: str) -> PoolConfig:
+    _check_keys(table, _POOL_KEYS, where, source)
+    members = table.get("members")
+    if not isinstance(members, list) or not members:
+        raise ConfigError(f"{source}: [{where}] members must be a non-empty list of device URLs")
+    urls = tuple(_url(m, f"members[{i}]", where, source) for i, m in enumerate(members))
+    return PoolConfig(members=urls, mirror=_mirror(table, where, source))
+
+
+def _lun(table, index: int, source: str) -> LunConfig:
+    where = f"lun #{index + 1}"
+    _check_keys(table, _LUN_KEYS, where, source)
+    name = table.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{source}: [{where}] name must be letters and digits starting with a letter "
+                          f"(exports are named <name>.t<id>), got {name!r}")
+    where = f"lun {name}"
+    if "url" not in table:
+        raise ConfigError(f"{source}: [{where}] needs url, the primary's device URL")
+    url = _url(table["url"], "url", where, source)
+    pool = _pool(table["pool"], f"{where}.pool", source) if "pool" in table else None
+    backup = None
+    if "backup" in table:
+        bt = table["backup"]
+        _check_keys(bt, _BACKUP_KEYS, f"{where}.backup", source)
+        if "url" not in bt:
+            raise ConfigError(f"{source}: [{where}.backup] needs url, the primary backup LUN's device URL")
+        backup = BackupConfig(
+            url=_url(bt["url"], "url", f"{where}.backup", source),
+            mirror=_mirror(bt, f"{where}.backup", source),
+            pool=_pool(bt["pool"], f"{where}.backup.pool", source) if "pool" in bt else None,
+        )
+    return LunConfig(name=name, url=url, pool=pool, backup=backup)
+
+
+def from_dict(doc: dict, source: str = "<dict>") -> Config:
+    """A validated Config from a parsed TOML document."""
+    _check_keys(doc, _TOP_KEYS, "top level", source)
+    ctl = doc.get("controller", {})
+    _check_keys(ctl, _CONTROLLER_KEYS, "controller", source)
+    rs = doc.get("resync", {})
+    _check_keys(rs, _RESYNC_KEYS, "resync", source)
+    luns_doc = doc.get("lun")
+    if not isinstance(luns_doc, list) or not luns_doc:
+        raise ConfigError(f"{source}: no LUNs: add at least one [[lun]] table with name and url")
+    luns = tuple(_lun(t, i, source) for i, t in enumerate(luns_doc))
+    names = [lun.name for lun in luns]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{source}: LUN name {name!r} is used twice")
+
+    kw = {}
+    if "chunk_size" in ctl:
+        kw["chunk_size"] = _size(ctl["chunk_size"], "chunk_size", "controller", source, power_of_two=True, minimum=512)
+    if "ring_capacity" in ctl:
+        kw["ring_capacity"] = _size(ctl["ring_capacity"], "ring_capacity", "controller", source,
+                                    power_of_two=True, minimum=2)
+    if "metadata_dir" in ctl:
+        if not isinstance(ctl["metadata_dir"], str) or not ctl["metadata_dir"]:
+            raise ConfigError(f"{source}: [controller] metadata_dir must be a directory path")
+        kw["metadata_dir"] = ctl["metadata_dir"]
+    if "digest_region" in ctl:
+        kw["digest_region"] = _size(ctl["digest_region"], "digest_region", "controller", source,
+                                    power_of_two=True, minimum=512)
+    if "async_queue_ops" in ctl:
+        kw["async_queue_ops"] = _size(ctl["async_queue_ops"], "async_queue_ops", "controller", source)
+    if "async_queue_bytes" in ctl:
+        kw["async_queue_bytes"] = _size(ctl["async_queue_bytes"], "async_queue_bytes", "controller", source)
+
+    rkw = {}
+    if "rate" in rs:
+        rkw["rate"] = _size(rs["rate"], "rate", "resync", source, minimum=0)
+    if "deadline" in rs:
+        d = rs["deadline"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or d < 0:
+            raise ConfigError(f"{source}: [resync] deadline must be a number of seconds >= 0, got {d!r}")
+        rkw["deadline"] = float(d)
+    if "slice" in rs:
+        rkw["slice"] = _size(rs["slice"], "slice", "resync", source, minimum=512)
+    return Config(luns=luns, resync=ResyncConfig(**rkw), source=source, **kw)
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    """A validated Config from TOML text."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return from_dict(doc, source)
+
+
+def load(path: str) -> Config:
+    """A validated Config from a TOML file."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"configuration {path!r} is not UTF-8 text") from None
+    return loads(text, source=path)
+
+
+def default() -> Config:
+    """The embedded default: RAM lun0 (256 MiB) mirrored to a pool of 3 RAM backup LUNs."""
+    return loads(DEFAULT_TOML, source="<embedded default>")
