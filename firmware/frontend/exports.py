@@ -1,0 +1,323 @@
+"""The NBD exports a controller offers, and what each one does with a request.
+
+Exports, for every LUN ``<lun>`` of the controller (``lun0`` on the default):
+
+- ``<lun>``: the primary LUN, read-write. The first LUN is also the default export "".
+- ``<lun>.trigger``: the special path, the same blocks as ``<lun>``; every WRITE, TRIM or
+  WRITE_ZEROES through it is queued and then followed in sequence by a TRIGGER, and is
+  answered once that TRIGGER has split the mirror.
+- ``<lun>.latest``: the newest consistent frozen backup, read-only, bound when a client connects.
+- ``<lun>.t<id>``: the backup cut by TRIGGER number ``<id>``, read-only, listed while the pool
+  keeps it and gone once it is recycled.
+- ``trigger``: the special LUN of the first LUN: a WRITE at offset 0 is a TRIGGER whose label is
+  the written bytes (up to 64, cut at the first NUL); reads return zeros; other writes are ignored.
+
+An export only queues requests through the front end (``FrontEnd.submit``) or asks the controller
+questions its contract answers (backups, allocation). It never touches the HAL or controller state.
+"""
+from __future__ import annotations
+
+import datetime
+import re
+
+from splitpoint.firmware.frontend import wire
+from splitpoint.firmware.requests import Op
+
+#: controller request flags (docs/internals.md, ring descriptor `flags`)
+REQ_FUA = 1
+REQ_FAST_ZERO = 2
+REQ_NO_HOLE = 4
+
+#: bytes of a special-LUN write that become the label
+LABEL_MAX = 64
+#: size of the special LUN; large enough for any client's first write
+TRIGGER_LUN_SIZE = 1 << 20
+TRIGGER_LUN_BLOCK = 512
+#: preferred block size advertised for every export
+PREFERRED_BLOCK = 4096
+
+_BACKUP_NAME = re.compile(r"^(?P<lun>[A-Za-z0-9.]+?)\.(?:t(?P<id>[1-9][0-9]*)|(?P<latest>latest))$")
+
+
+def label_from_bytes(data) -> str | None:
+    """The TRIGGER label carried by a special-LUN write: its first 64 bytes up to the first NUL."""
+    raw = bytes(data[:LABEL_MAX]).split(b"\0", 1)[0]
+    label = raw.decode("utf-8", "replace").strip()
+    return label or None
+
+
+def request_flags(nbd_flags: int) -> int:
+    """Controller request flags for NBD command flags."""
+    flags = 0
+    if nbd_flags & wire.CMD_FLAG_FUA:
+        flags |= REQ_FUA
+    if nbd_flags & wire.CMD_FLAG_FAST_ZERO:
+        flags |= REQ_FAST_ZERO
+    if nbd_flags & wire.CMD_FLAG_NO_HOLE:
+        flags |= REQ_NO_HOLE
+    return flags
+
+
+def _when(value) -> str:
+    """A backup's time as UTC ISO-8601 (the controller gives a datetime or epoch seconds)."""
+    if isinstance(value, datetime.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    else:
+        moment = datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe_backup(lun_name: str, info) -> str:
+    label = f"'{info.label}'" if info.label else "(no label)"
+    return (f"{lun_name} backup t{info.trigger_id}: label {label}, seq {info.seq}, "
+            f"time {_when(info.time)}, read-only")
+
+
+class Export:
+    """What a connection needs to know about an export, and its request handlers.
+
+    Handlers are called only after the connection validated flags, bounds and alignment;
+    each one eventually calls exactly one ``conn.reply_*`` for the cookie.
+    """
+
+    name = ""
+    description = ""
+    size = 0
+    block_size = 512
+    read_only = False
+    #: whether base:allocation is meaningful (else every extent is reported allocated)
+    allocation = False
+
+    def transmission_flags(self, structured: bool) -> int:
+        flags = wire.TF_HAS_FLAGS | wire.TF_SEND_FLUSH | wire.TF_CAN_MULTI_CONN | wire.TF_SEND_CACHE
+        if structured:
+            flags |= wire.TF_SEND_DF
+        if self.read_only:
+            flags |= wire.TF_READ_ONLY
+        else:
+            flags |= (wire.TF_SEND_FUA | wire.TF_SEND_TRIM | wire.TF_SEND_WRITE_ZEROES
+                      | wire.TF_SEND_FAST_ZERO)
+        return flags
+
+    def block_sizes(self) -> tuple[int, int, int]:
+        """(minimum, preferred, maximum payload) for NBD_INFO_BLOCK_SIZE."""
+        return self.block_size, max(PREFERRED_BLOCK, self.block_size), wire.MAX_REQUEST
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """base:allocation extents as (length, flags); the default: all allocated."""
+        return [(length, 0)]
+
+
+class LunExport(Export):
+    """The primary LUN: every request goes through the controller's sequenced queue."""
+
+    allocation = True
+
+    def __init__(self, frontend, lun, name: str | None = None, description: str | None = None):
+        self.fe = frontend
+        self.lun = lun
+        self.lun_name = lun.name
+        self.name = name or lun.name
+        self.size = lun.size
+        self.block_size = lun.block_size
+        self.read_only = bool(getattr(lun, "read_only", False))
+        self.description = description or (f"{lun.name}: primary LUN, {lun.size} bytes, block {lun.block_size}"
+                                           + (", read-only" if self.read_only else ""))
+
+    def read(self, conn, cookie, offset, length, flags):
+        self.fe.submit(conn, self.lun, Op.READ, offset, length, None, 0, None, conn.read_callback(cookie, offset))
+
+    def write(self, conn, cookie, offset, data, flags):
+        self.fe.submit(conn, self.lun, Op.WRITE, offset, len(data), data, request_flags(flags), None,
+                       conn.ok_callback(cookie))
+
+    def flush(self, conn, cookie, flags):
+        self.fe.submit(conn, self.lun, Op.FLUSH, 0, 0, None, 0, None, conn.ok_callback(cookie))
+
+    def trim(self, conn, cookie, offset, length, flags):
+        self.fe.submit(conn, self.lun, Op.TRIM, offset, length, None, request_flags(flags), None,
+                       conn.ok_callback(cookie))
+
+    def write_zeroes(self, conn, cookie, offset, length, flags):
+        self.fe.submit(conn, self.lun, Op.WRITE_ZEROES, offset, length, None, request_flags(flags), None,
+                       conn.ok_callback(cookie))
+
+    def cache(self, conn, cookie, offset, length, flags):
+        self.fe.submit(conn, self.lun, Op.CACHE, offset, length, None, 0, None, conn.ok_callback(cookie))
+
+    def block_status(self, offset, length):
+        out = []
+        for _off, ext_len, ext_flags in self.fe.ctl.allocation(self.lun, offset, length):
+            if out and out[-1][1] == ext_flags:
+                out[-1] = (out[-1][0] + ext_len, ext_flags)
+            else:
+                out.append((ext_len, ext_flags))
+        return out or [(length, 0)]
+
+
+class _ReplyAfterTrigger:
+    """Joins a write and the TRIGGER queued right behind it: the reply waits for both."""
+
+    __slots__ = ("reply", "error", "left")
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.error = None
+        self.left = 2
+
+    def __call__(self, completion):
+        if completion.error is not None and self.error is None:
+            self.error = completion
+        self.left -= 1
+        if self.left == 0:
+            self.reply(self.error or completion)
+
+
+class TriggerPathExport(LunExport):
+    """The special path: a LUN's blocks, each write followed in sequence by a TRIGGER."""
+
+    def __init__(self, frontend, lun):
+        super().__init__(frontend, lun, name=f"{lun.name}.trigger",
+                         description=(f"{lun.name} special path: the blocks of {lun.name}; every write "
+                                      f"is followed in sequence by a TRIGGER"))
+
+    def _then_trigger(self, conn, cookie, op, offset, length, data, flags):
+        join = _ReplyAfterTrigger(conn.ok_callback(cookie))
+        self.fe.submit(conn, self.lun, op, offset, length, data, flags, None, join)
+        self.fe.submit(conn, self.lun, Op.TRIGGER, 0, 0, None, 0, None, join)
+
+    def write(self, conn, cookie, offset, data, flags):
+        self._then_trigger(conn, cookie, Op.WRITE, offset, len(data), data, request_flags(flags))
+
+    def trim(self, conn, cookie, offset, length, flags):
+        self._then_trigger(conn, cookie, Op.TRIM, offset, length, None, request_flags(flags))
+
+    def write_zeroes(self, conn, cookie, offset, length, flags):
+        self._then_trigger(conn, cookie, Op.WRITE_ZEROES, offset, length, None, request_flags(flags))
+
+
+class TriggerLunExport(Export):
+    """The special LUN: a write at offset 0 is a TRIGGER of ``lun``, its bytes the label."""
+
+    name = "trigger"
+    size = TRIGGER_LUN_SIZE
+    block_size = TRIGGER_LUN_BLOCK
+
+    def __init__(self, frontend, lun):
+        self.fe = frontend
+        self.lun = lun
+        self.description = (f"special LUN: a write at offset 0 is a TRIGGER of {lun.name}, "
+                            f"its first {LABEL_MAX} bytes the label")
+
+    def read(self, conn, cookie, offset, length, flags):
+        conn.reply_data(cookie, offset, bytes(length))
+
+    def write(self, conn, cookie, offset, data, flags):
+        if offset != 0:
+            conn.reply_ok(cookie)
+            return
+        self.fe.submit(conn, self.lun, Op.TRIGGER, 0, 0, None, 0, label_from_bytes(data), conn.ok_callback(cookie))
+
+    def flush(self, conn, cookie, flags):
+        conn.reply_ok(cookie)
+
+    def trim(self, conn, cookie, offset, length, flags):
+        conn.reply_ok(cookie)
+
+    write_zeroes = trim
+
+    def cache(self, conn, cookie, offset, length, flags):
+        conn.reply_ok(cookie)
+
+    def block_status(self, offset, length):
+        return [(length, wire.STATE_ZERO)]
+
+
+class BackupExport(Export):
+    """A frozen point-in-time backup, read-only; reads fail once the pool recycles it."""
+
+    read_only = True
+
+    def __init__(self, frontend, lun, info, name: str | None = None):
+        self.fe = frontend
+        self.lun = lun
+        self.trigger_id = info.trigger_id
+        self.name = name or f"{lun.name}.t{info.trigger_id}"
+        self.size = lun.size
+        self.block_size = lun.block_size
+        self.description = describe_backup(lun.name, info)
+        if name and name.endswith(".latest"):
+            self.description = f"newest consistent backup of {lun.name}: " + self.description
+
+    def read(self, conn, cookie, offset, length, flags):
+        try:
+            data = self.fe.ctl.read_backup(self.lun, self.trigger_id, offset, length)
+        except Exception as exc:  # NoSuchBackupError and HAL errors: answered, never raised into the loop
+            conn.reply_exception(cookie, exc, f"backup t{self.trigger_id} of {self.lun.name}: {exc}")
+            return
+        conn.reply_data(cookie, offset, data)
+
+    def flush(self, conn, cookie, flags):
+        conn.reply_ok(cookie)
+
+    def cache(self, conn, cookie, offset, length, flags):
+        conn.reply_ok(cookie)
+
+
+class ExportTable:
+    """Resolves export names against the controller's LUNs and its current backups."""
+
+    def __init__(self, frontend):
+        self.fe = frontend
+        self.ctl = frontend.ctl
+        self.luns = list(self.ctl.luns.values())
+        if not self.luns:
+            raise ValueError("the controller has no LUN to export")
+        self.default_lun = self.luns[0]
+
+    def _lun(self, name: str):
+        return self.ctl.luns.get(name)
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(name, description) of every export a client can open now, for NBD_OPT_LIST."""
+        out = []
+        for lun in self.luns:
+            out.append((lun.name, LunExport(self.fe, lun).description))
+            out.append((f"{lun.name}.trigger", TriggerPathExport(self.fe, lun).description))
+            backups = self.ctl.backups(lun)
+            if backups:
+                newest = max(backups, key=lambda b: b.seq)
+                out.append((f"{lun.name}.latest", BackupExport(self.fe, lun, newest, f"{lun.name}.latest").description))
+            for info in sorted(backups, key=lambda b: b.trigger_id):
+                out.append((f"{lun.name}.t{info.trigger_id}", describe_backup(lun.name, info)))
+        out.append(("trigger", TriggerLunExport(self.fe, self.default_lun).description))
+        return out
+
+    def open(self, name: str) -> Export | None:
+        """The export called ``name`` ("" is the default), or None when there is none."""
+        if name == "":
+            return LunExport(self.fe, self.default_lun)
+        if name == "trigger":
+            return TriggerLunExport(self.fe, self.default_lun)
+        lun = self._lun(name)
+        if lun is not None:
+            return LunExport(self.fe, lun)
+        if name.endswith(".trigger"):
+            lun = self._lun(name[: -len(".trigger")])
+            return TriggerPathExport(self.fe, lun) if lun is not None else None
+        m = _BACKUP_NAME.match(name)
+        if m is None:
+            return None
+        lun = self._lun(m["lun"])
+        if lun is None:
+            return None
+        backups = self.ctl.backups(lun)
+        if m["latest"]:
+            if not backups:
+                return None
+            return BackupExport(self.fe, lun, max(backups, key=lambda b: b.seq), name)
+        wanted = int(m["id"])
+        for info in backups:
+            if info.trigger_id == wanted:
+                return BackupExport(self.fe, lun, info)
+        return None

@@ -1,0 +1,612 @@
+"""The NBD server: fixed-newstyle handshake and the transmission phase, one asyncio Protocol per client.
+
+A connection parses every complete message in each received buffer, validates it against the
+export it negotiated, and hands requests to its export, which queues them on the controller
+through the front end. Replies are gathered per connection and written once per loop turn,
+after the front end's ``ctl.poll()`` (see ``service.FrontEnd``). A connection never executes
+I/O itself and never blocks the loop.
+
+Protocol notes (doc/proto.md):
+- the server offers NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES and drops a client that sets
+  unknown client flags;
+- options: EXPORT_NAME, ABORT, LIST, INFO, GO (INFO_EXPORT, INFO_BLOCK_SIZE always; INFO_NAME and
+  INFO_DESCRIPTION when asked), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT for
+  ``base:allocation``; anything else gets NBD_REP_ERR_UNSUP and the handshake goes on;
+- errors: unknown command or flag and unaligned I/O -> EINVAL; past the end -> ENOSPC for writes,
+  EINVAL otherwise; writes to a read-only export -> EPERM; while stopping -> ESHUTDOWN; a READ
+  above 64 MiB -> EOVERFLOW with structured replies (EINVAL without); a WRITE above 64 MiB has
+  its payload skipped and gets EINVAL;
+- a bad magic (option or request) is a protocol violation: that client is disconnected.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import struct
+
+from splitpoint.firmware.frontend import wire
+from splitpoint.firmware.frontend.wire import (
+    CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
+    EINVAL, ENOSPC, EOVERFLOW, EPERM, ESHUTDOWN, MAX_REQUEST, REQUEST_MAGIC,
+)
+
+log = logging.getLogger("splitpoint.nbd")
+
+_CLIENT_FLAGS, _OPTIONS, _TRANSMISSION, _CLOSED = range(4)
+
+#: requests in flight on one connection before it stops reading (and resumes below _RESUME)
+_PAUSE_INFLIGHT = 1024
+_RESUME_INFLIGHT = 256
+#: reply pieces at least this large are written on their own instead of being joined
+_WRITE_ALONE = 64 << 10
+
+_REQUEST = wire.REQUEST
+_SIMPLE_OK = struct.Struct(">IIQ")
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+_META_CONTEXT_ID = 1
+
+_WRITE_CMDS = (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES)
+
+
+class NbdConnection(asyncio.Protocol):
+    """One NBD client, from greeting to disconnect."""
+
+    def __init__(self, frontend):
+        self.fe = frontend
+        self.transport = None
+        self.peer = "?"
+        self.export = None
+        self._phase = _CLIENT_FLAGS
+        self._rbuf = bytearray()
+        self._want = 4
+        self._discard = 0
+        self._discard_done = None
+        self._no_zeroes = False
+        self._structured = False
+        self._meta_export = None      # export name the selected meta context applies to
+        self._meta_ok = False
+        self._allowed = {}
+        self._out = []
+        self._inflight = 0
+        self._disc = False
+        self._paused = set()
+        self.closed = False
+
+    # --- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (peer or "unix")
+        self.fe.connections.add(self)
+        transport.write(wire.GREETING.pack(wire.NBDMAGIC, wire.IHAVEOPT,
+                                           wire.FLAG_FIXED_NEWSTYLE | wire.FLAG_NO_ZEROES))
+        log.debug("%s: connected", self.peer)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self._phase = _CLOSED
+        self._out.clear()
+        self.fe.connections.discard(self)
+        if self._inflight:
+            log.info("%s: client went away with %d request(s) in flight", self.peer, self._inflight)
+        log.debug("%s: disconnected (%s)", self.peer, exc or "clean")
+
+    def pause_writing(self):
+        self._pause("writing")
+
+    def resume_writing(self):
+        self._resume("writing")
+
+    def data_received(self, data):
+        if self._discard:
+            n = len(data)
+            if n < self._discard:
+                self._discard -= n
+                return
+            data = memoryview(data)[self._discard:]
+            self._discard = 0
+            done, self._discard_done = self._discard_done, None
+            done()
+            if not data:
+                return
+        rbuf = self._rbuf
+        if rbuf:
+            rbuf += data
+            if len(rbuf) < self._want:
+                return
+            used = self._parse(rbuf, True)
+            del rbuf[:used]
+        elif len(data) < self._want:
+            rbuf += data
+        else:
+            used = self._parse(data, False)
+            if used < len(data):
+                rbuf += data[used:]
+        if self._inflight >= _PAUSE_INFLIGHT:
+            self._pause("inflight")
+
+    def eof_received(self):
+        return False
+
+    # --- parsing -------------------------------------------------------------------------
+    def _parse(self, buf, copy: bool) -> int:
+        """Handle every complete message in ``buf``; return the number of bytes consumed."""
+        pos = 0
+        n = len(buf)
+        while True:
+            phase = self._phase
+            if phase == _TRANSMISSION:
+                return self._parse_requests(buf, pos, n, copy)
+            if phase == _OPTIONS:
+                if n - pos < 16:
+                    self._want = 16
+                    return pos
+                magic, opt, optlen = wire.OPTION.unpack_from(buf, pos)
+                if magic != wire.IHAVEOPT:
+                    self._violation(f"bad option magic {magic:#x}")
+                    return n
+                start = pos + 16
+                if optlen > wire.MAX_OPTION:
+                    skip = min(optlen, n - start)
+                    self._discard = optlen - skip
+                    done = functools.partial(self._option_too_big, opt, optlen)
+                    if self._discard:
+                        self._discard_done = done
+                        return n
+                    done()
+                    pos = start + skip
+                    continue
+                end = start + optlen
+                if end > n:
+                    self._want = end - pos
+                    return pos
+                self._option(opt, bytes(buf[start:end]))
+                pos = end
+                continue
+            if phase == _CLIENT_FLAGS:
+                if n - pos < 4:
+                    self._want = 4
+                    return pos
+                (flags,) = _U32.unpack_from(buf, pos)
+                pos += 4
+                if flags & ~wire.CLIENT_FLAGS_KNOWN:
+                    self._violation(f"unknown client flags {flags:#x}")
+                    return n
+                self._no_zeroes = bool(flags & wire.FLAG_C_NO_ZEROES)
+                self._phase = _OPTIONS
+                continue
+            return n  # closed or disconnecting: ignore whatever follows
+
+    def _parse_requests(self, buf, pos, n, copy):
+        unpack = _REQUEST.unpack_from
+        request = self._request
+        mv = None
+        while n - pos >= 28:
+            magic, flags, cmd, cookie, offset, length = unpack(buf, pos)
+            if magic != REQUEST_MAGIC:
+                self._violation(f"bad request magic {magic:#x}")
+                return n
+            if cmd == CMD_WRITE:
+                start = pos + 28
+                if length > MAX_REQUEST:
+                    self._inflight += 1
+                    skip = min(length, n - start)
+                    self._discard = length - skip
+                    done = functools.partial(self.reply_error, cookie, EINVAL,
+                                             f"WRITE of {length} bytes is over the {MAX_REQUEST}-byte limit")
+                    if self._discard:
+                        self._discard_done = done
+                        return n
+                    done()
+                    pos = start + skip
+                    continue
+                end = start + length
+                if end > n:
+                    self._want = end - pos
+                    return pos
+                if copy:
+                    payload = buf[start:end]
+                else:
+                    if mv is None:
+                        mv = memoryview(buf)
+                    payload = mv[start:end]
+                pos = end
+                request(CMD_WRITE, flags, cookie, offset, length, payload)
+            else:
+                pos += 28
+                request(cmd, flags, cookie, offset, length, None)
+                if self._phase != _TRANSMISSION:
+                    return n
+        self._want = 28
+        return pos
+
+    # --- handshake -----------------------------------------------------------------------
+    def _opt_reply(self, opt, reply, payload=b""):
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "replace")[: wire.MAX_STRING]
+        self.transport.write(wire.option_reply(opt, reply, payload))
+
+    def _option_too_big(self, opt, optlen):
+        if opt == wire.OPT_EXPORT_NAME:
+            self._violation(f"NBD_OPT_EXPORT_NAME of {optlen} bytes")
+            return
+        known = opt in (wire.OPT_ABORT, wire.OPT_LIST, wire.OPT_STARTTLS, wire.OPT_INFO, wire.OPT_GO,
+                        wire.OPT_STRUCTURED_REPLY, wire.OPT_LIST_META_CONTEXT, wire.OPT_SET_META_CONTEXT)
+        self._opt_reply(opt, wire.REP_ERR_TOO_BIG if known else wire.REP_ERR_UNSUP,
+                        f"option {opt} with {optlen} bytes of data is over the {wire.MAX_OPTION}-byte limit")
+
+    def _option(self, opt, data: bytes):
+        if self.fe.stopping and opt not in (wire.OPT_ABORT, wire.OPT_EXPORT_NAME):
+            self._opt_reply(opt, wire.REP_ERR_SHUTDOWN, "server is shutting down")
+            return
+        handler = _OPTION_HANDLERS.get(opt)
+        if handler is None:
+            self._opt_reply(opt, wire.REP_ERR_UNSUP, f"option {opt} is not supported by this server")
+            return
+        handler(self, opt, data)
+
+    def _opt_export_name(self, opt, data):
+        try:
+            name = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._violation("export name is not UTF-8")
+            return
+        export = None if self.fe.stopping else self.fe.exports.open(name)
+        if export is None:
+            self._violation(f"NBD_OPT_EXPORT_NAME for unknown export {name!r}")
+            return
+        reply = wire.EXPORT_NAME_REPLY.pack(export.size, export.transmission_flags(self._structured))
+        if not self._no_zeroes:
+            reply += bytes(124)
+        self.transport.write(reply)
+        self._enter_transmission(name, export)
+
+    def _opt_abort(self, opt, data):
+        self._opt_reply(opt, wire.REP_ACK)
+        self._phase = _CLOSED
+        self.transport.close()
+
+    def _opt_list(self, opt, data):
+        if data:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "NBD_OPT_LIST carries no data")
+            return
+        for name, description in self.fe.exports.listing():
+            raw = name.encode()
+            self._opt_reply(opt, wire.REP_SERVER, _U32.pack(len(raw)) + raw + description.encode("utf-8", "replace"))
+        self._opt_reply(opt, wire.REP_ACK)
+
+    def _opt_starttls(self, opt, data):
+        self._opt_reply(opt, wire.REP_ERR_UNSUP, "TLS is not supported by this server")
+
+    def _opt_structured_reply(self, opt, data):
+        if data:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY carries no data")
+            return
+        self._structured = True
+        self._opt_reply(opt, wire.REP_ACK)
+
+    def _opt_info_go(self, opt, data):
+        if len(data) < 6:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "option data shorter than 6 bytes")
+            return
+        (namelen,) = _U32.unpack_from(data, 0)
+        if namelen > len(data) - 6:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "export name length past the option data")
+            return
+        (nreq,) = _U16.unpack_from(data, 4 + namelen)
+        if len(data) != 6 + namelen + 2 * nreq:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "information request list does not match the option length")
+            return
+        try:
+            name = data[4:4 + namelen].decode("utf-8")
+        except UnicodeDecodeError:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "export name is not UTF-8")
+            return
+        requests = struct.unpack_from(f">{nreq}H", data, 6 + namelen)
+        export = self.fe.exports.open(name)
+        if export is None:
+            self._opt_reply(opt, wire.REP_ERR_UNKNOWN, f"no export named {name!r}; list them with NBD_OPT_LIST")
+            return
+        info = wire.INFO_EXPORT_PAYLOAD.pack(wire.INFO_EXPORT, export.size, export.transmission_flags(self._structured))
+        self._opt_reply(opt, wire.REP_INFO, info)
+        self._opt_reply(opt, wire.REP_INFO, wire.INFO_BLOCK_SIZE_PAYLOAD.pack(wire.INFO_BLOCK_SIZE, *export.block_sizes()))
+        if wire.INFO_NAME in requests:
+            self._opt_reply(opt, wire.REP_INFO, _U16.pack(wire.INFO_NAME) + export.name.encode())
+        if wire.INFO_DESCRIPTION in requests:
+            self._opt_reply(opt, wire.REP_INFO, _U16.pack(wire.INFO_DESCRIPTION)
+                            + export.description.encode("utf-8", "replace")[: wire.MAX_STRING])
+        self._opt_reply(opt, wire.REP_ACK)
+        if opt == wire.OPT_GO:
+            self._enter_transmission(name, export)
+
+    def _parse_meta(self, opt, data):
+        """(export name, queries) of a LIST/SET_META_CONTEXT option, or None after replying INVALID."""
+        try:
+            if len(data) < 8:
+                raise ValueError("option data shorter than 8 bytes")
+            (namelen,) = _U32.unpack_from(data, 0)
+            if namelen > len(data) - 8:
+                raise ValueError("export name length past the option data")
+            name = data[4:4 + namelen].decode("utf-8")
+            pos = 4 + namelen
+            (count,) = _U32.unpack_from(data, pos)
+            pos += 4
+            queries = []
+            for _ in range(count):
+                if pos + 4 > len(data):
+                    raise ValueError("query count past the option data")
+                (qlen,) = _U32.unpack_from(data, pos)
+                pos += 4
+                if pos + qlen > len(data):
+                    raise ValueError("query length past the option data")
+                query = data[pos:pos + qlen].decode("utf-8")
+                pos += qlen
+                if ":" not in query:
+                    raise ValueError(f"query {query!r} has no namespace (namespace:leaf)")
+                queries.append(query)
+            if pos != len(data):
+                raise ValueError("trailing bytes after the queries")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, str(exc))
+            return None
+        return name, queries
+
+    def _opt_meta_context(self, opt, data):
+        setting = opt == wire.OPT_SET_META_CONTEXT
+        if setting:
+            self._meta_export, self._meta_ok = None, False
+        if not self._structured:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "negotiate NBD_OPT_STRUCTURED_REPLY first")
+            return
+        parsed = self._parse_meta(opt, data)
+        if parsed is None:
+            return
+        name, queries = parsed
+        if self.fe.exports.open(name) is None:
+            self._opt_reply(opt, wire.REP_ERR_UNKNOWN, f"no export named {name!r}")
+            return
+        if setting:
+            matched = wire.META_BASE_ALLOCATION in queries
+        else:
+            matched = not queries or any(q in ("base:", wire.META_BASE_ALLOCATION) for q in queries)
+        if matched:
+            ctx_id = _META_CONTEXT_ID if setting else 0
+            self._opt_reply(opt, wire.REP_META_CONTEXT, _U32.pack(ctx_id) + wire.META_BASE_ALLOCATION.encode())
+            if setting:
+                self._meta_export, self._meta_ok = name, True
+        self._opt_reply(opt, wire.REP_ACK)
+
+    def _enter_transmission(self, name, export):
+        self.export = export
+        self._meta_ok = self._meta_ok and self._meta_export == name
+        fua = 0 if export.read_only else wire.CMD_FLAG_FUA
+        self._allowed = {
+            CMD_READ: fua | (wire.CMD_FLAG_DF if self._structured else 0),
+            CMD_WRITE: fua,
+            CMD_FLUSH: fua,
+            CMD_TRIM: fua,
+            CMD_CACHE: fua,
+            CMD_WRITE_ZEROES: fua | wire.CMD_FLAG_NO_HOLE | wire.CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS: fua | wire.CMD_FLAG_REQ_ONE,
+        }
+        self._phase = _TRANSMISSION
+        self._want = 28
+        log.debug("%s: transmission on export %r", self.peer, export.name)
+
+    # --- transmission ----------------------------------------------------------------------
+    def _request(self, cmd, flags, cookie, offset, length, payload):
+        if cmd == CMD_DISC:
+            self._disconnect()
+            return
+        self._inflight += 1
+        allowed = self._allowed.get(cmd)
+        if allowed is None:
+            self.reply_error(cookie, EINVAL, f"unknown command {cmd}")
+            return
+        export = self.export
+        name = wire.CMD_NAMES[cmd]
+        if self.fe.stopping:
+            self.reply_error(cookie, ESHUTDOWN, "server is shutting down")
+            return
+        if export.read_only and cmd in _WRITE_CMDS:
+            self.reply_error(cookie, EPERM, f"{name} on read-only export {export.name!r}")
+            return
+        if flags & ~allowed:
+            self.reply_error(cookie, EINVAL, f"command flags {flags & ~allowed:#x} are not valid for {name}")
+            return
+        if cmd == CMD_FLUSH:
+            if offset or length:
+                self.reply_error(cookie, EINVAL, "FLUSH must have offset and length 0")
+                return
+            export.flush(self, cookie, flags)
+            return
+        if cmd == CMD_READ and length > MAX_REQUEST:
+            self.reply_error(cookie, EOVERFLOW if self._structured else EINVAL,
+                             f"READ of {length} bytes is over the {MAX_REQUEST}-byte limit")
+            return
+        size = export.size
+        if offset > size or length > size - offset:
+            err = ENOSPC if cmd in (CMD_WRITE, CMD_WRITE_ZEROES) else EINVAL
+            self.reply_error(cookie, err, f"{name} [{offset}, +{length}) is past the end of "
+                                          f"{export.name!r} ({size} bytes)")
+            return
+        bs = export.block_size
+        if offset % bs or length % bs:
+            self.reply_error(cookie, EINVAL, f"{name} [{offset}, +{length}) is not aligned to the "
+                                             f"minimum block size {bs}")
+            return
+        if length == 0:
+            if cmd == CMD_BLOCK_STATUS:
+                self.reply_error(cookie, EINVAL, "BLOCK_STATUS of 0 bytes")
+            elif cmd == CMD_READ:
+                self.reply_data(cookie, offset, b"")
+            else:
+                self.reply_ok(cookie)
+            return
+        if cmd == CMD_READ:
+            export.read(self, cookie, offset, length, flags)
+        elif cmd == CMD_WRITE:
+            export.write(self, cookie, offset, payload, flags)
+        elif cmd == CMD_WRITE_ZEROES:
+            export.write_zeroes(self, cookie, offset, length, flags)
+        elif cmd == CMD_TRIM:
+            export.trim(self, cookie, offset, length, flags)
+        elif cmd == CMD_CACHE:
+            export.cache(self, cookie, offset, length, flags)
+        else:
+            self._block_status(cookie, offset, length, flags)
+
+    def _block_status(self, cookie, offset, length, flags):
+        if not self._meta_ok:
+            self.reply_error(cookie, EINVAL, "BLOCK_STATUS without a metadata context (select base:allocation)")
+            return
+        try:
+            extents = self.export.block_status(offset, length)
+        except Exception as exc:  # a controller error is this request's error, never the loop's
+            self.reply_exception(cookie, exc)
+            return
+        if flags & wire.CMD_FLAG_REQ_ONE:
+            extents = [(min(extents[0][0], length), extents[0][1])]
+        else:
+            clipped, covered = [], 0
+            for ext_len, ext_flags in extents:
+                if covered >= length:
+                    break
+                ext_len = min(ext_len, length - covered)
+                clipped.append((ext_len, ext_flags))
+                covered += ext_len
+            extents = clipped[: 1 << 20]
+        self._send(wire.block_status_chunk(cookie, _META_CONTEXT_ID, extents))
+
+    def _disconnect(self):
+        """NBD_CMD_DISC: serve what is in flight, then close."""
+        self._disc = True
+        self._phase = _CLOSED
+        self.transport.pause_reading()
+        if not self._inflight and not self._out:
+            self.transport.close()
+
+    def _violation(self, what):
+        log.warning("%s: %s; disconnecting this client", self.peer, what)
+        self._phase = _CLOSED
+        self.closed = True
+        self._out.clear()
+        self.transport.close()
+
+    # --- replies ------------------------------------------------------------------------------
+    def _send(self, *pieces):
+        """Queue a reply (the final one for its request); the front end writes it this loop turn."""
+        self._inflight -= 1
+        if self.closed:
+            return
+        out = self._out
+        if not out:
+            self.fe.mark_dirty(self)
+        out.extend(pieces)
+        if self._paused and self._inflight < _RESUME_INFLIGHT and "inflight" in self._paused:
+            self._resume("inflight")
+
+    def reply_ok(self, cookie):
+        self._send(_SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
+
+    def reply_error(self, cookie, error, message=""):
+        if self._structured:
+            self._send(wire.error_chunk(cookie, error, message))
+        else:
+            self._send(wire.simple_reply(cookie, error))
+        log.debug("%s: cookie %#x: %s %s", self.peer, cookie, wire.ERROR_NAMES.get(error, error), message)
+
+    def reply_exception(self, cookie, exc, message=None):
+        self.reply_error(cookie, wire.nbd_error(getattr(exc, "errno", None)), message or str(exc))
+
+    def reply_data(self, cookie, offset, data):
+        if self._structured:
+            if not data:
+                self._send(wire.done_chunk(cookie))
+                return
+            head = wire.OFFSET_DATA_HEAD.pack(wire.STRUCTURED_REPLY_MAGIC, wire.REPLY_FLAG_DONE,
+                                              wire.REPLY_TYPE_OFFSET_DATA, cookie, 8 + len(data), offset)
+        else:
+            head = _SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie)
+        self._send(head, data)
+
+    def _on_ok(self, cookie, completion):
+        if completion.error is None:
+            self.reply_ok(cookie)
+        else:
+            self.reply_exception(cookie, completion.error)
+
+    def _on_read(self, cookie, offset, completion):
+        if completion.error is None:
+            self.reply_data(cookie, offset, completion.data)
+        else:
+            self.reply_exception(cookie, completion.error)
+
+    def ok_callback(self, cookie):
+        """A controller completion callback that answers ``cookie`` with success or the error."""
+        return functools.partial(self._on_ok, cookie)
+
+    def read_callback(self, cookie, offset):
+        """A controller completion callback that answers ``cookie`` with the data read."""
+        return functools.partial(self._on_read, cookie, offset)
+
+    def flush_output(self):
+        """Write every queued reply; called by the front end once per loop turn."""
+        out = self._out
+        if not out or self.closed:
+            return
+        write = self.transport.write
+        if len(out) == 1:
+            write(out[0])
+        else:
+            small = []
+            for piece in out:
+                if len(piece) >= _WRITE_ALONE:
+                    if small:
+                        write(b"".join(small))
+                        small = []
+                    write(piece)
+                else:
+                    small.append(piece)
+            if small:
+                write(b"".join(small) if len(small) > 1 else small[0])
+        out.clear()
+        if self._inflight >= _PAUSE_INFLIGHT:
+            self._pause("inflight")
+        if self._disc and not self._inflight:
+            self.transport.close()
+
+    def _pause(self, why):
+        if not self._paused and not self.closed:
+            self.transport.pause_reading()
+        self._paused.add(why)
+
+    def _resume(self, why):
+        self._paused.discard(why)
+        if not self._paused and not self.closed and not self._disc:
+            self.transport.resume_reading()
+
+    def shutdown(self):
+        """Server stopping: close once nothing is in flight (new requests get ESHUTDOWN meanwhile)."""
+        if self._phase != _TRANSMISSION or not self._inflight:
+            self._phase = _CLOSED
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self._disc = True
+
+
+_OPTION_HANDLERS = {
+    wire.OPT_EXPORT_NAME: NbdConnection._opt_export_name,
+    wire.OPT_ABORT: NbdConnection._opt_abort,
+    wire.OPT_LIST: NbdConnection._opt_list,
+    wire.OPT_STARTTLS: NbdConnection._opt_starttls,
+    wire.OPT_INFO: NbdConnection._opt_info_go,
+    wire.OPT_GO: NbdConnection._opt_info_go,
+    wire.OPT_STRUCTURED_REPLY: NbdConnection._opt_structured_reply,
+    wire.OPT_LIST_META_CONTEXT: NbdConnection._opt_meta_context,
+    wire.OPT_SET_META_CONTEXT: NbdConnection._opt_meta_context,
+}
