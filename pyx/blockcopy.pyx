@@ -30,6 +30,7 @@ from splitpoint.pyx.blockcopy_py import (  # noqa: F401  (re-exported: one set o
     ReadOnlyBufferError,
     check_extents,
     chunk_extents,
+    digest_range,
     extent_pairs,
     merge_extents,
 )
@@ -287,10 +288,7 @@ def digest(buf, offset=0, length=None):
     cdef Py_buffer v
     _acquire(buf, &v, False)
     try:
-        offset = PyNumber_Index(offset)
-        length = v.len - offset if length is None else PyNumber_Index(length)
-        if offset < 0 or length < 0 or offset + length > v.len:
-            raise ExtentOutOfRangeError(f"digest range {offset}+{length} outside a {v.len}-byte buffer")
+        offset, length = digest_range(offset, length, v.len)
         return _digest_at(<const char*>v.buf + <Py_ssize_t>offset, length)
     finally:
         PyBuffer_Release(&v)

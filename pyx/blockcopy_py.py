@@ -85,7 +85,7 @@ def check_extents(pairs, *sizes) -> None:
     for offset, length in pairs:
         for size in sizes:
             if offset + length > size:
-                raise ExtentOutOfRangeError(f"extent {offset}+{length} runs past a {size}-byte buffer")
+                raise ExtentOutOfRangeError(f"extent {offset}+{length} runs past the end of a buffer of {size} bytes")
 
 
 def merge_extents(pairs) -> list[tuple[int, int]]:
@@ -150,11 +150,19 @@ def compare_extents(a, b, extents) -> list[tuple[int, int]]:
 def digest(buf, offset: int = 0, length: int | None = None) -> int:
     """xxh3_64 of ``length`` bytes of ``buf`` from ``offset`` (None = to the end)."""
     view = byte_view(buf)
-    offset = operator.index(offset)
-    length = view.nbytes - offset if length is None else operator.index(length)
-    if offset < 0 or length < 0 or offset + length > view.nbytes:
-        raise ExtentOutOfRangeError(f"digest range {offset}+{length} outside a {view.nbytes}-byte buffer")
+    offset, length = digest_range(offset, length, view.nbytes)
     return xxhash.xxh3_64_intdigest(view[offset:offset + length])
+
+
+def digest_range(offset, length, size: int) -> tuple[int, int]:
+    """(offset, length) of a digest of a ``size``-byte buffer, checked; length None = to the end."""
+    offset = operator.index(offset)
+    if not 0 <= offset <= size:
+        raise ExtentOutOfRangeError(f"digest offset {offset} outside a buffer of {size} bytes")
+    length = size - offset if length is None else operator.index(length)
+    if length < 0 or offset + length > size:
+        raise ExtentOutOfRangeError(f"digest length {length} from offset {offset} runs past a buffer of {size} bytes")
+    return offset, length
 
 
 def digest_regions(buf, region_size: int) -> list[int]:

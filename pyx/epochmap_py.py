@@ -53,10 +53,12 @@ def check_geometry(size, chunk_size) -> tuple[int, int, int]:
     """(size, chunk_size, nchunks) after validating both; shared by both implementations."""
     size = operator.index(size)
     chunk_size = operator.index(chunk_size)
-    if chunk_size <= 0 or chunk_size & (chunk_size - 1):
-        raise ChunkSizeError(f"chunk_size must be a power of two, got {chunk_size}")
+    if chunk_size <= 0 or chunk_size & (chunk_size - 1) or chunk_size >> 64:
+        raise ChunkSizeError(f"chunk_size must be a power of two below 2**64, got {chunk_size}")
     if size <= 0:
         raise MapSizeError(f"size must be > 0 bytes, got {size}")
+    if size >> 64:
+        raise MapSizeError(f"size {size} does not fit in 64 bits")
     return size, chunk_size, (size + chunk_size - 1) // chunk_size
 
 
@@ -97,6 +99,13 @@ def check_window(start, limit, nchunks) -> tuple[int, int]:
     return start, min(limit, nchunks)
 
 
+def _zeros(n: int, dtype, what: str) -> np.ndarray:
+    try:
+        return np.zeros(n, dtype=dtype)
+    except (MemoryError, ValueError):   # numpy says ValueError for lengths it cannot even describe
+        raise MemoryError(f"no memory for {what} of {n} chunks") from None
+
+
 def _runs(mask: np.ndarray, first_chunk: int, chunk_size: int, size: int) -> list[tuple[int, int]]:
     """Merged byte extents of the True runs of ``mask`` (chunk ``first_chunk`` onwards)."""
     if not mask.any():
@@ -114,7 +123,7 @@ class EpochMap:
     def __init__(self, size: int, chunk_size: int):
         self.size, self.chunk_size, self.nchunks = check_geometry(size, chunk_size)
         self._shift = self.chunk_size.bit_length() - 1
-        self._epochs = np.zeros(self.nchunks, dtype=np.uint32)
+        self._epochs = _zeros(self.nchunks, np.uint32, "an epoch map")
 
     def __len__(self) -> int:
         return self.nchunks
@@ -173,7 +182,7 @@ class ChunkBitmap:
     def __init__(self, size: int, chunk_size: int):
         self.size, self.chunk_size, self.nchunks = check_geometry(size, chunk_size)
         self._shift = self.chunk_size.bit_length() - 1
-        self._bits = np.zeros(self.nchunks, dtype=np.bool_)
+        self._bits = _zeros(self.nchunks, np.bool_, "a bitmap")
 
     def __len__(self) -> int:
         return self.nchunks
