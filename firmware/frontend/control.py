@@ -1,0 +1,296 @@
+"""The serial control channel: one line each way, separate from the data path.
+
+Line protocol (DESIGN.md, "Interfaces users rely on"):
+
+    TRIGGER [label]  ->  OK <id> seq=<n>     (sent only once the TRIGGER has split the mirror)
+    STATUS           ->  one line of JSON     (the controller's status())
+    PING             ->  PONG
+    VERIFY [lun] [id] -> one line of JSON: a list of {trigger_id, member, ok, expected, actual,
+                         bad_regions, note}, one per consistent backup (or the one named)
+    anything else    ->  ERR <reason>
+
+Lines end with LF (CR LF and CR are accepted). Verbs are case-insensitive; a label is the rest of
+the line, trimmed, at most 64 bytes of UTF-8.
+
+The channel is a pseudo-terminal that ``serve`` creates (its slave path is printed and can be
+linked elsewhere), or any pyserial URL or device. A TRIGGER from here is queued on the
+controller like every other request; this module never changes controller state itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import tty
+
+import serial
+
+from splitpoint.firmware.requests import Op
+
+log = logging.getLogger("splitpoint.control")
+
+#: longest accepted line; a longer one is answered with ERR and skipped
+MAX_LINE = 1024
+#: longest TRIGGER label in bytes
+MAX_LABEL = 64
+
+
+class ControlError(Exception):
+    """A control-channel exchange failed (no answer, a closed line, or an ERR reply)."""
+
+
+class ControlProtocol:
+    """Parses control lines and answers them; the transport gives bytes in and takes bytes out."""
+
+    def __init__(self, frontend, write, lun=None):
+        self.fe = frontend
+        self.ctl = frontend.ctl
+        self.write_bytes = write
+        self.lun = lun if lun is not None else frontend.exports.default_lun
+        self._buf = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes):
+        """Bytes from the line; every complete line is handled in order."""
+        buf = self._buf
+        buf += data
+        while True:
+            lf, cr = buf.find(b"\n"), buf.find(b"\r")
+            cut = lf if cr < 0 else (cr if lf < 0 else min(lf, cr))
+            if cut < 0:
+                if len(buf) > MAX_LINE:
+                    buf.clear()
+                    if not self._skipping:
+                        self._skipping = True
+                        self.reply(f"ERR line longer than {MAX_LINE} bytes")
+                return
+            line = bytes(buf[:cut])
+            del buf[:cut + 1]
+            if self._skipping:
+                self._skipping = False
+                continue
+            self.handle(line)
+
+    def reply(self, line: str):
+        self.write_bytes(line.encode("utf-8", "replace") + b"\n")
+
+    def handle(self, raw: bytes):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self.reply("ERR line is not UTF-8")
+            return
+        if not line:
+            return
+        verb, _, rest = line.partition(" ")
+        verb = verb.upper()
+        if verb == "PING" and not rest.strip():
+            self.reply("PONG")
+        elif verb == "STATUS" and not rest.strip():
+            try:
+                status = self.ctl.status()
+            except Exception as exc:  # answered on the line, never raised into the loop
+                self.reply(f"ERR status failed: {exc}")
+                return
+            self.reply(json.dumps(status, separators=(",", ":"), default=str))
+        elif verb == "TRIGGER":
+            self._trigger(rest.strip() or None)
+        elif verb == "VERIFY":
+            self._verify(rest.split())
+        elif verb in ("PING", "STATUS"):
+            self.reply(f"ERR {verb} takes no argument")
+        else:
+            self.reply(f"ERR unknown command {verb[:32]!r}; expected TRIGGER [label], STATUS, PING or VERIFY [lun] [id]")
+
+    def _trigger(self, label):
+        if label is not None and len(label.encode()) > MAX_LABEL:
+            self.reply(f"ERR label is {len(label.encode())} bytes; at most {MAX_LABEL}")
+            return
+        if self.fe.stopping:
+            self.reply("ERR server is shutting down")
+            return
+        self.fe.submit(None, self.lun, Op.TRIGGER, 0, 0, None, 0, label, self._triggered)
+
+    def _verify(self, args):
+        lun = self.lun
+        if args and not args[0].isdigit():
+            lun = self.ctl.luns.get(args[0])
+            if lun is None:
+                self.reply(f"ERR no LUN named {args[0]!r}; LUNs: {', '.join(self.ctl.luns)}")
+                return
+            args = args[1:]
+        if len(args) > 1 or (args and not args[0].isdigit()):
+            self.reply("ERR usage: VERIFY [lun] [trigger id]")
+            return
+        trigger_id = int(args[0]) if args else None
+        # Frozen copies never change, and Controller.verify is safe off the owner thread (it
+        # re-checks each member's generation), so a long digest never stalls the data path.
+        task = asyncio.ensure_future(asyncio.to_thread(self.ctl.verify, lun, trigger_id))
+        task.add_done_callback(self._verified)
+
+    def _verified(self, task):
+        exc = task.exception()
+        if exc is not None:
+            self.reply(f"ERR verify failed: {exc}")
+            return
+        self.reply(json.dumps([{"trigger_id": r.trigger_id, "member": r.member, "ok": r.ok,
+                                "expected": None if r.expected is None else f"{r.expected:016x}",
+                                "actual": None if r.actual is None else f"{r.actual:016x}",
+                                "bad_regions": r.bad_regions, "note": r.note} for r in task.result()],
+                              separators=(",", ":")))
+
+    def _triggered(self, completion):
+        if completion.error is not None:
+            self.reply(f"ERR trigger failed: {completion.error}")
+            return
+        result = completion.trigger
+        self.reply(f"OK {result.id} seq={result.seq}")
+
+
+class PtyControl:
+    """A new pseudo-terminal; clients open its slave path (or a link to it) with pyserial."""
+
+    def __init__(self, frontend, link: str | None = None):
+        self.loop = frontend.loop
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)            # no echo, no CR/LF translation: bytes pass unchanged
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self._slave)
+        self.link = None
+        if link:
+            if os.path.lexists(link):
+                if not os.path.islink(link):
+                    raise FileExistsError(f"{link} exists and is not a symlink; choose another --control-link")
+                os.unlink(link)
+            os.symlink(self.path, link)
+            self.link = link
+        self.protocol = ControlProtocol(frontend, self._write)
+        self.loop.add_reader(self.master, self._readable)
+
+    def _readable(self):
+        try:
+            data = os.read(self.master, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # the slave stays open here, so this is not a hang-up
+            log.warning("control pty read failed: %s", exc)
+            return
+        if data:
+            self.protocol.feed(data)
+
+    def _write(self, data: bytes):
+        try:
+            os.write(self.master, data)
+        except BlockingIOError:
+            log.warning("control pty is full (nobody reads %s); reply dropped", self.path)
+
+    def close(self):
+        self.loop.remove_reader(self.master)
+        os.close(self.master)
+        os.close(self._slave)
+        if self.link and os.path.islink(self.link) and os.readlink(self.link) == self.path:
+            os.unlink(self.link)
+
+
+class SerialControl:
+    """Any pyserial URL or device; a reader thread hands bytes to the loop thread."""
+
+    def __init__(self, frontend, url: str):
+        self.loop = frontend.loop
+        self.path = url
+        try:
+            self.port = serial.serial_for_url(url, timeout=0.1, write_timeout=1.0)
+        except (serial.SerialException, ValueError) as exc:
+            raise ControlError(f"cannot open control channel {url!r}: {exc}") from exc
+        self.protocol = ControlProtocol(frontend, self._write)
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="splitpoint-control", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self):
+        while not self._stop.is_set():
+            try:
+                data = self.port.read(max(1, self.port.in_waiting))
+            except (serial.SerialException, OSError, TypeError) as exc:
+                if not self._stop.is_set():
+                    log.warning("control channel %s failed: %s", self.path, exc)
+                return
+            if data:
+                self.loop.call_soon_threadsafe(self.protocol.feed, data)
+
+    def _write(self, data: bytes):
+        try:
+            self.port.write(data)
+        except (serial.SerialException, OSError) as exc:
+            log.warning("control channel %s: reply not sent: %s", self.path, exc)
+
+    def close(self):
+        self._stop.set()
+        self._reader.join(timeout=2.0)
+        self.port.close()
+
+
+def open_channel(frontend, url: str | None = None, link: str | None = None):
+    """The control channel ``serve`` uses: ``url`` through pyserial, else a new pty linked at ``link``."""
+    if url:
+        return SerialControl(frontend, url)
+    return PtyControl(frontend, link)
+
+
+class ControlClient:
+    """The client end of a control channel: one line out, one line back."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        self.url = url
+        self.timeout = timeout
+        try:
+            self.port = serial.serial_for_url(url, timeout=timeout, write_timeout=timeout)
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise ControlError(f"cannot open control channel {url!r}: {exc} "
+                               f"(give the path `splitpoint serve` printed, or its --control-link)") from exc
+        try:
+            self.port.reset_input_buffer()   # a reply nobody read earlier must not answer us
+        except (serial.SerialException, OSError, AttributeError):
+            pass
+
+    def ask(self, line: str, timeout: float | None = None) -> str:
+        """Send ``line``; return the answer line without its line end."""
+        port = self.port
+        if timeout is not None:
+            port.timeout = timeout
+        try:
+            port.write(line.encode("utf-8") + b"\n")
+            port.flush()
+            answer = port.read_until(b"\n")
+        except (serial.SerialException, OSError) as exc:
+            raise ControlError(f"control channel {self.url!r}: {exc}") from exc
+        if not answer.endswith(b"\n"):
+            raise ControlError(f"no answer to {line.split(' ')[0]} on {self.url!r} within "
+                               f"{port.timeout:g} s (is `splitpoint serve` running?)")
+        return answer.decode("utf-8", "replace").rstrip("\r\n")
+
+    def status(self) -> dict:
+        answer = self.ask("STATUS")
+        if answer.startswith("ERR"):
+            raise ControlError(f"STATUS refused: {answer}")
+        try:
+            return json.loads(answer)
+        except ValueError:
+            raise ControlError(f"STATUS answer is not JSON: {answer[:80]!r}") from None
+
+    def close(self):
+        self.port.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def exchange(url: str, line: str, timeout: float = 30.0) -> str:
+    """Send one line on the control channel at ``url`` and return the answer line (client side)."""
+    with ControlClient(url, timeout) as client:
+        return client.ask(line)

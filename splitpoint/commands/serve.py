@@ -1,0 +1,94 @@
+"""`splitpoint serve`: run the controller with its NBD exports and its serial control channel."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+
+
+def _banner(ctl, service) -> list[str]:
+    lines = []
+    for name, lun in ctl.luns.items():
+        lines.append(f"LUN {name}: {lun.size} bytes, block {lun.block_size}")
+    for endpoint in service.endpoints:
+        lines.append(f"NBD: {endpoint}")
+    lines.append("exports: " + ", ".join(n for n, _ in service.frontend.exports.listing()) + ", <lun>.t<id> once cut")
+    channel = service.control
+    if channel is not None:
+        where = channel.path
+        if getattr(channel, "link", None):
+            where += f" (linked at {channel.link})"
+        lines.append(f"control: {where}")
+    lines.append("ready (SIGINT or SIGTERM stops cleanly)")
+    return lines
+
+
+async def _serve(ctl, listen, socket_path, control_url, control_link):
+    from splitpoint.firmware.frontend.service import Service
+
+    service = await Service.start(ctl, listen=listen, socket_path=socket_path,
+                                  control_url=control_url, control_link=control_link)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    for line in _banner(ctl, service):
+        click.echo(line)
+    sys.stdout.flush()
+    await stop.wait()
+    click.echo("stopping: answering requests in flight, draining the queue, persisting metadata")
+    await service.stop()
+    click.echo("stopped")
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML configuration (LUNs, backends, pools); without it, the embedded default: "
+                   "RAM lun0 of 256 MiB mirrored to a pool of 3 RAM backups.")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="NBD on TCP (default 127.0.0.1:10809 unless --socket is given; port 0 picks a free one).")
+@click.option("--socket", "socket_path", default=None, type=click.Path(dir_okay=False),
+              help="NBD on a Unix socket at PATH.")
+@click.option("--control-link", default=None, type=click.Path(dir_okay=False),
+              help="Also make PATH a symlink to the new control pty.")
+@click.option("--control", "control_url", default=None, metavar="URL",
+              help="Use this pyserial URL or device as the control channel instead of a new pty.")
+@click.option("-v", "--verbose", count=True, help="Log more (-v: connections, -vv: every error reply).")
+def command(config_path, listen, socket_path, control_link, control_url, verbose):
+    """Serve LUNs over NBD with a TRIGGER control channel, until SIGINT or SIGTERM.
+
+    \b
+    Exports: lun0 (also ""), lun0.trigger (special path), trigger (special LUN),
+             lun0.latest and lun0.t<id> (read-only frozen backups).
+    Control channel, one line each way:
+             TRIGGER [label] -> OK <id> seq=<n>;  STATUS -> JSON;  PING -> PONG
+    """
+    from splitpoint import config
+    from splitpoint.firmware.controller import Controller
+    from splitpoint.firmware.frontend.service import parse_listen
+
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="splitpoint: %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        address = parse_listen(listen) if listen else (None if socket_path else ("127.0.0.1", 10809))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        cfg = config.load(config_path) if config_path else config.default()
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        ctl = Controller.from_config(cfg)
+    except Exception as exc:  # a backend that cannot open, metadata from another config...
+        raise click.ClickException(f"cannot start the controller: {exc}") from None
+    try:
+        asyncio.run(_serve(ctl, address, socket_path, control_url, control_link))
+    except OSError as exc:
+        ctl.close()
+        raise click.ClickException(f"cannot serve: {exc}") from None
+    except Exception as exc:
+        ctl.close()
+        raise click.ClickException(str(exc)) from None
