@@ -71,6 +71,9 @@ class ControlProtocol:
             if self._skipping:
                 self._skipping = False
                 continue
+            if len(line) > MAX_LINE:
+                self.reply(f"ERR line longer than {MAX_LINE} bytes")
+                continue
             self.handle(line)
 
     def reply(self, line: str):
