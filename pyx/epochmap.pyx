@@ -203,10 +203,14 @@ cdef inline uint64_t _chunk(object chunk, uint64_t nchunks) except? 0xFFFFFFFFFF
 
 cdef inline int _window(object start, object limit, uint64_t nchunks, uint64_t* out) except -1:
     """out[0:2] = (start, end) chunks of a scan window."""
-    if start is None or limit is not None or not _u64(start, &out[0]) or out[0] > nchunks:
-        out[0], out[1] = check_window(start, limit, nchunks)
-    else:
-        out[1] = nchunks
+    if _u64(start, &out[0]) and out[0] <= nchunks:
+        if limit is None:
+            out[1] = nchunks
+            return 0
+        if _u64(limit, &out[1]) and out[1] >= out[0]:
+            out[1] = min(out[1], nchunks)
+            return 0
+    out[0], out[1] = check_window(start, limit, nchunks)
     return 0
 
 

@@ -216,6 +216,9 @@ def test_large_map_long_runs(em):
     assert m.count_since(2) == 20002
     m.mark(5 * CS, 20000 * CS, 1)   # lowered: the map must not keep reporting them
     assert m.extents_since(2) == [(200000 * CS, CS), ((1 << 30) - CS, CS)]
+    back = em.EpochMap.from_bytes(1 << 30, CS, m.to_bytes())   # summaries rebuilt from the loaded epochs
+    assert back.extents_since(3) == m.extents_since(3) and back.extents_since(1) == m.extents_since(1)
+    assert back.count_since(1) == 20002
 
 
 # ---------------------------------------------------------------- ChunkBitmap units
