@@ -24,6 +24,8 @@ from splitpoint.hal.contract import (  # noqa: F401  (re-exported contract)
 BACKENDS = {
     "ram": "splitpoint.hal.ram:RamDevice",
     "file": "splitpoint.hal.file:FileDevice",
+    "serial": "splitpoint.hal.serial_dev:SerialDevice",
+    "board": "splitpoint.hal.board:BoardDevice",
 }
 
 

@@ -3,10 +3,12 @@
 
 Compiled twin of ``frame_py.py`` (same API, same bytes, same exception
 classes, imported from the twin so callers can catch either). The hot loops
-are the C of ``sp_frame.h`` with no Python interaction; the GIL is released
-around them only for large buffers, where the hand-off pays for itself.
+are the C of ``sp_frame.h`` with no Python interaction. Decoding uses one
+shared scratch buffer and so keeps the GIL; encoding writes into its own
+output object and releases the GIL for large frames.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcpy
@@ -85,6 +87,13 @@ CRC_IMPLEMENTATION = "sse4.2" if sp_crc_uses_hw() else "table"
 cdef enum:
     C_HEADER = 12   # HEADER_SIZE as a C constant
     C_OVERHEAD = 16  # header + CRC trailer
+
+cdef extern from "Python.h":
+    # an unmanaged new bytes object, so _PyBytes_Resize may shrink it in place
+    PyObject *_new_bytes "PyBytes_FromStringAndSize"(const char *v, Py_ssize_t n)
+    char *_bytes_data "PyBytes_AS_STRING"(PyObject *b)
+    int _PyBytes_Resize(PyObject **b, Py_ssize_t n) except -1
+    object _steal "(PyObject *)"(PyObject *b)  # hands our reference to Cython
 
 cdef Py_ssize_t NOGIL_BYTES = 16384  # below this, releasing the GIL costs more than it frees
 
@@ -193,13 +202,19 @@ def encode_frame(type, flags, seq, payload=b"", version=VERSION):
     cdef unsigned int c_version = version, c_type = type, c_flags = flags
     cdef uint32_t c_seq = seq
     cdef const unsigned char *src = &p[0] if n else NULL
-    cdef unsigned char *dst = _scratch.need(sp_cobs_max(n + C_OVERHEAD) + 1)
+    # encode straight into a private bytes object (never the shared scratch: the GIL is released
+    # below), then shrink it to the encoded length without a copy
+    cdef PyObject *out = _new_bytes(NULL, sp_cobs_max(n + C_OVERHEAD) + 1)
+    if out == NULL:
+        raise MemoryError("frame encoder")
+    cdef unsigned char *dst = <unsigned char *>_bytes_data(out)
     if n >= NOGIL_BYTES:
         with nogil:
             size = sp_frame_encode(dst, c_version, c_type, c_flags, c_seq, src, n)
     else:
         size = sp_frame_encode(dst, c_version, c_type, c_flags, c_seq, src, n)
-    return PyBytes_FromStringAndSize(<char *>dst, size)
+    _PyBytes_Resize(&out, size)
+    return _steal(out)
 
 
 cdef object _error(int kind, Py_ssize_t n, Py_ssize_t got, Py_ssize_t detail, Py_ssize_t max_payload,
@@ -233,11 +248,7 @@ def decode_frame(wire, Py_ssize_t max_payload=DEFAULT_MAX_PAYLOAD):
     if n == 0:
         raise FrameTooShortError(f"frame of 0 bytes is shorter than header and CRC ({OVERHEAD})")
     cdef unsigned char *dst = _scratch.need(n)
-    if n >= NOGIL_BYTES:
-        with nogil:
-            kind = sp_frame_check(&v[0], n, max_payload, dst, &got, &detail)
-    else:
-        kind = sp_frame_check(&v[0], n, max_payload, dst, &got, &detail)
+    kind = sp_frame_check(&v[0], n, max_payload, dst, &got, &detail)  # GIL held: dst is shared scratch
     if kind != SP_FRAME_OK:
         raise _error(kind, n, got, detail, max_payload, dst)
     return _frame_tuple(dst, got)

@@ -44,6 +44,7 @@ REQUEST_TYPES = frozenset({MsgType.INFO, MsgType.READ, MsgType.WRITE, MsgType.FL
 class Flag(enum.IntFlag):
     FUA = 0x0001  # WRITE, TRIM: durable before the ACK
     ZEROES = 0x0002  # TRIM: the range must read back as zeros (write_zeroes)
+    RESUMED = 0x0100  # ACK of INFO: the board already held this session and kept its state
     REPLAY = 0x4000  # ACK, ERROR: answered from the reply cache (a duplicate request)
     RETRANSMIT = 0x8000  # request: a resend of a seq already sent once
 
@@ -56,7 +57,7 @@ ALLOWED_FLAGS = {
     MsgType.FLUSH: Flag.RETRANSMIT,
     MsgType.TRIM: Flag.FUA | Flag.ZEROES | Flag.RETRANSMIT,
     MsgType.TRIGGER: Flag.RETRANSMIT,
-    MsgType.ACK: Flag.REPLAY,
+    MsgType.ACK: Flag.REPLAY | Flag.RESUMED,
     MsgType.ERROR: Flag.REPLAY,
     MsgType.NAK: Flag(0),
 }

@@ -1,0 +1,533 @@
+"""Emulated storage bridge boards: the board side of the wire protocol behind a pty.
+
+Owns ``BoardEngine`` (the board's session: handshake, in-order execution
+within the window, reply cache for duplicate detection, NAKs) and
+``Emulator`` (a pty pair whose slave is linked at PATH, the link rate
+modelled in software, fault filters on each direction, unplug/replug, and a
+control-channel pty speaking DESIGN.md's line protocol). It never decides
+what a TRIGGER means: it forwards TRIGGERs to the listener it is given.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import os
+import select
+import termios
+import threading
+import time
+import tty
+
+from splitpoint import wire
+from splitpoint.hal.contract import (BlockDevice, HalError, MisalignedError, OutOfRangeError, ReadOnlyError,
+                                     ZeroLengthError)
+from splitpoint.hal.filters import FrameChain, frame_chain
+from splitpoint.wire import ErrorCode, Feature, Flag, MsgType
+
+frame = wire.frame
+
+_FEATURES = {"flush": Feature.FLUSH, "trim": Feature.TRIM, "fua": Feature.FUA, "trigger": Feature.TRIGGER,
+             "read-only": Feature.READ_ONLY, "control": Feature.CONTROL}
+_HAL_ERRORS = ((OutOfRangeError, ErrorCode.OUT_OF_RANGE), (MisalignedError, ErrorCode.MISALIGNED),
+               (ZeroLengthError, ErrorCode.MISALIGNED), (ReadOnlyError, ErrorCode.READ_ONLY))
+
+
+class BoardEngine:
+    """The board's side of a session, transport-agnostic: frames in, reply messages out.
+
+    Requests execute strictly in seq order. Out-of-order arrivals inside the
+    window wait in ``buffered``; the replies of the last ``window`` executed
+    seqs stay in ``replies`` so a duplicate is answered again, never re-run.
+    """
+
+    def __init__(self, device: BlockDevice, board_id: str, window: int = 8, max_transfer: int = 16384,
+                 features: int = 0, firmware: int = 0, on_trigger=None):
+        if not 1 <= window <= wire.MAX_WINDOW:
+            raise ValueError(f"window {window} must be 1..{wire.MAX_WINDOW}")
+        self.device = device
+        self.board_id = board_id
+        self.window = window
+        self.max_transfer = max_transfer
+        self.features = features | (Feature.READ_ONLY if device.read_only else 0)
+        self.firmware = firmware
+        self.on_trigger = on_trigger  # fn(id, label, seq), called in seq order
+        self.session = None
+        self.expected = 0
+        self.buffered: dict[int, object] = {}
+        self.replies: collections.OrderedDict[int, wire.Message] = collections.OrderedDict()
+        self._nak_for = None
+        self.stats = collections.Counter()
+
+    def info(self) -> wire.BoardInfo:
+        return wire.BoardInfo(self.device.size, self.device.block_size, self.max_transfer, self.window,
+                              self.features, self.firmware, self.session or 0, self.expected, self.board_id)
+
+    def _received_bitmap(self) -> int:
+        bits = 0
+        for seq in self.buffered:
+            d = wire.seq_after(seq, self.expected) - 1
+            if 0 <= d < 32:
+                bits |= 1 << d
+        return bits
+
+    def nak(self) -> wire.Nak:
+        self.stats["naks"] += 1
+        return wire.Nak(seq=0, expected=self.expected, received=self._received_bitmap())
+
+    def on_rejected_frame(self) -> list:
+        """A frame failed its COBS/length/CRC check: ask for a resend of what is missing."""
+        self.stats["rejected_frames"] += 1
+        return [self.nak()] if self.session is not None else []
+
+    def on_frame(self, frm: tuple) -> list:
+        """Replies to send for one decoded frame (version, type, flags, seq, payload)."""
+        try:
+            msg = wire.decode_message(frm)
+        except wire.WireError as exc:
+            self.stats["bad_messages"] += 1
+            if exc.type not in wire.REQUEST_TYPES:
+                if exc.type in (MsgType.ACK, MsgType.ERROR, MsgType.NAK):
+                    return []  # a malformed reply travelling the wrong way: nothing to answer
+                return [wire.Error(seq=exc.seq, of=exc.type & 0xFF, code=exc.code, message=str(exc))]
+            msg = exc  # a malformed request still takes its turn in seq order
+        if not isinstance(msg, wire.WireError) and msg.type not in wire.REQUEST_TYPES:
+            self.stats["ignored"] += 1
+            return []
+        if isinstance(msg, wire.Info):
+            return [self._handshake(msg)]
+        seq = msg.seq
+        if self.session is None:
+            return [wire.Error(seq=seq, of=msg.type, code=ErrorCode.NO_SESSION,
+                               message="no session: send INFO first")]
+        d = wire.seq_after(seq, self.expected)
+        if d < 0:
+            cached = self.replies.get(seq)
+            if cached is None:
+                self.stats["stale"] += 1
+                return [wire.Error(seq=seq, of=msg.type, code=ErrorCode.STALE, flags=Flag.REPLAY,
+                                   message=f"seq {seq} is older than the reply cache (expected {self.expected})")]
+            self.stats["replays"] += 1
+            cached.flags |= Flag.REPLAY
+            return [cached]
+        if d >= self.window:
+            self.stats["window"] += 1
+            return [wire.Error(seq=seq, of=msg.type, code=ErrorCode.WINDOW,
+                               message=f"seq {seq} is beyond expected {self.expected} + window {self.window}")]
+        if d > 0:
+            if seq in self.buffered:
+                self.stats["duplicates_buffered"] += 1
+                return []
+            self.buffered[seq] = msg
+            if self._nak_for != self.expected:  # one NAK per gap; the host's timer covers the rest
+                self._nak_for = self.expected
+                return [self.nak()]
+            return []
+        out = [self._execute(msg)]
+        while self.expected in self.buffered:
+            out.append(self._execute(self.buffered.pop(self.expected)))
+        return out
+
+    def _handshake(self, msg: wire.Info) -> wire.Ack:
+        if msg.session == 0:
+            return wire.Error(seq=msg.seq, of=MsgType.INFO, code=ErrorCode.BAD_PAYLOAD,
+                              message="session 0 is reserved; pick a random non-zero session")
+        if msg.session != self.session:
+            self.stats["sessions"] += 1
+            self.session = msg.session
+            self.expected = msg.first_seq
+            self.buffered.clear()
+            self.replies.clear()
+            flags = 0
+        else:
+            self.stats["resumes"] += 1
+            flags = Flag.RESUMED
+        self._nak_for = None
+        return wire.Ack(seq=msg.seq, flags=flags, of=MsgType.INFO, info=self.info())
+
+    def _execute(self, msg) -> wire.Message:
+        seq = self.expected
+        reply = self._run(msg)
+        self.expected = wire.seq_add(self.expected, 1)
+        self._nak_for = None
+        self.replies[seq] = reply
+        while len(self.replies) > self.window:
+            self.replies.popitem(last=False)
+        self.stats["executed"] += 1
+        return reply
+
+    def _run(self, msg) -> wire.Message:
+        if isinstance(msg, wire.WireError):
+            return wire.Error(seq=msg.seq, of=msg.type & 0xFF, code=msg.code, message=str(msg))
+        dev = self.device
+        try:
+            if isinstance(msg, wire.Read):
+                if msg.length > self.max_transfer:
+                    return self._too_large(msg, msg.length)
+                return wire.Ack(seq=msg.seq, of=MsgType.READ, data=dev.read(msg.offset, msg.length))
+            if isinstance(msg, wire.Write):
+                if len(msg.data) > self.max_transfer:
+                    return self._too_large(msg, len(msg.data))
+                dev.write(msg.offset, msg.data, fua=bool(msg.flags & Flag.FUA))
+            elif isinstance(msg, wire.Flush):
+                dev.flush()
+            elif isinstance(msg, wire.Trim):
+                if msg.flags & Flag.ZEROES:
+                    dev.write_zeroes(msg.offset, msg.length, fua=bool(msg.flags & Flag.FUA))
+                else:
+                    dev.trim(msg.offset, msg.length)
+                    if msg.flags & Flag.FUA:
+                        dev.flush()
+            elif isinstance(msg, wire.Trigger):
+                self.stats["triggers"] += 1
+                if self.on_trigger is not None:
+                    self.on_trigger(msg.id, msg.label, msg.seq)
+        except HalError as exc:
+            code = next((c for cls, c in _HAL_ERRORS if isinstance(exc, cls)), ErrorCode.IO)
+            return wire.Error(seq=msg.seq, of=msg.type, code=code, message=str(exc))
+        return wire.Ack(seq=msg.seq, of=msg.type)
+
+    def _too_large(self, msg, n):
+        return wire.Error(seq=msg.seq, of=msg.type, code=ErrorCode.TOO_LARGE,
+                          message=f"{n} bytes is above max_transfer {self.max_transfer}")
+
+
+class _Pty:
+    """One pty pair in raw mode; the slave is linked at ``path`` and kept open so the
+    host can close and reopen it without the master seeing a hang-up."""
+
+    def __init__(self, path: str):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave, termios.TCSANOW)
+        os.set_blocking(self.master, False)
+        self.name = os.ttyname(self.slave)
+        self.path = path
+        tmp = f"{path}.{os.getpid()}.tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(self.name, tmp)
+        os.replace(tmp, path)
+
+    def close(self):
+        try:
+            if os.path.islink(self.path) and os.readlink(self.path) == self.name:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Emulator:
+    """An emulated bridge board serving the wire protocol on a pty linked at ``link``.
+
+    ``rate`` (bytes/s, 0 = unlimited) models the link: bytes from the host are
+    taken no faster than that, and replies go out no faster than that.
+    ``faults`` is a hal.filters spec applied to the link's frames.
+    ``trigger_listener(label) -> (id, seq)`` receives control-channel TRIGGERs;
+    ``on_trigger(id, label, seq)`` sees wire TRIGGERs in seq order.
+    """
+
+    def __init__(self, board, link: str, device: BlockDevice, control_link: str | None = None,
+                 faults: str | None = None, rate: int | None = None, seed: int | None = None,
+                 trigger_listener=None, on_trigger=None):
+        self.board = board
+        self.link_path = os.path.abspath(link)
+        self.control_path = os.path.abspath(control_link) if control_link else None
+        self.device = device
+        self.rate = board.link_rate if rate is None else rate
+        self.trigger_listener = trigger_listener
+        self.triggers: list[tuple[int, str, int]] = []
+        self._user_on_trigger = on_trigger
+        features = 0
+        for name in board.features:
+            features |= _FEATURES[name]
+        self.engine = BoardEngine(device, board.id, board.window, board.max_transfer, features,
+                                  wire.pack_version(board.firmware), self._wire_trigger)
+        self.rx_chain = frame_chain(faults, "rx", seed, link=self)
+        self.tx_chain = frame_chain(faults, "tx", seed, link=self)
+        self.decoder = frame.FrameDecoder(board.max_transfer + 64)
+        self._lock = threading.RLock()
+        self._pty: _Pty | None = None
+        self._ctl: _Pty | None = None
+        self._want_plugged = True
+        self._replug_at: float | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._threads: list[threading.Thread] = []
+        self._rx_split = bytearray()
+        self._rx_clock = 0.0
+        self._tx_clock = 0.0
+        self._plug_changed = threading.Condition(self._lock)
+        self.plug_count = 0
+        self.stats = self.engine.stats
+
+    # ---- lifecycle ----
+    def start(self) -> "Emulator":
+        with self._lock:
+            self._pty = _Pty(self.link_path)
+            self.plug_count += 1
+        if self.control_path:
+            self._ctl = _Pty(self.control_path)
+        self._threads = [threading.Thread(target=self._data_loop, name=f"emu-{self.board.id}", daemon=True)]
+        if self._ctl:
+            self._threads.append(threading.Thread(target=self._control_loop, name=f"emu-{self.board.id}-ctl",
+                                                  daemon=True))
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poke()
+        for t in self._threads:
+            t.join(timeout=5)
+        with self._lock:
+            if self._pty:
+                self._pty.close()
+                self._pty = None
+        if self._ctl:
+            self._ctl.close()
+            self._ctl = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _poke(self):
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # ---- unplug / replug (also used by the disconnect filter) ----
+    @property
+    def plugged(self) -> bool:
+        return self._pty is not None
+
+    def unplug(self) -> None:
+        """Take the link away: the host's port hangs up and PATH disappears."""
+        with self._lock:
+            self._want_plugged = False
+            self._replug_at = None
+            self._apply_plug()
+
+    def replug(self) -> None:
+        """A new pty appears at PATH (the board keeps its session, as a self-powered one would)."""
+        with self._lock:
+            self._want_plugged = True
+            self._replug_at = None
+            self._apply_plug()
+
+    def replug_after(self, seconds: float) -> None:
+        with self._lock:
+            self._replug_at = time.monotonic() + seconds
+        self._poke()
+
+    def _apply_plug(self):
+        if self._want_plugged and self._pty is None:
+            self._pty = _Pty(self.link_path)
+            self.plug_count += 1
+            self.decoder.reset()
+            self._rx_split.clear()
+        elif not self._want_plugged and self._pty is not None:
+            self._pty.close()
+            self._pty = None
+        self._plug_changed.notify_all()
+        self._poke()
+
+    # ---- data path ----
+    def _wire_trigger(self, trigger_id, label, seq):
+        self.triggers.append((trigger_id, label, seq))
+        if self._user_on_trigger is not None:
+            self._user_on_trigger(trigger_id, label, seq)
+
+    def _data_loop(self):
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                if self._replug_at is not None and now >= self._replug_at:
+                    self._want_plugged = True
+                    self._replug_at = None
+                    self._apply_plug()
+                pty = self._pty
+            timeout = 0.05
+            for due in (self.rx_chain.next_due(), self.tx_chain.next_due(), self._replug_at):
+                if due is not None:
+                    timeout = max(0.0, min(timeout, due - now))
+            fds = [self._wake_r] + ([pty.master] if pty else [])
+            try:
+                ready, _, _ = select.select(fds, [], [], timeout)
+            except (OSError, ValueError):
+                continue
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except OSError:
+                    pass
+            if pty is not None and pty.master in ready:
+                try:
+                    data = os.read(pty.master, 65536)
+                except BlockingIOError:
+                    data = b""
+                except OSError:  # EIO while no one has the slave open: harmless on a pty
+                    data = b""
+                if data:
+                    self._pace_rx(len(data))
+                    self._on_bytes(data)
+            now = time.monotonic()
+            for f in self.rx_chain.poll(now):
+                self._deliver(f)
+            for f in self.tx_chain.poll(now):
+                self._transmit(f)
+
+    def _pace_rx(self, n: int):
+        if self.rate:
+            now = time.monotonic()
+            self._rx_clock = max(self._rx_clock, now) + n / self.rate
+            if self._rx_clock > now:
+                time.sleep(self._rx_clock - now)
+
+    def _on_bytes(self, data: bytes):
+        buf = self._rx_split
+        buf += data
+        start = 0
+        while True:
+            end = buf.find(0, start)
+            if end < 0:
+                break
+            piece = bytes(buf[start:end + 1])
+            start = end + 1
+            for f in self.rx_chain.push(piece, time.monotonic()) if self.rx_chain.filters else [piece]:
+                self._deliver(f)
+        del buf[:start]
+        if len(buf) > self.decoder.max_wire:  # no delimiter in sight: let the decoder count and drop it
+            self._deliver(bytes(buf))
+            buf.clear()
+
+    def _deliver(self, wire_bytes: bytes):
+        replies = []
+        before = self.decoder.rejected
+        for frm in self.decoder.feed(wire_bytes):
+            replies += self.engine.on_frame(frm)
+        for _ in range(self.decoder.rejected - before):
+            replies += self.engine.on_rejected_frame()
+        self.decoder.pop_errors()
+        for msg in replies:
+            out = msg.encode()
+            for f in self.tx_chain.push(out, time.monotonic()) if self.tx_chain.filters else [out]:
+                self._transmit(f)
+
+    def _transmit(self, data: bytes):
+        with self._lock:
+            pty = self._pty
+        if pty is None:
+            return  # unplugged: the bytes go nowhere
+        view = memoryview(data)
+        deadline = time.monotonic() + 1.0
+        while view:
+            try:
+                n = os.write(pty.master, view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline:  # the host stopped reading: the rest is lost on the line
+                    self.stats["tx_dropped_bytes"] += len(view)
+                    return
+                select.select([], [pty.master], [], 0.05)
+            except OSError:
+                return
+        if self.rate:
+            now = time.monotonic()
+            self._tx_clock = max(self._tx_clock, now) + len(data) / self.rate
+            if self._tx_clock > now:
+                time.sleep(self._tx_clock - now)
+
+    # ---- control channel: DESIGN.md's line protocol ----
+    def status(self) -> dict:
+        e = self.engine
+        return {"board": self.board.id, "plugged": self.plugged, "session": e.session, "expected": e.expected,
+                "link_rate": self.rate, "triggers": len(self.triggers),
+                "rejected_frames": self.decoder.rejected, "garbage_bytes": self.decoder.garbage_bytes,
+                "stats": dict(e.stats), "faults": {"rx": self.rx_chain.counts(), "tx": self.tx_chain.counts()}}
+
+    def control_line(self, line: str) -> str:
+        """The one-line answer to one control-channel line."""
+        words = line.strip().split(None, 1)
+        if not words:
+            return "ERR empty line; commands: TRIGGER [label], STATUS, PING"
+        cmd = words[0].upper()
+        if cmd == "PING":
+            return "PONG"
+        if cmd == "STATUS":
+            return json.dumps(self.status(), sort_keys=True)
+        if cmd == "TRIGGER":
+            label = words[1] if len(words) > 1 else ""
+            if len(label.encode()) > wire.MAX_LABEL:
+                return f"ERR label longer than {wire.MAX_LABEL} bytes"
+            if self.trigger_listener is None:
+                return "ERR no controller is listening for TRIGGER on this board"
+            try:
+                trigger_id, seq = self.trigger_listener(label)
+            except Exception as exc:  # the listener's failure is reported on the line, not raised here
+                return f"ERR trigger failed: {exc}"
+            return f"OK {trigger_id} seq={seq}"
+        return f"ERR unknown command {words[0]!r}; commands: TRIGGER [label], STATUS, PING"
+
+    def _control_loop(self):
+        ctl = self._ctl
+        buf = bytearray()
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([ctl.master, self._wake_r], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if ctl.master not in ready:
+                continue
+            try:
+                data = os.read(ctl.master, 4096)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    time.sleep(0.05)
+                    continue
+                return
+            buf += data
+            if len(buf) > 4096 and b"\n" not in buf:
+                buf.clear()
+                self._control_write("ERR line too long\n")
+            while b"\n" in buf:
+                raw, _, rest = bytes(buf).partition(b"\n")
+                buf[:] = rest
+                try:
+                    line = raw.decode().rstrip("\r")
+                except UnicodeDecodeError:
+                    self._control_write("ERR line is not UTF-8\n")
+                    continue
+                self._control_write(self.control_line(line) + "\n")
+
+    def _control_write(self, text: str):
+        try:
+            os.write(self._ctl.master, text.encode())
+        except OSError:
+            pass
+
+
+def open_storage(url: str | None, board) -> BlockDevice:
+    """The emulator's medium: ``url`` (any HAL URL) or a RAM disk of the board's capacity."""
+    from splitpoint.hal import open_device
+
+    if url:
+        return open_device(url)
+    return open_device(f"ram://{board.id}?size={board.capacity}&block={board.block_size}")
