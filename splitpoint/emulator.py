@@ -86,11 +86,11 @@ class BoardEngine:
             msg = wire.decode_message(frm)
         except wire.WireError as exc:
             self.stats["bad_messages"] += 1
-            if exc.type not in wire.REQUEST_TYPES:
-                if exc.type in (MsgType.ACK, MsgType.ERROR, MsgType.NAK):
-                    return []  # a malformed reply travelling the wrong way: nothing to answer
-                return [wire.Error(seq=exc.seq, of=exc.type & 0xFF, code=exc.code, message=str(exc))]
-            msg = exc  # a malformed request still takes its turn in seq order
+            if exc.type >= 0x80:
+                return []  # a reply type travelling the wrong way: nothing to answer
+            if exc.type == MsgType.INFO:  # INFO is never sequenced: answer at once
+                return [wire.Error(seq=exc.seq, of=MsgType.INFO, code=exc.code, message=str(exc))]
+            msg = exc  # a malformed or unknown request still takes its turn in seq order
         if not isinstance(msg, wire.WireError) and msg.type not in wire.REQUEST_TYPES:
             self.stats["ignored"] += 1
             return []
@@ -98,21 +98,21 @@ class BoardEngine:
             return [self._handshake(msg)]
         seq = msg.seq
         if self.session is None:
-            return [wire.Error(seq=seq, of=msg.type, code=ErrorCode.NO_SESSION,
+            return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.NO_SESSION,
                                message="no session: send INFO first")]
         d = wire.seq_after(seq, self.expected)
         if d < 0:
             cached = self.replies.get(seq)
             if cached is None:
                 self.stats["stale"] += 1
-                return [wire.Error(seq=seq, of=msg.type, code=ErrorCode.STALE, flags=Flag.REPLAY,
+                return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.STALE, flags=Flag.REPLAY,
                                    message=f"seq {seq} is older than the reply cache (expected {self.expected})")]
             self.stats["replays"] += 1
             cached.flags |= Flag.REPLAY
             return [cached]
         if d >= self.window:
             self.stats["window"] += 1
-            return [wire.Error(seq=seq, of=msg.type, code=ErrorCode.WINDOW,
+            return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.WINDOW,
                                message=f"seq {seq} is beyond expected {self.expected} + window {self.window}")]
         if d > 0:
             if seq in self.buffered:
