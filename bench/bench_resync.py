@@ -14,7 +14,7 @@ import pytest
 from splitpoint import pyx
 
 GIB = 1 << 30
-ROUNDS = 5
+ROUNDS = 9
 
 
 def best_of(rounds, *fns):
