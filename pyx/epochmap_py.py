@@ -12,6 +12,8 @@ Rules both implementations share (the tests hold them to it):
 - Scans take ``start``/``limit`` in chunks: ``limit`` is the exclusive end chunk
   (None = the end of the map; a limit past the end is clipped like a slice).
 - Epochs are uint32 (0 = never written).
+- A map belongs to one thread at a time (the controller's owner thread): the
+  compiled scans release the GIL but take no lock.
 
 The compiled module raises these same exception classes (it imports them from here).
 """
