@@ -122,9 +122,9 @@ class LunNode:
         self.upstream = path
 
     def needs_prompt_trigger(self) -> bool:
-        if self.sweep is not None:
-            return True
-        return any(p.target.needs_prompt_trigger() for p in self.paths)
+        # only this node's own resync copies from upstream; pools below it copy from this node,
+        # which applies the stream in order, and their own paths decide for themselves
+        return self.sweep is not None
 
     def device_failed(self, exc) -> None:
         """The device failed an op: it is behind from now on and must be resynced in full."""

@@ -35,6 +35,7 @@ class MirrorPath:
         self.max_bytes = max_bytes
         self.queue: deque = deque()
         self.queued_bytes = 0
+        self.queued_triggers = 0
         self.forwarded = 0       # data ops forwarded
         self.applied = 0         # data ops the target has applied
         self.stalls = 0          # forwards that had to apply queued ops first (backpressure)
@@ -78,9 +79,11 @@ class MirrorPath:
             self.target.trigger(event)
             return
         self.queue.append((_TRIGGER, 0, 0, event, 0, 0))
-        if self.target.needs_prompt_trigger():
+        self.queued_triggers += 1
+        if self.queued_triggers > 1 or self.target.needs_prompt_trigger():
             # the backup side must be cut at exactly this point before the source moves on
-            # (copy-on-write of chunks it still needs starts there), so deliver it now
+            # (copy-on-write of chunks it still needs starts there), so deliver it now; an
+            # earlier TRIGGER still queued will leave a member resyncing for this one to cut
             self.drain()
 
     def drain(self, max_ops: int | None = None) -> int:
@@ -95,6 +98,7 @@ class MirrorPath:
     def _pop(self) -> None:
         op, offset, length, data, flags, epoch = self.queue.popleft()
         if op == _TRIGGER:
+            self.queued_triggers -= 1
             self.target.trigger(data)
         elif op == _FLUSH:
             self._flush()

@@ -118,8 +118,12 @@ class BackupPool:
         self.upstream = path
 
     def needs_prompt_trigger(self) -> bool:
+        """True when the next TRIGGER will cut a member that still needs chunks from the source:
+        it must then be cut before the source applies anything queued after the TRIGGER."""
         a = self.active
-        return a is not None and a.sweep is not None
+        if a is None:
+            return len(self.members) == 1
+        return a.sweep is not None
 
     def apply(self, op: int, offset: int, length: int, data, flags: int, epoch: int) -> None:
         m = self.active
