@@ -23,10 +23,11 @@
 #
 # SPSC: the producer alone writes head (release), the consumer alone writes tail (release);
 # each caches the other's index and reloads it (acquire) only when its cache says full/empty.
-# MPSC: producers reserve [pos, pos + k) with a CAS on head; each cell's `turn` word says
-# whose move it is (2*pos: free, 2*pos + 1: published, 2*(pos + capacity): taken; doubled so a
-# one-cell ring stays unambiguous), so the consumer takes positions strictly in reservation
-# order and seqs reach it consecutive.
+# MPSC: producers reserve [pos, pos + k) with a CAS on head (room = capacity - (head - tail)),
+# fill those cells and publish each with turn = pos + 1 (release); the consumer takes cells
+# in position order while they are published, then moves tail (release), handing them back.
+# A reserved but unpublished cell holds the consumer at its position, so seqs reach the
+# consumer consecutive even when producers finish out of order.
 #
 # Every function below touches only C data and is safe without the GIL.  A ring object's
 # C ring is `ring.r`; SPSC rings take one producer and one consumer thread at a time,

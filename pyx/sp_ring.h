@@ -8,13 +8,13 @@
  *   sp_spsc  one producer, one consumer: `head` published with release by the
  *            producer, `tail` by the consumer; each side caches the other's index
  *            so it touches the shared line only when the cached view says full/empty.
- *   sp_mpsc  many producers, one consumer (a bounded queue in the style of Vyukov's):
- *            producers reserve positions with a CAS on `head`; every cell carries a
- *            `turn` word telling whose move it is (doubled so that even a ring of
- *            one cell never confuses "published at pos" with "free for pos + 1"):
- *                turn == 2*pos            free for the producer of position pos
- *                turn == 2*pos + 1        published, the consumer may take it
- *                turn == 2*(pos + cap)    taken, free for the producer of pos + cap
+ *   sp_mpsc  many producers, one consumer: producers reserve a run of positions
+ *            with a CAS on `head` (room = capacity - (head - tail)), fill their cells
+ *            and publish each one by storing `turn = pos + 1` (release).  The consumer
+ *            takes cells in position order while their turn says published, then
+ *            publishes `tail` (release), which hands the cells back to the producers.
+ *            A producer that reserved but has not published yet holds back the
+ *            consumer at its position, so seqs always come out consecutive.
  *
  * Everything here is static inline and touches only C data: safe to call without
  * the GIL.  Nothing here allocates except sp_*_new.
@@ -141,18 +141,15 @@ static inline size_t sp_spsc_push_batch(sp_spsc *r, sp_desc *descs, size_t n)
     uint64_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t room = sp_spsc__room(r, pos, n);
     size_t k = n < room ? n : (size_t)room;
-    uint64_t seq = r->first_seq + pos, mask = r->mask;
-    sp_desc *slots = r->slots;
-    for (size_t i = 0; i < k; i++) {
-        /* copy, then stamp both: stamping descs[i] first would make the 32-byte load
-           of it wait on the 8-byte store (no store-to-load forwarding) */
-        sp_desc *slot = &slots[(pos + i) & mask];
-        *slot = descs[i];
-        slot->seq = seq + i;
+    if (k == 0)
+        return 0;
+    uint64_t seq = r->first_seq + pos, idx = pos & r->mask;
+    size_t first = k < r->mask + 1 - idx ? k : (size_t)(r->mask + 1 - idx); /* up to the end of slots */
+    for (size_t i = 0; i < k; i++)
         descs[i].seq = seq + i;
-    }
-    if (k)
-        atomic_store_explicit(&r->head, pos + k, memory_order_release);
+    memcpy(&r->slots[idx], descs, first * sizeof(sp_desc));
+    memcpy(&r->slots[0], descs + first, (k - first) * sizeof(sp_desc));
+    atomic_store_explicit(&r->head, pos + k, memory_order_release);
     return k;
 }
 
@@ -182,12 +179,13 @@ static inline size_t sp_spsc_pop_batch(sp_spsc *r, sp_desc *out, size_t n)
     uint64_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
     uint64_t ready = sp_spsc__ready(r, pos, n);
     size_t k = n < ready ? n : (size_t)ready;
-    uint64_t mask = r->mask;
-    const sp_desc *slots = r->slots;
-    for (size_t i = 0; i < k; i++)
-        out[i] = slots[(pos + i) & mask];
-    if (k)
-        atomic_store_explicit(&r->tail, pos + k, memory_order_release);
+    if (k == 0)
+        return 0;
+    uint64_t idx = pos & r->mask;
+    size_t first = k < r->mask + 1 - idx ? k : (size_t)(r->mask + 1 - idx);
+    memcpy(out, &r->slots[idx], first * sizeof(sp_desc));
+    memcpy(out + first, &r->slots[0], (k - first) * sizeof(sp_desc));
+    atomic_store_explicit(&r->tail, pos + k, memory_order_release);
     return k;
 }
 
@@ -208,9 +206,9 @@ static inline uint64_t sp_spsc_capacity(sp_spsc *r) { return r->mask + 1; }
 
 /* ---------------------------------------------------------------- MPSC */
 
-/* A cell is a descriptor whose seq word is the atomic turn (the consumer stamps seq = first_seq + pos). */
+/* A cell is a descriptor whose seq word is the atomic turn; the consumer stamps seq = first_seq + pos. */
 typedef struct sp_mpsc_cell {
-    _Atomic uint64_t turn;  /* 2*pos: free; 2*pos + 1: published; 2*(pos + capacity): taken */
+    _Atomic uint64_t turn;  /* pos + 1 once the producer of position pos has filled it */
     uint64_t offset;
     uint64_t cookie;
     uint32_t length;
@@ -222,7 +220,7 @@ _Static_assert(sizeof(sp_mpsc_cell) == 32, "sp_mpsc_cell must be 32 bytes");
 
 typedef struct sp_mpsc {
     _Alignas(SP_CACHELINE) _Atomic uint64_t head;  /* producers: next position to reserve (CAS) */
-    _Alignas(SP_CACHELINE) _Atomic uint64_t tail;  /* consumer: next position to take */
+    _Alignas(SP_CACHELINE) _Atomic uint64_t tail;  /* consumer: next position to take (release) */
     _Alignas(SP_CACHELINE) uint64_t mask;          /* capacity - 1 (read-only) */
     uint64_t first_seq;                            /* seq of position 0 (read-only) */
     sp_mpsc_cell *cells;                           /* capacity cells (read-only pointer) */
@@ -243,7 +241,7 @@ static inline sp_mpsc *sp_mpsc_new(uint64_t capacity, uint64_t first_seq)
     }
     memset(r->cells, 0, capacity * sizeof(sp_mpsc_cell));
     for (uint64_t i = 0; i < capacity; i++)
-        atomic_init(&r->cells[i].turn, 2 * i);
+        atomic_init(&r->cells[i].turn, 0);  /* position i is published when turn == i + 1 */
     atomic_init(&r->head, 0);
     atomic_init(&r->tail, 0);
     r->mask = capacity - 1;
@@ -259,88 +257,50 @@ static inline void sp_mpsc_free(sp_mpsc *r)
     }
 }
 
-/* 0: free for position pos; < 0: still holds the previous lap (ring full); > 0: pos is stale. */
-static inline int64_t sp_mpsc__state(sp_mpsc *r, uint64_t pos)
+/* Producers: reserve up to n positions; the first in *pos, the count returned (0: full). */
+static inline uint64_t sp_mpsc__reserve(sp_mpsc *r, uint64_t n, uint64_t *pos)
 {
-    return (int64_t)(atomic_load_explicit(&r->cells[pos & r->mask].turn, memory_order_acquire) - 2 * pos);
+    for (;;) {
+        /* tail before head: the consumer only passes positions whose reservation it has
+           seen published, so head >= tail holds for the pair read in this order.  The
+           acquire orders our writes to freed cells after the consumer's reads of them. */
+        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+        uint64_t used = head - tail;
+        if (used > r->mask + 1)
+            continue;  /* we slept between the loads: tail is older than head, read both again */
+        uint64_t room = r->mask + 1 - used;
+        uint64_t k = n < room ? n : room;
+        if (k == 0)
+            return 0;
+        if (atomic_compare_exchange_weak_explicit(&r->head, &head, head + k, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            *pos = head;
+            return k;
+        }
+    }
 }
 
-static inline void sp_mpsc__fill(sp_mpsc *r, uint64_t pos, uint16_t op, uint16_t flags, uint64_t offset,
-                                 uint32_t length, uint64_t cookie)
+static inline uint64_t sp_mpsc_push(sp_mpsc *r, uint16_t op, uint16_t flags, uint64_t offset,
+                                    uint32_t length, uint64_t cookie)
 {
+    uint64_t pos;
+    if (!sp_mpsc__reserve(r, 1, &pos))
+        return SP_RING_FULL;
     sp_mpsc_cell *c = &r->cells[pos & r->mask];
     c->offset = offset;
     c->cookie = cookie;
     c->length = length;
     c->op = op;
     c->flags = flags;
-    atomic_store_explicit(&c->turn, 2 * pos + 1, memory_order_release);
-}
-
-static inline uint64_t sp_mpsc_push(sp_mpsc *r, uint16_t op, uint16_t flags, uint64_t offset,
-                                    uint32_t length, uint64_t cookie)
-{
-    uint64_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
-    for (;;) {
-        int64_t state = sp_mpsc__state(r, pos);
-        if (state == 0) {
-            /* on failure the CAS reloads pos with the current head */
-            if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1, memory_order_relaxed,
-                                                      memory_order_relaxed))
-                break;
-        } else if (state < 0) {
-            return SP_RING_FULL;
-        } else {
-            pos = atomic_load_explicit(&r->head, memory_order_relaxed);
-        }
-    }
-    sp_mpsc__fill(r, pos, op, flags, offset, length, cookie);
+    atomic_store_explicit(&c->turn, pos + 1, memory_order_release);
     return r->first_seq + pos;
 }
 
 static inline size_t sp_mpsc_push_batch(sp_mpsc *r, sp_desc *descs, size_t n)
 {
-    uint64_t cap = r->mask + 1;
-    uint64_t want = n < cap ? n : cap;
-    uint64_t pos, k;
-    if (want == 0)
-        return 0;
-    pos = atomic_load_explicit(&r->head, memory_order_relaxed);
-    for (;;) {
-        /* The consumer frees cells in order, so the free cells after pos form a prefix:
-           check the last one wanted, else binary-search the prefix.  The acquire load of
-           the last free cell orders us after the consumer's reads of all earlier ones. */
-        int64_t state = sp_mpsc__state(r, pos + want - 1);
-        if (state == 0) {
-            k = want;
-        } else if (state > 0) {
-            pos = atomic_load_explicit(&r->head, memory_order_relaxed);
-            continue;
-        } else {
-            /* invariant: a count of lo fits (0 trivially), a count of hi does not */
-            uint64_t lo = 0, hi = want;
-            while (hi - lo > 1) {
-                uint64_t mid = lo + (hi - lo) / 2;
-                state = sp_mpsc__state(r, pos + mid - 1);
-                if (state > 0)
-                    break;
-                if (state == 0)
-                    lo = mid;
-                else
-                    hi = mid;
-            }
-            if (state > 0) {
-                pos = atomic_load_explicit(&r->head, memory_order_relaxed);
-                continue;
-            }
-            if (lo == 0)
-                return 0;
-            k = lo;
-        }
-        if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + k, memory_order_relaxed,
-                                                  memory_order_relaxed))
-            break;
-    }
+    uint64_t pos;
+    uint64_t k = sp_mpsc__reserve(r, n, &pos);
     uint64_t mask = r->mask, seq = r->first_seq + pos;
     sp_mpsc_cell *cells = r->cells;
     for (uint64_t i = 0; i < k; i++) {
@@ -351,7 +311,7 @@ static inline size_t sp_mpsc_push_batch(sp_mpsc *r, sp_desc *descs, size_t n)
         c->length = d.length;
         c->op = d.op;
         c->flags = d.flags;
-        atomic_store_explicit(&c->turn, 2 * (pos + i) + 1, memory_order_release);
+        atomic_store_explicit(&c->turn, pos + i + 1, memory_order_release);
         descs[i].seq = seq + i;
     }
     return (size_t)k;
@@ -361,7 +321,7 @@ static inline int sp_mpsc_pop(sp_mpsc *r, sp_desc *out)
 {
     uint64_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed); /* only we write tail */
     sp_mpsc_cell *c = &r->cells[pos & r->mask];
-    if (atomic_load_explicit(&c->turn, memory_order_acquire) != 2 * pos + 1)
+    if (atomic_load_explicit(&c->turn, memory_order_acquire) != pos + 1)
         return 0;
     out->seq = r->first_seq + pos;
     out->offset = c->offset;
@@ -369,7 +329,6 @@ static inline int sp_mpsc_pop(sp_mpsc *r, sp_desc *out)
     out->length = c->length;
     out->op = c->op;
     out->flags = c->flags;
-    atomic_store_explicit(&c->turn, 2 * (pos + r->mask + 1), memory_order_release);
     atomic_store_explicit(&r->tail, pos + 1, memory_order_release);
     return 1;
 }
@@ -382,12 +341,10 @@ static inline size_t sp_mpsc_pop_batch(sp_mpsc *r, sp_desc *out, size_t n)
     size_t k = 0;
     while (k < n) {
         sp_mpsc_cell *c = &cells[(pos + k) & mask];
-        if (atomic_load_explicit(&c->turn, memory_order_acquire) != 2 * (pos + k) + 1)
-            break;
+        if (atomic_load_explicit(&c->turn, memory_order_acquire) != pos + k + 1)
+            break;  /* not yet published: later positions wait for it, keeping seq order */
         sp_desc d = {seq + k, c->offset, c->cookie, c->length, c->op, c->flags};
-        out[k] = d;
-        atomic_store_explicit(&c->turn, 2 * (pos + k + mask + 1), memory_order_release);
-        k++;
+        out[k++] = d;
     }
     if (k)
         atomic_store_explicit(&r->tail, pos + k, memory_order_release);
