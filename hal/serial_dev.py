@@ -120,7 +120,7 @@ class Pending:
             raise DeviceGoneError(f"request seq {self.seq} ({self.msg.type.name}) not answered in {timeout} s")
         if self.error is not None:
             raise self.error
-        return self.reply.data if self.reply is not None else None
+        return self.reply.data if self.msg.type == MsgType.READ else None
 
 
 class SerialDevice(BlockDevice):
@@ -161,6 +161,7 @@ class SerialDevice(BlockDevice):
         self._wcv = threading.Condition()
         self._nonce = 0
         self._decoder = None
+        self._abandoned = False  # requests were failed unanswered: the next handshake starts a new session
         self._open_first()
         self._reader = threading.Thread(target=self._link_loop, name=f"serial-link {port}", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"serial-write {port}", daemon=True)
@@ -235,6 +236,8 @@ class SerialDevice(BlockDevice):
     def _handshake(self, port) -> tuple[wire.BoardInfo, bool]:
         """INFO until answered, at most retries+1 times; runs on the port before anyone else writes to it."""
         decoder = wire.frame.FrameDecoder()
+        if self._abandoned:  # seqs were given up on: the board would wait for them forever
+            self.session = int.from_bytes(os.urandom(4), "little") | 1
         first_seq = next(iter(self._out), self.next_seq)
         for attempt in range(self.retries + 1):
             self._nonce = (self._nonce + 1) & 0xFFFFFFFF
@@ -349,6 +352,12 @@ class SerialDevice(BlockDevice):
         req.event.set()
         self._cv.notify_all()
 
+    def _abandon(self, err: DeviceGoneError):
+        """Fail every outstanding request with ``err``; until a new handshake, new ones fail at once."""
+        self._gone = err
+        self._abandoned = True
+        self._fail_all(lambda req: err)
+
     def _fail_all(self, error_factory):
         with self._cv:
             for req in list(self._out.values()):
@@ -397,7 +406,8 @@ class SerialDevice(BlockDevice):
                                   f"{gone.seq} got no reply after {gone.tries + 1} tries "
                                   f"(gives up within {self.give_up_after:.1f} s)")
             self.stats["gave_up"] += 1
-            self._fail_all(lambda req: err)
+            self._abandon(err)
+            self._drop_link(None)  # reopen and handshake before anything else is sent
 
     def _link_lost(self, exc):
         self.stats["link_lost"] += 1
@@ -425,8 +435,7 @@ class SerialDevice(BlockDevice):
             err = DeviceGoneError(f"board on {self.port_url!r} has been gone for {lost_for:.1f} s "
                                   f"(reconnect timeout {self.reconnect_timeout} s); plug it back in or restart "
                                   f"the emulator")
-            self._gone = err
-            self._fail_all(lambda req: err)
+            self._abandon(err)
         port, _exc = self._open_port()
         if port is None:
             time.sleep(0.05)
@@ -444,6 +453,7 @@ class SerialDevice(BlockDevice):
             self._fail_all(lambda req: err)
             self.next_seq = info.next_seq
         self._gone = None
+        self._abandoned = False
         with self._cv:
             self._adopt(port, info)
             for req in self._out.values():  # resend in seq order; the board replays what it already ran
