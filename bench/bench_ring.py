@@ -2,7 +2,8 @@
 
 - one push + one pop per Python call vs collections.deque append+popleft of the same
   descriptor (a tuple of the five fields: what a deque-based request queue would carry);
-  the deque of a bare pre-built object is in the raw figures;
+  a deque that also stamps a seq from itertools.count, and one of a bare pre-built
+  object, are in the raw figures;
 - batches of 64 and 256 (push_batch + pop_batch) per item vs deque append+popleft of
   pre-built descriptor tuples, one per call;
 - produce()/consume() across two nogil threads vs a plain C SPSC ring (acquire/release
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import itertools
 import threading
 import time
 
@@ -71,6 +73,13 @@ def test_push_pop_per_call_vs_deque(benchmark, report, kind):
             append((1, 0, i << 12, 4096, i))
             popleft()
 
+    def deque_sequenced():
+        dq = collections.deque()
+        append, popleft, seqs = dq.append, dq.popleft, itertools.count(1)
+        for i in range(n):
+            append((next(seqs), 1, 0, i << 12, 4096, i))
+            popleft()
+
     def deque_bare():
         dq = collections.deque()
         append, popleft = dq.append, dq.popleft
@@ -82,11 +91,12 @@ def test_push_pop_per_call_vs_deque(benchmark, report, kind):
         for i in range(n):
             pass
 
-    t_ours, t_peer, t_bare, t_loop = best_of(ROUNDS, ours, deque_descriptor, deque_bare, empty_loop)
+    t_ours, t_peer, t_seq, t_bare, t_loop = best_of(ROUNDS, ours, deque_descriptor, deque_sequenced, deque_bare,
+                                                    empty_loop)
     benchmark.pedantic(ours, rounds=1, iterations=1)
     report(f"ring {kind} push + pop, one per call (time per item)", "deque append+popleft of the descriptor tuple",
            t_ours / t_peer, "<= 1.0", implementation=implementation(), ours_ns=ns(t_ours, n),
-           deque_descriptor_ns=ns(t_peer, n), deque_bare_object_ns=ns(t_bare, n),
+           deque_descriptor_ns=ns(t_peer, n), deque_with_seq_counter_ns=ns(t_seq, n), deque_bare_object_ns=ns(t_bare, n),
            ratio_vs_bare_deque=round(t_ours / t_bare, 3), python_loop_ns=ns(t_loop, n))
 
 

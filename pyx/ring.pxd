@@ -33,6 +33,7 @@
 # C ring is `ring.r`; SPSC rings take one producer and one consumer thread at a time,
 # MPSC rings any number of producers and one consumer.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 
@@ -101,11 +102,26 @@ cdef extern from "sp_ring.h" nogil:
     uint64_t sp_mpsc_capacity(sp_mpsc *r)
 
 
+# pop()'s cache of the tuples push() built, so a descriptor pushed and popped from Python
+# is boxed once: slot i holds an owned (seq, op, flags, offset, length, cookie) tuple or NULL.
+# Touched only with the GIL held; nogil pushes and pops ignore it (pop checks the seq).
+cdef struct sp_box:
+    PyObject *tuple       # owned tuple, or NULL
+    uint64_t seq          # the seq it was built for
+
+cdef struct sp_boxes:
+    sp_box *slots         # capacity entries, allocated on the first push() from Python
+    uint64_t mask         # capacity - 1
+    uint64_t first_seq    # seq of position 0
+
+
 # Python face of an SPSC ring; `r` is its C ring for nogil callers
 cdef class SPSCRing:
     cdef sp_spsc *r
+    cdef sp_boxes boxes
 
 
 # Python face of an MPSC ring; `r` is its C ring for nogil callers
 cdef class MPSCRing:
     cdef sp_mpsc *r
+    cdef sp_boxes boxes

@@ -9,6 +9,8 @@ descriptor, or raises on a full or empty ring.
 """
 cimport cython
 from cpython.long cimport PyLong_CheckExact
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -164,6 +166,52 @@ _np_head_ok = _check_np_head()
 _NUMPY_FAST_PATH = _np_head_ok
 
 
+# ---------------------------------------------------------------- pop()'s tuple cache (see ring.pxd)
+
+cdef inline object _boxed_push(sp_boxes *b, uint64_t seq, op, flags, offset, length, cookie):
+    """The seq as an int, after keeping the descriptor's tuple for pop() (the ints are the caller's)."""
+    cdef object s = seq
+    cdef tuple t = (s, op, flags, offset, length, cookie)
+    cdef sp_box *box
+    cdef PyObject *old
+    if b.slots is NULL:
+        b.slots = <sp_box *>calloc(b.mask + 1, sizeof(sp_box))
+        if b.slots is NULL:
+            return s      # no cache: pop() boxes the descriptor itself
+    box = &b.slots[(seq - b.first_seq) & b.mask]
+    old = box.tuple
+    Py_INCREF(t)
+    box.tuple = <PyObject *>t
+    box.seq = seq
+    Py_XDECREF(old)
+    return s
+
+
+cdef inline object _boxed_pop(sp_boxes *b, sp_desc *d):
+    """The descriptor as pop()'s tuple: the one push() kept when it is this very descriptor."""
+    cdef sp_box *box
+    cdef PyObject *kept
+    if b.slots is not NULL:
+        box = &b.slots[(d.seq - b.first_seq) & b.mask]
+        kept = box.tuple
+        if kept is not NULL:
+            box.tuple = NULL
+            t = <object>kept          # a new reference; drop the cache's one
+            Py_DECREF(t)
+            if box.seq == d.seq:      # else a nogil push reused the slot since
+                return t
+    return (d.seq, d.op, d.flags, d.offset, d.length, d.cookie)
+
+
+cdef void _boxes_free(sp_boxes *b) noexcept:
+    cdef uint64_t i
+    if b.slots is not NULL:
+        for i in range(b.mask + 1):
+            Py_XDECREF(b.slots[i].tuple)
+        free(b.slots)
+        b.slots = NULL
+
+
 @cython.final
 cdef class SPSCRing:
     """Single-producer/single-consumer ring of descriptors (one producer thread, one consumer thread)."""
@@ -174,8 +222,11 @@ cdef class SPSCRing:
         self.r = sp_spsc_new(cap, first)
         if self.r is NULL:
             raise MemoryError(f"cannot allocate a ring of {cap} descriptors")
+        self.boxes.mask = cap - 1
+        self.boxes.first_seq = first
 
     def __dealloc__(self):
+        _boxes_free(&self.boxes)
         sp_spsc_free(self.r)
 
     def push(self, op, flags, offset, length, cookie):
@@ -184,14 +235,16 @@ cdef class SPSCRing:
         if not _exact_ints(op, flags, offset, length, cookie):
             op, flags, offset, length, cookie = check_fields(op, flags, offset, length, cookie)
         seq = sp_spsc_push(self.r, op, flags, offset, length, cookie)
-        return -1 if seq == SP_RING_FULL else seq
+        if seq == SP_RING_FULL:
+            return -1
+        return _boxed_push(&self.boxes, seq, op, flags, offset, length, cookie)
 
     def pop(self):
         """(seq, op, flags, offset, length, cookie) of the oldest descriptor, or None when empty."""
         cdef sp_desc d
         if not sp_spsc_pop(self.r, &d):
             return None
-        return (d.seq, d.op, d.flags, d.offset, d.length, d.cookie)
+        return _boxed_pop(&self.boxes, &d)
 
     def push_batch(self, descs):
         """Enqueue a prefix of the DESC_DTYPE array `descs` (as many as fit), stamping seq in place; the count."""
@@ -238,8 +291,11 @@ cdef class MPSCRing:
         self.r = sp_mpsc_new(cap, first)
         if self.r is NULL:
             raise MemoryError(f"cannot allocate a ring of {cap} descriptors")
+        self.boxes.mask = cap - 1
+        self.boxes.first_seq = first
 
     def __dealloc__(self):
+        _boxes_free(&self.boxes)
         sp_mpsc_free(self.r)
 
     def push(self, op, flags, offset, length, cookie):
@@ -248,14 +304,16 @@ cdef class MPSCRing:
         if not _exact_ints(op, flags, offset, length, cookie):
             op, flags, offset, length, cookie = check_fields(op, flags, offset, length, cookie)
         seq = sp_mpsc_push(self.r, op, flags, offset, length, cookie)
-        return -1 if seq == SP_RING_FULL else seq
+        if seq == SP_RING_FULL:
+            return -1
+        return _boxed_push(&self.boxes, seq, op, flags, offset, length, cookie)
 
     def pop(self):
         """(seq, op, flags, offset, length, cookie) of the oldest descriptor, or None when empty."""
         cdef sp_desc d
         if not sp_mpsc_pop(self.r, &d):
             return None
-        return (d.seq, d.op, d.flags, d.offset, d.length, d.cookie)
+        return _boxed_pop(&self.boxes, &d)
 
     def push_batch(self, descs):
         """Enqueue a prefix of the DESC_DTYPE array `descs` at consecutive seqs, stamped in place; the count."""

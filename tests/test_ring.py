@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import collections
+import gc
 import os
+import sys
 import threading
 
 import numpy as np
@@ -148,6 +150,35 @@ def test_push_takes_integer_like_values(impl, kind):
     ring = getattr(impl, kind)(4)
     assert ring.push(np.uint16(3), True, np.uint64(U64), np.int64(7), 8) == 1
     assert ring.pop() == (1, 3, 1, U64, 7, 8)
+
+
+def test_pop_after_batches_reused_a_slot_returns_the_new_descriptor(impl, kind):
+    # the compiled ring keeps push()'s tuple for pop(); a batch through the same slot must win
+    ring = getattr(impl, kind)(1)
+    assert ring.push(1, 2, 3, 4, 5) == 1
+    out = np.zeros(1, impl.DESC_DTYPE)
+    assert ring.pop_batch(out) == 1 and as_tuples(out) == [(1, 1, 2, 3, 4, 5)]
+    assert ring.push_batch(descs(impl, [(6, 7, 8, 9, 10)])) == 1
+    assert ring.pop() == (2, 6, 7, 8, 9, 10)
+    assert ring.push(11, 12, 13, 14, 15) == 3
+    assert impl.consume(ring, 1, timeout=1)["last_seq"] == 3     # a nogil pop
+    assert impl.produce(ring, 1, 4, 1, timeout=1) == 1             # a nogil push into the slot
+    assert ring.pop() == (4, 0, 4, 0, 4096, 4 << 48)
+
+
+def test_ring_holds_references_only_while_queued(impl, kind):
+    big = 10 ** 15 + 7                       # not a cached small int
+    base = sys.getrefcount(big)
+    ring = getattr(impl, kind)(4)
+    for _ in range(100):
+        ring.push(1, 0, big, 4096, big)
+        item = ring.pop()
+        del item
+    assert sys.getrefcount(big) == base
+    ring.push(1, 0, big, 1, big)
+    del ring
+    gc.collect()
+    assert sys.getrefcount(big) == base
 
 
 def test_wrap_around_many_times(impl, kind):
