@@ -1,11 +1,15 @@
 # cython: binding=False
 """splitpoint.pyx.ring: the sequenced request queue, compiled.
 
-Owns the Python face of the lock-free rings in sp_ring.h (SPSCRing, MPSCRing), the
-numpy dtype of their 32-byte descriptors, and produce()/consume(): producer and
-consumer loops that run with the GIL released so tests and benchmarks can move
-millions of descriptors between threads.  Nothing here takes a lock, allocates per
-descriptor, or raises on a full or empty ring.
+Owns the Python face of the lock-free rings in sp_ring.h (SPSCRing, MPSCRing) and
+produce()/consume(): producer and consumer loops that run with the GIL released so
+tests and benchmarks can move millions of descriptors between threads.  The dtype,
+limits and validators come from the twin, ring_py, so both accept the same things.
+
+Nothing here takes a lock or raises on a full or empty ring.  The nogil paths never
+touch a Python object; push()/pop() box each descriptor once (pop() hands back the
+tuple push() built, see ring.pxd), which relies on the GIL, and batches borrow numpy
+arrays through a header mirror verified at import.
 """
 cimport cython
 from cpython.long cimport PyLong_CheckExact
@@ -55,6 +59,7 @@ def _check_layout():
 _check_layout()
 
 cdef type _ndarray = np.ndarray
+cdef object _desc_dtype_obj = DESC_DTYPE
 
 
 cdef inline bint _exact_ints(a, b, c, d, e) noexcept:
@@ -62,7 +67,7 @@ cdef inline bint _exact_ints(a, b, c, d, e) noexcept:
     Anything else goes through check_fields, which rejects floats instead of truncating them."""
     return PyLong_CheckExact(a) and PyLong_CheckExact(b) and PyLong_CheckExact(c) and \
         PyLong_CheckExact(d) and PyLong_CheckExact(e)
-cdef object _desc_dtype_obj = DESC_DTYPE
+
 
 # produce()/consume() encode the producer and its counter in the cookie
 cdef int _PID_SHIFT = 48
