@@ -27,6 +27,8 @@ from splitpoint.wire import ErrorCode, Feature, Flag, MsgType
 
 frame = wire.frame
 
+PACE_SLACK = 0.002  # seconds a link's virtual clock may run ahead before the emulator waits
+
 _FEATURES = {"flush": Feature.FLUSH, "trim": Feature.TRIM, "fua": Feature.FUA, "trigger": Feature.TRIGGER,
              "read-only": Feature.READ_ONLY, "control": Feature.CONTROL}
 _HAL_ERRORS = ((OutOfRangeError, ErrorCode.OUT_OF_RANGE), (MisalignedError, ErrorCode.MISALIGNED),
@@ -250,8 +252,13 @@ class Emulator:
         self.rx_chain = frame_chain(faults, "rx", seed, link=self)
         self.tx_chain = frame_chain(faults, "tx", seed, link=self)
         self.decoder = frame.FrameDecoder(board.max_transfer + 64)
+        self.stats = self.engine.stats
+        self.plug_count = 0
         self._lock = threading.RLock()
+        self._plug_changed = threading.Condition(self._lock)
         self._pty: _Pty | None = None
+        self._retired: list[_Pty] = []  # unplugged ptys the io thread has still to close
+        self._generation = 0  # bumped at every unplug, so stale replies never reach a new link
         self._ctl: _Pty | None = None
         self._want_plugged = True
         self._replug_at: float | None = None
@@ -259,12 +266,14 @@ class Emulator:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._threads: list[threading.Thread] = []
+        self._rxq: collections.deque = collections.deque()  # (arrival time, bytes) or (0, None): link changed
+        self._rx_cv = threading.Condition()
+        self._txq: collections.deque = collections.deque()  # (ready time, generation, bytes)
+        self._tx_cv = threading.Condition()
         self._rx_split = bytearray()
         self._rx_clock = 0.0
         self._tx_clock = 0.0
-        self._plug_changed = threading.Condition(self._lock)
-        self.plug_count = 0
-        self.stats = self.engine.stats
+        self._io_thread = None
 
     # ---- lifecycle ----
     def start(self) -> "Emulator":
@@ -273,10 +282,13 @@ class Emulator:
             self.plug_count += 1
         if self.control_path:
             self._ctl = _Pty(self.control_path)
-        self._threads = [threading.Thread(target=self._data_loop, name=f"emu-{self.board.id}", daemon=True)]
+        name = f"emu-{self.board.id}"
+        self._threads = [threading.Thread(target=self._io_loop, name=f"{name}-io", daemon=True),
+                         threading.Thread(target=self._data_loop, name=name, daemon=True),
+                         threading.Thread(target=self._tx_loop, name=f"{name}-tx", daemon=True)]
+        self._io_thread = self._threads[0]
         if self._ctl:
-            self._threads.append(threading.Thread(target=self._control_loop, name=f"emu-{self.board.id}-ctl",
-                                                  daemon=True))
+            self._threads.append(threading.Thread(target=self._control_loop, name=f"{name}-ctl", daemon=True))
         for t in self._threads:
             t.start()
         return self
@@ -284,12 +296,17 @@ class Emulator:
     def stop(self) -> None:
         self._stop.set()
         self._poke()
+        with self._rx_cv:
+            self._rx_cv.notify_all()
+        with self._tx_cv:
+            self._tx_cv.notify_all()
         for t in self._threads:
             t.join(timeout=5)
         with self._lock:
-            if self._pty:
-                self._pty.close()
-                self._pty = None
+            for pty in self._retired + ([self._pty] if self._pty else []):
+                pty.close()
+            self._retired.clear()
+            self._pty = None
         if self._ctl:
             self._ctl.close()
             self._ctl = None
@@ -318,57 +335,65 @@ class Emulator:
 
     def unplug(self) -> None:
         """Take the link away: the host's port hangs up and PATH disappears."""
-        with self._lock:
-            self._want_plugged = False
-            self._replug_at = None
-            self._apply_plug()
+        self._set_plugged(False)
 
     def replug(self) -> None:
         """A new pty appears at PATH (the board keeps its session, as a self-powered one would)."""
-        with self._lock:
-            self._want_plugged = True
-            self._replug_at = None
-            self._apply_plug()
+        self._set_plugged(True)
 
     def replug_after(self, seconds: float) -> None:
         with self._lock:
             self._replug_at = time.monotonic() + seconds
         self._poke()
 
+    def _set_plugged(self, want: bool):
+        with self._lock:
+            self._want_plugged = want
+            self._replug_at = None
+            self._apply_plug()  # the link path changes now; the io thread closes the old fds
+
     def _apply_plug(self):
+        """Bring the pty in line with _want_plugged (caller holds self._lock)."""
         if self._want_plugged and self._pty is None:
             self._pty = _Pty(self.link_path)
             self.plug_count += 1
-            self.decoder.reset()
-            self._rx_split.clear()
+            with self._rx_cv:
+                self._rxq.append((0.0, None))  # the data thread drops any torn frame of the old link
+                self._rx_cv.notify()
         elif not self._want_plugged and self._pty is not None:
-            self._pty.close()
-            self._pty = None
+            pty, self._pty = self._pty, None
+            self._generation += 1
+            try:
+                os.unlink(pty.path)
+            except OSError:
+                pass
+            os.close(pty.slave)  # with the master closed below, the host's port hangs up
+            pty.slave = -1
+            self._retired.append(pty)
         self._plug_changed.notify_all()
         self._poke()
 
-    # ---- data path ----
+    # ---- data path: io thread (reads), data thread (protocol), tx thread (paced writes) ----
     def _wire_trigger(self, trigger_id, label, seq):
         self.triggers.append((trigger_id, label, seq))
         if self._user_on_trigger is not None:
             self._user_on_trigger(trigger_id, label, seq)
 
-    def _data_loop(self):
+    def _io_loop(self):
+        """Read the link as bytes arrive, stamping each chunk with its arrival time."""
         while not self._stop.is_set():
-            now = time.monotonic()
             with self._lock:
-                if self._replug_at is not None and now >= self._replug_at:
+                if self._replug_at is not None and time.monotonic() >= self._replug_at:
                     self._want_plugged = True
                     self._replug_at = None
                     self._apply_plug()
+                retired, self._retired = self._retired, []
                 pty = self._pty
-            timeout = 0.05
-            for due in (self.rx_chain.next_due(), self.tx_chain.next_due(), self._replug_at):
-                if due is not None:
-                    timeout = max(0.0, min(timeout, due - now))
+            for old in retired:
+                old.close()
             fds = [self._wake_r] + ([pty.master] if pty else [])
             try:
-                ready, _, _ = select.select(fds, [], [], timeout)
+                ready, _, _ = select.select(fds, [], [], 0.05)
             except (OSError, ValueError):
                 continue
             if self._wake_r in ready:
@@ -376,15 +401,37 @@ class Emulator:
                     os.read(self._wake_r, 4096)
                 except OSError:
                     pass
-            if pty is not None and pty.master in ready:
-                try:
-                    data = os.read(pty.master, 65536)
-                except BlockingIOError:
-                    data = b""
-                except OSError:  # EIO while no one has the slave open: harmless on a pty
-                    data = b""
-                if data:
-                    self._pace_rx(len(data))
+            if pty is None or pty.master not in ready:
+                continue
+            try:
+                data = os.read(pty.master, 65536)
+            except OSError:  # EAGAIN, or EIO while no one has the slave open: harmless on a pty
+                continue
+            if data:
+                with self._rx_cv:
+                    self._rxq.append((time.monotonic(), data))
+                    self._rx_cv.notify()
+
+    def _data_loop(self):
+        while not self._stop.is_set():
+            now = time.monotonic()
+            timeout = 0.05
+            for due in (self.rx_chain.next_due(), self.tx_chain.next_due()):
+                if due is not None:
+                    timeout = max(0.0, min(timeout, due - now))
+            with self._rx_cv:
+                if not self._rxq:
+                    self._rx_cv.wait(timeout)
+                item = self._rxq.popleft() if self._rxq else None
+            if item is not None:
+                arrived, data = item
+                if data is None:
+                    self.decoder.reset()
+                    self._rx_split.clear()
+                else:
+                    if self.rate:  # the chunk counts as received when its last byte crossed the link
+                        self._rx_clock = max(self._rx_clock, arrived) + len(data) / self.rate
+                        self._wait_until(self._rx_clock)
                     self._on_bytes(data)
             now = time.monotonic()
             for f in self.rx_chain.poll(now):
@@ -392,12 +439,12 @@ class Emulator:
             for f in self.tx_chain.poll(now):
                 self._transmit(f)
 
-    def _pace_rx(self, n: int):
-        if self.rate:
-            now = time.monotonic()
-            self._rx_clock = max(self._rx_clock, now) + n / self.rate
-            if self._rx_clock > now:
-                time.sleep(self._rx_clock - now)
+    def _wait_until(self, t: float):
+        """Sleep until t once it is PACE_SLACK ahead; the virtual clocks never drift, so skipping
+        short waits keeps sleep overshoot from eating into the link rate."""
+        ahead = t - time.monotonic()
+        if ahead > PACE_SLACK:
+            time.sleep(ahead)
 
     def _on_bytes(self, data: bytes):
         buf = self._rx_split
@@ -430,28 +477,41 @@ class Emulator:
                 self._transmit(f)
 
     def _transmit(self, data: bytes):
-        with self._lock:
-            pty = self._pty
-        if pty is None:
-            return  # unplugged: the bytes go nowhere
-        view = memoryview(data)
-        deadline = time.monotonic() + 1.0
-        while view:
-            try:
-                n = os.write(pty.master, view)
-                view = view[n:]
-            except BlockingIOError:
-                if time.monotonic() > deadline:  # the host stopped reading: the rest is lost on the line
-                    self.stats["tx_dropped_bytes"] += len(view)
-                    return
-                select.select([], [pty.master], [], 0.05)
-            except OSError:
-                return
-        if self.rate:
-            now = time.monotonic()
-            self._tx_clock = max(self._tx_clock, now) + len(data) / self.rate
-            if self._tx_clock > now:
-                time.sleep(self._tx_clock - now)
+        """Queue bytes for the host; the tx thread sends them at the link rate."""
+        with self._tx_cv:
+            self._txq.append((time.monotonic(), self._generation, data))
+            self._tx_cv.notify()
+
+    def _tx_loop(self):
+        while not self._stop.is_set():
+            with self._tx_cv:
+                if not self._txq:
+                    self._tx_cv.wait(0.1)
+                    continue
+                ready, generation, data = self._txq.popleft()
+            if self.rate:  # the bytes reach the host when their transmission would end
+                self._tx_clock = max(self._tx_clock, ready) + len(data) / self.rate
+                self._wait_until(self._tx_clock)
+            with self._lock:
+                pty = self._pty if generation == self._generation else None
+                master = pty.master if pty else -1
+            if master < 0:
+                continue  # unplugged since: the bytes go nowhere
+            view = memoryview(data)
+            deadline = time.monotonic() + 1.0
+            while view and not self._stop.is_set():
+                try:
+                    view = view[os.write(master, view):]
+                except BlockingIOError:
+                    if time.monotonic() > deadline:  # the host stopped reading: the rest is lost on the line
+                        self.stats["tx_dropped_bytes"] += len(view)
+                        break
+                    try:
+                        select.select([], [master], [], 0.05)
+                    except (OSError, ValueError):
+                        break
+                except OSError:
+                    break
 
     # ---- control channel: DESIGN.md's line protocol ----
     def status(self) -> dict:
