@@ -246,15 +246,17 @@ class BackupPool:
             return True
         return any(m.state == CUTTING or m.hasher is not None for m in self.members)
 
-    def background(self, busy: bool) -> int:
-        """One bounded slice of resync, cut completion and digest work; returns bytes moved or hashed."""
+    def background(self, busy: bool, force: bool = False) -> int:
+        """One bounded slice of resync, cut completion and digest work; returns bytes moved or hashed.
+
+        ``force`` ignores the throttle (finishing everything now, e.g. before a test compares)."""
         work = 0
         src = self.source.device
         a = self.active
         if a is not None and a.sweep is not None:
             if self.upstream is not None and len(self.upstream):
                 self.upstream.drain()   # the source must not be ahead of the member while copying from it
-            budget = self.throttle.budget(a.sweep, busy)
+            budget = self.throttle.slice if force else self.throttle.budget(a.sweep, busy)
             if budget > 0:
                 try:
                     n = a.sweep.step(src, a.device, budget)
@@ -269,7 +271,7 @@ class BackupPool:
                 self.on_change(self, False)
         for m in self.members:
             if m.state == CUTTING:
-                budget = self.throttle.budget(m.sweep, busy)
+                budget = self.throttle.slice if force else self.throttle.budget(m.sweep, busy)
                 if budget <= 0:
                     continue
                 try:
@@ -313,7 +315,7 @@ class BackupPool:
     def finish(self) -> None:
         """Complete every sweep and digest now (tests, clean shutdown of RAM-only setups)."""
         while self.has_background():
-            self.background(False)
+            self.background(False, force=True)
 
     # -- reporting -------------------------------------------------------------------------
     def backups(self) -> list[PoolMember]:

@@ -135,9 +135,9 @@ def _pool(table, where: str, source: str) -> PoolConfig:
 
 
 def _lun(table, index: int, source: str) -> LunConfig:
-    where = f"lun #{index + 1}"
+    name = table.get("name") if isinstance(table, dict) else None
+    where = f"lun {name}" if isinstance(name, str) and name else f"lun #{index + 1}"
     _check_keys(table, _LUN_KEYS, where, source)
-    name = table.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{source}: [{where}] name must be letters and digits starting with a letter "
                           f"(exports are named <name>.t<id>), got {name!r}")
