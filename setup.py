@@ -33,6 +33,20 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', fh.read(), re.M).group(1)
 
 
+def _cython_include_dir():
+    """A folder where Cython finds pyx/<name>.pxd under its module name, splitpoint/pyx/<name>.pxd.
+
+    The kernels cimport each other as ``splitpoint.pyx.<name>``, but the source
+    folder is ``pyx/``; a symlink under build/ gives Cython the namespace layout.
+    """
+    top = os.path.join("build", "cython-include")
+    link = os.path.join(top, "splitpoint", "pyx")
+    if not os.path.islink(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.abspath("pyx"), link)
+    return top
+
+
 def _extensions():
     if os.environ.get("SPLITPOINT_NO_EXTENSIONS") == "1":
         return []
@@ -51,7 +65,7 @@ def _extensions():
     return cythonize(
         exts,
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True},
-        include_path=["pyx"],
+        include_path=[_cython_include_dir(), "pyx"],
     )
 
 
