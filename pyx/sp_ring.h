@@ -304,15 +304,11 @@ static inline size_t sp_mpsc_push_batch(sp_mpsc *r, sp_desc *descs, size_t n)
     uint64_t mask = r->mask, seq = r->first_seq + pos;
     sp_mpsc_cell *cells = r->cells;
     for (uint64_t i = 0; i < k; i++) {
-        sp_desc d = descs[i];
+        sp_desc *d = &descs[i];
         sp_mpsc_cell *c = &cells[(pos + i) & mask];
-        c->offset = d.offset;
-        c->cookie = d.cookie;
-        c->length = d.length;
-        c->op = d.op;
-        c->flags = d.flags;
+        memcpy(&c->offset, &d->offset, sizeof(sp_desc) - offsetof(sp_desc, offset));
         atomic_store_explicit(&c->turn, pos + i + 1, memory_order_release);
-        descs[i].seq = seq + i;
+        d->seq = seq + i;
     }
     return (size_t)k;
 }
