@@ -270,7 +270,7 @@ class Error(Message):
     type = MsgType.ERROR
 
     def payload(self):
-        text = self.message.encode()[:MAX_ERROR_TEXT]
+        text = self.message.encode()[:MAX_ERROR_TEXT].decode(errors="ignore").encode()  # never cut a character
         return _ERR.pack(self.of, self.code) + text
 
 

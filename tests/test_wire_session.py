@@ -158,3 +158,25 @@ def test_bad_info_is_answered_at_once_and_unsequenced(engine):
     assert err.seq == 77 and err.code == ErrorCode.BAD_PAYLOAD
     (ack,) = engine.on_frame(frm(wire.Flush(seq=1)))
     assert ack.seq == 1
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 255), st.integers(0, 0xFFFF),
+                                 st.integers(0, 40), st.binary(max_size=40)), max_size=12),
+       noise=st.binary(max_size=300))
+def test_any_frame_or_noise_gets_an_answer_never_a_crash(frames, noise):
+    """Arbitrary versions, types, flags, seqs and payloads, plus raw noise: the board only ever answers."""
+    eng = BoardEngine(open_device("ram://?size=64K&block=512"), "fuzz", window=4, max_transfer=4096)
+    hello(eng, first=1)
+    dec = fr.FrameDecoder(4096 + 64)
+    stream = noise + b"\x00" + b"".join(fr.encode_frame(t, f, s, p, v) for v, t, f, s, p in frames)
+    for frame_tuple in dec.feed(stream):
+        for reply in eng.on_frame(frame_tuple):
+            assert reply.type in (MsgType.ACK, MsgType.ERROR, MsgType.NAK)
+            assert wire.decode_wire(reply.encode()) == reply  # every answer is itself well-formed
+    for _ in range(dec.rejected):
+        assert [type(r) for r in eng.on_rejected_frame()] == [wire.Nak]

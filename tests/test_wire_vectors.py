@@ -114,6 +114,7 @@ def test_flags_and_limits_are_checked():
     with pytest.raises(wire.BadPayloadError):  # ACK naming a reply type
         wire.decode_wire(pyx.select("frame").encode_frame(MsgType.ACK, 0, 1, bytes([MsgType.NAK])))
     assert wire.Error(seq=1, message="é" * 200).payload()[3:] == ("é" * 64).encode()
+    assert wire.decode_wire(wire.Error(seq=1, message="x" + "é" * 200).encode()).message == "x" + "é" * 63
 
 
 def test_serial_arithmetic_wraps():
