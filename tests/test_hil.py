@@ -20,6 +20,7 @@ from splitpoint.boards.schema import load_board
 from splitpoint.emulator import Emulator
 from splitpoint.hal import BadURLError, DeviceGoneError, ReadOnlyError, open_device
 from splitpoint.hal.filters import FrameChain, wrap_device
+from splitpoint.hal.filters.stall import StallFrames
 from splitpoint.hal.serial_dev import BoardIOError, BoardResetError, SerialDevice, WireProtocolError
 
 BOARD = "emu-usb-fs"
@@ -188,7 +189,7 @@ def test_board_that_stops_answering_raises_device_gone_within_the_bound(emulate)
             dev.write(i * 4096, os.urandom(4096))
     elapsed = time.monotonic() - t0
     assert "gives up within" in str(info.value)
-    assert elapsed < dev.give_up_after + 2.0  # a bound, not a benchmark: the call must not hang
+    assert elapsed < dev.give_up_after + 5.0  # a bound, not a benchmark: the call must not hang
     with pytest.raises(DeviceGoneError):  # and again for the next request, still bounded
         dev.flush()
     dev.close()
@@ -217,10 +218,11 @@ def test_board_gone_for_good_raises_device_gone(emulate):
 
 
 def test_board_reset_fails_unacknowledged_requests_specifically(emulate):
-    emu, url = emulate(faults="stall=3,dir=rx")
+    emu, url = emulate()
     dev = open_device(url + "&reconnect=10s")
     dev.write(0, b"a" * 4096)
-    pending = dev.submit_write(4096, b"b" * 4096)  # swallowed by the stalled link
+    emu.rx_chain = FrameChain([StallFrames(random.Random(1), 0)])  # from now on the board hears nothing
+    pending = dev.submit_write(4096, b"b" * 4096)
     time.sleep(0.1)
     emu.unplug()
     emu.engine.session = None  # the board lost power: no session, no reply cache
