@@ -157,7 +157,7 @@ class Controller:
 
     def _add_path(self, source, target, mode: str) -> MirrorPath:
         path = MirrorPath(source, target, mode, self.config.async_queue_ops, self.config.async_queue_bytes)
-        source.paths.append(path)
+        source.add_path(path)
         self._paths.append(path)
         if not path.sync:
             self._async_paths.append(path)

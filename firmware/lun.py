@@ -21,6 +21,16 @@ _WRITE = int(Op.WRITE)
 _TRIM = int(Op.TRIM)
 
 
+def ram_buffer(device):
+    """The memory of a RAM device, written directly on the hot path; None for anything else.
+
+    Only RAM qualifies: its FLUSH and FUA are no-ops, so a direct write loses no
+    durability the HAL would have given."""
+    if getattr(device, "scheme", "") != "ram" or getattr(device, "read_only", False):
+        return None
+    return device.buffer()
+
+
 class LunNode:
     """A LUN that applies data ops in stream order and forwards them down its mirror paths."""
 
@@ -36,6 +46,8 @@ class LunNode:
             self.zeros.set_all()
         self._zeros_any = known_zero
         self.paths: list = []          # MirrorPaths fed by this node, in order
+        self._forwards: list = []      # what apply() calls for each path (a sync pool's apply, else path.forward)
+        self._buf = ram_buffer(device)
         self.cow: list = []            # pool members cut at a TRIGGER that still need chunks from here
         self.epoch = 1                 # epoch of the ops applied most recently
         self.upstream = None           # the MirrorPath feeding this node (a primary backup LUN), or None
@@ -49,7 +61,11 @@ class LunNode:
             self._copy_on_write(offset, length)
         dev = self.device
         if op == _WRITE:
-            dev.write(offset, data, flags & 1)
+            buf = self._buf
+            if buf is None or type(data) is not bytes:
+                dev.write(offset, data, flags & 1)
+            else:
+                buf[offset:offset + length] = data
             if self._zeros_any:
                 self.zeros.clear_range(offset, length)
         else:
@@ -60,8 +76,13 @@ class LunNode:
             self._mark_zero(offset, length)
         self.epochs.mark(offset, length, epoch)
         self.epoch = epoch
-        for path in self.paths:
-            path.forward(op, offset, length, data, flags, epoch)
+        for forward in self._forwards:
+            forward(op, offset, length, data, flags, epoch)
+
+    def add_path(self, path) -> None:
+        """Feed ``path`` from now on, after the paths already fed."""
+        self.paths.append(path)
+        self._forwards.append(path.direct())
 
     def flush(self) -> None:
         self.device.flush()

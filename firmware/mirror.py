@@ -36,8 +36,7 @@ class MirrorPath:
         self.queue: deque = deque()
         self.queued_bytes = 0
         self.queued_triggers = 0
-        self.forwarded = 0       # data ops forwarded
-        self.applied = 0         # data ops the target has applied
+        self.forwarded = 0       # data ops that went through forward() (sync hops to a pool bypass it)
         self.stalls = 0          # forwards that had to apply queued ops first (backpressure)
         self.errors = 0          # target I/O failures
         target.attach_upstream(self)
@@ -48,6 +47,13 @@ class MirrorPath:
 
     def __len__(self) -> int:
         return len(self.queue)
+
+    def direct(self):
+        """What the source calls per data op: the target's own apply on a synchronous hop to a
+        pool (which handles its members' errors itself), else this path's forward."""
+        if self.sync and getattr(self.target, "absorbs_errors", False):
+            return self.target.apply
+        return self.forward
 
     def forward(self, op: int, offset: int, length: int, data, flags: int, epoch: int) -> None:
         """Send one data op (WRITE, TRIM, WRITE_ZEROES) down the path, in order."""
@@ -110,7 +116,6 @@ class MirrorPath:
     def _apply(self, op, offset, length, data, flags, epoch) -> None:
         try:
             self.target.apply(op, offset, length, data, flags, epoch)
-            self.applied += 1
         except HalError as exc:
             self.errors += 1
             self.target.device_failed(exc)
@@ -125,4 +130,4 @@ class MirrorPath:
     def status(self) -> dict:
         return {"from": self.source.name, "to": self.target.name, "mode": self.mode,
                 "queue_depth": len(self.queue), "queued_bytes": self.queued_bytes,
-                "forwarded": self.forwarded, "applied": self.applied, "stalls": self.stalls, "errors": self.errors}
+                "forwarded": self.forwarded, "stalls": self.stalls, "errors": self.errors}

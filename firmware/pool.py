@@ -20,6 +20,7 @@ Member states:
 """
 from __future__ import annotations
 
+from splitpoint.firmware.lun import ram_buffer
 from splitpoint.firmware.manifest import Manifest, RegionHasher
 from splitpoint.firmware.requests import BackupInfo, Op
 from splitpoint.firmware.resync import Sweep, Throttle
@@ -40,7 +41,7 @@ _TRIM = int(Op.TRIM)
 class PoolMember:
     """One backup LUN of a pool."""
 
-    __slots__ = ("pool", "index", "url", "device", "state", "since", "sweep", "manifest", "hasher",
+    __slots__ = ("pool", "index", "url", "device", "buf", "state", "since", "sweep", "manifest", "hasher",
                  "last_active", "generation", "proven", "error")
 
     def __init__(self, pool, index: int, url: str, device, since: int = 0):
@@ -48,6 +49,7 @@ class PoolMember:
         self.index = index
         self.url = url
         self.device = device
+        self.buf = ram_buffer(device)   # direct writes for RAM members
         self.state = EMPTY
         self.since = since              # when (re)activated, chunks with epoch >= since must be copied (0: all)
         self.sweep: Sweep | None = None
@@ -92,6 +94,9 @@ class PoolMember:
 class BackupPool:
     """An ordered pool of backup LUNs fed by one source node through one mirror path."""
 
+    #: apply() turns a member's device error into that member's state, so a path may call it directly
+    absorbs_errors = True
+
     def __init__(self, name: str, lun_name: str, source, members: list[tuple[str, object]], *,
                  region_size: int = 1 << 20, throttle: Throttle | None = None, known_zero: bool = False,
                  on_change=None, on_backups_changed=None):
@@ -130,13 +135,16 @@ class BackupPool:
         if m is None:
             return
         try:
-            dev = m.device
             if op == _WRITE:
-                dev.write(offset, data, flags & 1)
+                buf = m.buf
+                if buf is not None and type(data) is bytes:
+                    buf[offset:offset + length] = data
+                else:
+                    m.device.write(offset, data, flags & 1)
             elif op == _TRIM:
-                dev.trim(offset, length)
+                m.device.trim(offset, length)
             else:
-                dev.write_zeroes(offset, length, flags & 1)
+                m.device.write_zeroes(offset, length, flags & 1)
         except HalError as exc:
             self._member_failed(m, exc)
 

@@ -320,6 +320,7 @@ def test_geometry_mismatch_is_refused():
 class CountingDevice(RamDevice):
     """A RAM disk that counts flushes and FUA writes (registered as counting://)."""
 
+    scheme = "counting"
     instances: list = []
 
     def __init__(self, *a, **kw):
