@@ -333,6 +333,12 @@ class Emulator:
     def plugged(self) -> bool:
         return self._pty is not None
 
+    @property
+    def tty_name(self) -> str | None:
+        """The pty device the link path points at now (None while unplugged)."""
+        pty = self._pty
+        return pty.name if pty else None
+
     def unplug(self) -> None:
         """Take the link away: the host's port hangs up and PATH disappears."""
         self._set_plugged(False)

@@ -408,3 +408,31 @@ def test_sessions_are_distinct_per_open(emulate):
     assert isinstance(b, SerialDevice) and emu.stats["sessions"] == 2
     assert b.read(0, 512) == b"1" * 512
     b.close()
+
+
+@pytest.mark.parametrize("offset,length,error", [
+    (0, 0, "ZeroLengthError"),
+    (8 << 20, 512, "OutOfRangeError"),
+    ((8 << 20) - 512, 1024, "OutOfRangeError"),
+    (2**63, 512, "OutOfRangeError"),
+    (-512, 512, "OutOfRangeError"),
+    (100, 512, "MisalignedError"),
+    (0, 100, "MisalignedError"),
+])
+def test_hal_contract_bounds_on_the_serial_backend(emulate, offset, length, error):
+    from splitpoint import hal
+
+    emu, url = emulate()
+    with open_device(url) as dev:
+        assert dev.size == 8 << 20 and dev.block_size == 512 and dev.buffer() is None
+        cls = getattr(hal, error)
+        with pytest.raises(cls):
+            dev.read(offset, length)
+        with pytest.raises(cls):
+            dev.write(offset, bytes(max(length, 0)))
+        with pytest.raises(cls):
+            dev.trim(offset, length)
+        assert emu.stats["executed"] == 0  # refused on the host, before the link
+    with pytest.raises(hal.DeviceClosedError):
+        dev.read(0, 512)
+    assert "emu-usb-fs" in dev.describe()

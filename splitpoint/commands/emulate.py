@@ -58,7 +58,7 @@ def command(board_id, link, control_link, storage, faults, rate, seed):
     except OSError as exc:
         device.close()
         raise click.ClickException(f"cannot create the pty link at {link!r}: {exc.strerror}") from None
-    click.echo(f"board {board.id} ({board.product}) on {emu.link_path} -> {emu._pty.name}, "
+    click.echo(f"board {board.id} ({board.product}) on {emu.link_path} -> {emu.tty_name}, "
                f"{emu.rate or 'unlimited'} bytes/s, {device.describe()}")
     if control_link:
         click.echo(f"control channel on {emu.control_path}")
