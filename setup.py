@@ -58,6 +58,7 @@ def _extensions():
             f"splitpoint.pyx.{os.path.splitext(os.path.basename(src))[0]}",
             [src],
             extra_compile_args=["-O3", "-std=c11"],
+            depends=sorted(glob.glob("pyx/*.h")),
         )
         for src in sorted(glob.glob("pyx/*.pyx"))
         if not only or os.path.splitext(os.path.basename(src))[0] in only
