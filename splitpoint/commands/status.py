@@ -43,22 +43,22 @@ def render(status: dict, console) -> None:
     from rich.table import Table
 
     for lun in status.get("luns", []):
-        console.print(f"[bold]{lun['name']}[/bold]  {_size(lun['size'])}, block {lun['block_size']}, "
+        console.print(f"[bold]{lun.get('name')}[/bold]  {_size(lun.get('size', 0))}, block {lun.get('block_size')}, "
                       f"{lun.get('state', '?')}, epoch {lun.get('epoch')}, {lun.get('triggers', 0)} trigger(s)"
                       + (", read-only" if lun.get("read_only") else ""))
         for path in lun.get("paths", []):
-            console.print(f"  mirror {path['from']} -> {path['to']}: {path['mode']}, queue {path['queue_depth']}, "
-                          f"applied {path['applied']}/{path['forwarded']}"
+            console.print(f"  mirror {path.get('from')} -> {path.get('to')}: {path.get('mode')}, "
+                          f"queue {path.get('queue_depth', 0)}, forwarded {path.get('forwarded', 0)}"
                           + (f", {path['errors']} error(s)" if path.get("errors") else ""))
         for pool in lun.get("pools", []):
-            table = Table(title=f"pool {pool['name']} ({pool['state']}, {pool['rotations']} rotation(s))",
+            table = Table(title=f"pool {pool.get('name')} ({pool.get('state')}, {pool.get('rotations', 0)} rotation(s))",
                           title_justify="left")
             for col in ("member", "role", "state", "export", "label", "seq", "cut at", "consistent"):
                 table.add_column(col)
-            for m in pool["members"]:
+            for m in pool.get("members", []):
                 tid = m.get("trigger_id")
-                table.add_row(f"{pool['name']}[{m['index']}]", m.get("role", ""), _member_state(m),
-                              f"{lun['name']}.t{tid}" if tid and m.get("consistent") else "",
+                table.add_row(f"{pool.get('name')}[{m.get('index')}]", m.get("role", ""), _member_state(m),
+                              f"{lun.get('name')}.t{tid}" if tid and m.get("consistent") else "",
                               m.get("label") or "", "" if m.get("seq") is None else str(m["seq"]),
                               _when(m.get("time")), "yes" if m.get("consistent") else "no")
             console.print(table)
