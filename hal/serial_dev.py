@@ -97,7 +97,8 @@ def _positive_int(opts: dict, key: str, default, grammar: str, low: int = 1, hig
 class Pending:
     """One request in flight; ``result()`` waits for its reply."""
 
-    __slots__ = ("seq", "msg", "wire", "event", "reply", "error", "sent_at", "tries", "queued", "reply_bytes")
+    __slots__ = ("seq", "msg", "wire", "event", "reply", "error", "sent_at", "attempt_at", "tries", "queued",
+                 "reply_bytes")
 
     def __init__(self, msg: wire.Message, reply_bytes: int):
         self.seq = msg.seq
@@ -107,6 +108,9 @@ class Pending:
         self.reply = None
         self.error: BaseException | None = None
         self.sent_at: float | None = None  # None: not on the line yet (queued or waiting for a link)
+        # when the latest (re)transmission was queued: the timer runs from here, so a line that
+        # stopped taking bytes (a hung board) still counts tries and gives up in bounded time
+        self.attempt_at: float | None = None
         self.tries = 0
         self.queued = False
         self.reply_bytes = reply_bytes
@@ -394,13 +398,17 @@ class SerialDevice(BlockDevice):
                 return
             rto = self._rto()
             for req in self._out.values():
-                if req.queued or req.sent_at is None or now - req.sent_at < rto:
+                if req.attempt_at is None or now - req.attempt_at < rto:
                     continue
                 if req.tries >= self.retries:
                     gone = req
                     break
                 self.stats["timeouts"] += 1
-                self._resend(req)
+                if req.queued:  # still stuck behind a blocked write: count the try, keep its place
+                    req.tries += 1
+                    req.attempt_at = now
+                else:
+                    self._resend(req)
         if gone is not None:
             err = DeviceGoneError(f"board on {self.port_url!r} stopped answering: {gone.msg.type.name} seq "
                                   f"{gone.seq} got no reply after {gone.tries + 1} tries "
@@ -419,6 +427,7 @@ class SerialDevice(BlockDevice):
             self._lost_at = time.monotonic()
             for req in self._out.values():
                 req.sent_at = None
+                req.attempt_at = None
                 req.queued = False
         with self._wcv:
             self._wq.clear()
@@ -464,6 +473,7 @@ class SerialDevice(BlockDevice):
     # ---- writer thread ----
     def _enqueue(self, req: Pending):
         req.queued = True
+        req.attempt_at = time.monotonic()
         with self._wcv:
             self._wq.append(req)
             self._wcv.notify()

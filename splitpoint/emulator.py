@@ -274,6 +274,7 @@ class Emulator:
         self._rx_clock = 0.0
         self._tx_clock = 0.0
         self._io_thread = None
+        self._hung = False
 
     # ---- lifecycle ----
     def start(self) -> "Emulator":
@@ -332,6 +333,12 @@ class Emulator:
     @property
     def plugged(self) -> bool:
         return self._pty is not None
+
+    def hang(self, hung: bool = True) -> None:
+        """The board's firmware hangs (or recovers): it stops reading its link, so the host's
+        writes back up once the pty's buffer is full, as behind a USB device that NAKs."""
+        self._hung = hung
+        self._poke()
 
     @property
     def tty_name(self) -> str | None:
@@ -397,7 +404,7 @@ class Emulator:
                 pty = self._pty
             for old in retired:
                 old.close()
-            fds = [self._wake_r] + ([pty.master] if pty else [])
+            fds = [self._wake_r] + ([pty.master] if pty and not self._hung else [])
             try:
                 ready, _, _ = select.select(fds, [], [], 0.05)
             except (OSError, ValueError):

@@ -436,3 +436,18 @@ def test_hal_contract_bounds_on_the_serial_backend(emulate, offset, length, erro
     with pytest.raises(hal.DeviceClosedError):
         dev.read(0, 512)
     assert "emu-usb-fs" in dev.describe()
+
+
+def test_hung_board_that_stops_reading_still_gives_up_within_the_bound(emulate):
+    """The host's writes block once the line is full; the timers still count and give up."""
+    emu, url = emulate()
+    dev = open_device(url.replace(FAST, "rto=0.05&rate=200M&retries=3"))
+    dev.write(0, bytes(4096))
+    emu.hang()
+    t0 = time.monotonic()
+    with pytest.raises(DeviceGoneError, match="stopped answering"):
+        while True:
+            dev.write(0, os.urandom(65536))
+    assert time.monotonic() - t0 < dev.give_up_after + 5.0 + dev.window * 1.0  # plus blocked writes' timeouts
+    emu.hang(False)
+    dev.close()
