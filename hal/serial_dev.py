@@ -54,11 +54,11 @@ _ERRORS = {ErrorCode.OUT_OF_RANGE: OutOfRangeError, ErrorCode.MISALIGNED: Misali
            ErrorCode.READ_ONLY: ReadOnlyError, ErrorCode.IO: BoardIOError}
 
 
-def parse_duration(text: str, what: str) -> float:
-    from splitpoint.hal.filters import FaultSpecError, _duration
+def _seconds(text: str, what: str) -> float:
+    from splitpoint.hal.filters import FaultSpecError, parse_duration
 
     try:
-        return _duration(what, text)
+        return parse_duration(what, text)
     except FaultSpecError as exc:
         raise BadURLError(f"{exc}; grammar: {GRAMMAR}") from None
 
@@ -192,9 +192,9 @@ class SerialDevice(BlockDevice):
         if "retries" in opts:
             out["retries"] = _positive_int(opts, "retries", None, grammar, 0, 1000)
         if "rto" in opts:
-            out["rto"] = parse_duration(opts["rto"], "rto")
+            out["rto"] = _seconds(opts["rto"], "rto")
         if "reconnect" in opts:
-            out["reconnect"] = parse_duration(opts["reconnect"], "reconnect")
+            out["reconnect"] = _seconds(opts["reconnect"], "reconnect")
         return out
 
     # ---- timers ----

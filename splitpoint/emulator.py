@@ -22,7 +22,7 @@ import tty
 from splitpoint import wire
 from splitpoint.hal.contract import (BlockDevice, HalError, MisalignedError, OutOfRangeError, ReadOnlyError,
                                      ZeroLengthError)
-from splitpoint.hal.filters import FrameChain, frame_chain
+from splitpoint.hal.filters import frame_chain
 from splitpoint.wire import ErrorCode, Feature, Flag, MsgType
 
 frame = wire.frame

@@ -53,7 +53,8 @@ def _rate(name: str, text: str) -> float:
     return value
 
 
-def _duration(name: str, text: str) -> float:
+def parse_duration(name: str, text: str) -> float:
+    """Seconds in DURATION (5ms, 0.2s, 1); FaultSpecError names ``name`` when it is not one."""
     m = _DURATION.match(text.strip())
     if not m:
         raise FaultSpecError(f"{name}: {text!r} is not a duration like 5ms or 0.2s; grammar: {GRAMMAR}")
@@ -98,7 +99,7 @@ def parse_spec(spec: str | None) -> tuple[list[tuple[str, tuple]], dict]:
         for kind, text in zip(kinds, parts):
             kind = kind.rstrip("?")
             args.append(_rate(name, text) if kind == "rate" else
-                        _duration(name, text) if kind == "duration" else _count(name, text))
+                        parse_duration(name, text) if kind == "duration" else _count(name, text))
         filters.append((name, tuple(args)))
     return filters, options
 
