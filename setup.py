@@ -12,20 +12,33 @@ import re
 
 from setuptools import Extension, setup
 
-PACKAGE_DIR = {
+#: import package -> source folder; sub-packages (any folder with an __init__.py) follow their parent
+ROOTS = {
     "splitpoint": "splitpoint",
-    "splitpoint.commands": "splitpoint/commands",
     "splitpoint.firmware": "firmware",
-    "splitpoint.firmware.frontend": "firmware/frontend",
-    "splitpoint.firmware.link": "firmware/link",
     "splitpoint.hal": "hal",
     "splitpoint.pyx": "pyx",
     "splitpoint.boards": "boards",
 }
 
 
+def _package_dir():
+    mapping = {}
+    for package, folder in ROOTS.items():
+        for here, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            if "__init__.py" in files:
+                rel = os.path.relpath(here, folder)
+                name = package if rel == "." else package + "." + rel.replace(os.sep, ".")
+                mapping[name] = here
+    return mapping
+
+
+PACKAGE_DIR = _package_dir()
+
+
 def _packages():
-    return [name for name, path in PACKAGE_DIR.items() if os.path.isfile(os.path.join(path, "__init__.py"))]
+    return sorted(PACKAGE_DIR)
 
 
 def _version():

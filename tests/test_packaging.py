@@ -19,9 +19,10 @@ def test_wheel_installs_only_the_splitpoint_namespace(tmp_path):
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"splitpoint"}, top
-    for sub in ("firmware", "hal", "pyx", "boards", "commands"):
+    for sub in ("firmware", "firmware/frontend", "hal", "hal/filters", "pyx", "boards", "commands"):
         assert any(n.startswith(f"splitpoint/{sub}/__init__.py") for n in names), sub
     assert "splitpoint/hal/ram.py" in names
+    assert any(n.startswith("splitpoint/boards/") and n.endswith("/board.toml") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "splitpoint = splitpoint.cli:main" in zipfile.ZipFile(tmp_path / wheel).read(entry).decode()
 
