@@ -74,7 +74,8 @@ def client(server):
 
 
 def pattern(n, seed):
-    return bytes((seed + i * 7) & 0xFF for i in range(n))
+    period = bytes((seed + i * 7) & 0xFF for i in range(256))
+    return (period * (n // 256 + 1))[:n]
 
 
 # --- handshake ----------------------------------------------------------------------------
@@ -263,6 +264,16 @@ def test_write_read_flush_round_trip(client, structured):
         reply = c.do("READ", 1 * MiB, 4096, flags=FLAG["DF"])
         assert reply.error == 0 and len(reply.chunks) == 1 and reply.chunks[0][0] == 1
         assert struct.unpack(">Q", reply.chunks[0][1][:8])[0] == 1 * MiB
+
+
+def test_large_writes_and_reads_followed_by_small_ones(client):
+    c = client()
+    big = pattern(3 * MiB, 77)
+    cookies = [c.request("WRITE", 0, payload=big), c.request("WRITE", 3 * MiB, payload=pattern(4096, 1)),
+               c.request("WRITE", 3 * MiB + 4096, payload=pattern(200 << 10, 2))]
+    assert sorted(c.reply().cookie for _ in cookies) == sorted(cookies)
+    assert c.read(0, 3 * MiB) == big
+    assert c.read(3 * MiB, 4096 + (200 << 10)) == pattern(4096, 1) + pattern(200 << 10, 2)
 
 
 def test_trim_write_zeroes_and_cache(client):
@@ -566,3 +577,94 @@ def test_many_clients_at_once(server):
     for t in threads:
         t.join()
     assert not errors
+
+
+# --- any split of the byte stream gives the same answers (in-process, deterministic chunking) -----
+class _Transport:
+    """Just enough of an asyncio transport to feed a connection by hand."""
+
+    def __init__(self):
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+
+SIZES = st.sampled_from([512, 4096, 65536, 128 << 10, 200 << 10, 1 << 20])
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["WRITE", "READ"]), st.integers(0, 15), SIZES, st.integers(0, 255)),
+                    min_size=1, max_size=12),
+       cuts=st.lists(st.integers(1, 300_000), min_size=0, max_size=30))
+def test_any_segmentation_of_the_stream_gives_the_same_answers(ops, cuts):
+    import asyncio
+
+    from splitpoint.firmware.frontend.nbd import NbdConnection
+    from splitpoint.firmware.frontend.service import FrontEnd
+
+    async def scenario():
+        ctl = Controller.from_config(config.loads(CONFIG))
+        fe = FrontEnd(ctl)
+        conn, transport = NbdConnection(fe), _Transport()
+        conn.connection_made(transport)
+        name = b"lun0"
+        stream = bytearray(struct.pack(">I", 3))
+        stream += struct.pack(">QII", 0x49484156454F5054, 7, 6 + len(name)) + struct.pack(">I", len(name)) + name
+        stream += b"\0\0"
+        model = bytearray(SIZE)
+        expected = {}
+        for i, (op, slot, size, seed) in enumerate(ops):
+            offset = slot * MiB // 2
+            size = min(size, SIZE - offset)
+            if op == "WRITE":
+                data = pattern(size, seed)
+                stream += struct.pack(">IHHQQI", 0x25609513, 0, 1, i, offset, size) + data
+                model[offset:offset + size] = data
+                expected[i] = (1, b"")
+            else:
+                stream += struct.pack(">IHHQQI", 0x25609513, 0, 0, i, offset, size)
+                expected[i] = (0, bytes(model[offset:offset + size]))
+        points = sorted({c % len(stream) for c in cuts} | {0, len(stream)})
+        for a, b in zip(points, points[1:]):
+            conn.data_received(bytes(stream[a:b]))
+            fe._tick()
+        for _ in range(10):
+            fe._tick()
+        ctl.close()
+        return bytes(transport.out), expected
+
+    out, expected = asyncio.run(scenario())
+    pos = 18
+    while True:   # option replies up to the final ACK of GO
+        _magic, _opt, rtype, length = struct.unpack_from(">QIII", out, pos)
+        pos += 20 + length
+        if rtype == 1:
+            break
+    seen = set()
+    while pos < len(out):
+        magic, error, cookie = struct.unpack_from(">IIQ", out, pos)
+        pos += 16
+        assert magic == 0x67446698 and error == 0 and cookie not in seen
+        seen.add(cookie)
+        cmd, data = expected[cookie]
+        if cmd == 0:
+            assert out[pos:pos + len(data)] == data
+            pos += len(data)
+    assert seen == set(expected)

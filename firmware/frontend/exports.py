@@ -116,6 +116,8 @@ class LunExport(Export):
     def __init__(self, frontend, lun, name: str | None = None, description: str | None = None):
         self.fe = frontend
         self.lun = lun
+        #: READ and WRITE of this export may go straight to the controller (connection fast path)
+        self.fast_lun = lun
         self.lun_name = lun.name
         self.name = name or lun.name
         self.size = lun.size
@@ -126,6 +128,7 @@ class LunExport(Export):
 
     def read(self, conn, cookie, offset, length, flags):
         self.fe.submit(conn, self.lun, Op.READ, offset, length, None, 0, None, conn.read_callback(cookie, offset))
+
 
     def write(self, conn, cookie, offset, data, flags):
         self.fe.submit(conn, self.lun, Op.WRITE, offset, len(data), data, request_flags(flags), None,
@@ -180,6 +183,7 @@ class TriggerPathExport(LunExport):
         super().__init__(frontend, lun, name=f"{lun.name}.trigger",
                          description=(f"{lun.name} special path: the blocks of {lun.name}; every write "
                                       f"is followed in sequence by a TRIGGER"))
+        self.fast_lun = None   # every write needs its TRIGGER behind it
 
     def _then_trigger(self, conn, cookie, op, offset, length, data, flags):
         join = _ReplyAfterTrigger(conn.ok_callback(cookie))

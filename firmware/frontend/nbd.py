@@ -25,11 +25,13 @@ import functools
 import logging
 import struct
 
+from splitpoint.firmware.errors import QueueFullError
 from splitpoint.firmware.frontend import wire
 from splitpoint.firmware.frontend.wire import (
     CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
     EINVAL, ENOSPC, EOVERFLOW, EPERM, ESHUTDOWN, MAX_REQUEST, REQUEST_MAGIC,
 )
+from splitpoint.firmware.requests import Op
 
 log = logging.getLogger("splitpoint.nbd")
 
@@ -40,9 +42,20 @@ _PAUSE_INFLIGHT = 1024
 _RESUME_INFLIGHT = 256
 #: reply pieces at least this large are written on their own instead of being joined
 _WRITE_ALONE = 64 << 10
+#: receive buffer per connection, and the free room below which it is compacted before a recv
+_BUF_SIZE = 512 << 10
+_MIN_FREE = 64 << 10
+#: WRITE payloads at least this large that did not arrive whole are received into their own buffer
+_DIRECT_MIN = 128 << 10
+#: where skipped bytes (oversized requests or options) are received, shared by every connection
+_SCRATCH_SIZE = 256 << 10
+_SCRATCH_VIEW = memoryview(bytearray(_SCRATCH_SIZE))
 
 _REQUEST = wire.REQUEST
 _SIMPLE_OK = struct.Struct(">IIQ")
+_SIMPLE_MAGIC = wire.SIMPLE_REPLY_MAGIC
+_OP_READ = int(Op.READ)
+_OP_WRITE = int(Op.WRITE)
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _META_CONTEXT_ID = 1
@@ -50,7 +63,7 @@ _META_CONTEXT_ID = 1
 _WRITE_CMDS = (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES)
 
 
-class NbdConnection(asyncio.Protocol):
+class NbdConnection(asyncio.BufferedProtocol):
     """One NBD client, from greeting to disconnect."""
 
     def __init__(self, frontend):
@@ -59,15 +72,24 @@ class NbdConnection(asyncio.Protocol):
         self.peer = "?"
         self.export = None
         self._phase = _CLIENT_FLAGS
-        self._rbuf = bytearray()
-        self._want = 4
-        self._discard = 0
+        self._buf = bytearray(_BUF_SIZE)   # received bytes land here (recv_into); [_start, _end) unparsed
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self._want = 4                     # bytes from _start needed before parsing can progress
+        self._discard = 0                  # payload bytes still to skip (an oversized request or option)
         self._discard_done = None
+        self._direct = None                # (flags, cookie, offset) of a large WRITE received into its own buffer
+        self._direct_payload = None
+        self._direct_filled = 0
         self._no_zeroes = False
         self._structured = False
         self._meta_export = None      # export name the selected meta context applies to
         self._meta_ok = False
         self._allowed = {}
+        self._fast_lun = None          # the LUN READ/WRITE go straight to (a plain LUN export only)
+        self._bsmask = 0
+        self._size = 0
         self._out = []
         self._inflight = 0
         self._disc = False
@@ -99,31 +121,64 @@ class NbdConnection(asyncio.Protocol):
     def resume_writing(self):
         self._resume("writing")
 
-    def data_received(self, data):
+    def get_buffer(self, sizehint):
+        """Where the transport's next recv_into lands; never past the message being skipped or filled."""
         if self._discard:
-            n = len(data)
-            if n < self._discard:
-                self._discard -= n
-                return
-            data = memoryview(data)[self._discard:]
-            self._discard = 0
-            done, self._discard_done = self._discard_done, None
-            done()
-            if not data:
-                return
-        rbuf = self._rbuf
-        if rbuf:
-            rbuf += data
-            if len(rbuf) < self._want:
-                return
-            used = self._parse(rbuf, True)
-            del rbuf[:used]
-        elif len(data) < self._want:
-            rbuf += data
+            return _SCRATCH_VIEW[:min(self._discard, _SCRATCH_SIZE)]
+        if self._direct is not None:
+            return memoryview(self._direct_payload)[self._direct_filled:]
+        if len(self._buf) - self._end < _MIN_FREE:
+            self._compact()
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes):
+        if self._discard:
+            self._discard -= nbytes
+            if not self._discard:
+                done, self._discard_done = self._discard_done, None
+                done()
+            return
+        if self._direct is not None:
+            self._direct_filled += nbytes
+            if self._direct_filled == len(self._direct_payload):
+                (flags, cookie, offset), payload = self._direct, self._direct_payload
+                self._direct = self._direct_payload = None
+                self._write(flags, cookie, offset, len(payload), payload)
+                self._check_inflight()
+            return
+        self._end += nbytes
+        if self._end - self._start < self._want:
+            return
+        start = self._parse(self._view, self._start, self._end)
+        if start >= self._end:
+            self._start = self._end = 0
         else:
-            used = self._parse(data, False)
-            if used < len(data):
-                rbuf += data[used:]
+            self._start = start
+        self._check_inflight()
+
+    def data_received(self, data):
+        """The same input through the non-buffered interface (any transport, tests)."""
+        data = memoryview(data)
+        while data:
+            target = self.get_buffer(len(data))
+            n = min(len(target), len(data))
+            target[:n] = data[:n]
+            self.buffer_updated(n)
+            data = data[n:]
+
+    def _compact(self):
+        """Move the unparsed bytes to the front (growing the buffer if one message needs more)."""
+        start, end = self._start, self._end
+        need = max(self._want, end - start) + _MIN_FREE
+        if need > len(self._buf):
+            grown = bytearray(max(need, 2 * len(self._buf)))
+            grown[:end - start] = self._view[start:end]
+            self._buf, self._view = grown, memoryview(grown)
+        elif start:
+            self._buf[:end - start] = self._buf[start:end]
+        self._start, self._end = 0, end - start
+
+    def _check_inflight(self):
         if self._inflight >= _PAUSE_INFLIGHT:
             self._pause("inflight")
 
@@ -131,14 +186,12 @@ class NbdConnection(asyncio.Protocol):
         return False
 
     # --- parsing -------------------------------------------------------------------------
-    def _parse(self, buf, copy: bool) -> int:
-        """Handle every complete message in ``buf``; return the number of bytes consumed."""
-        pos = 0
-        n = len(buf)
+    def _parse(self, buf, pos: int, n: int) -> int:
+        """Handle every complete message in ``buf[pos:n]``; return where parsing stopped."""
         while True:
             phase = self._phase
             if phase == _TRANSMISSION:
-                return self._parse_requests(buf, pos, n, copy)
+                return self._parse_requests(buf, pos, n)
             if phase == _OPTIONS:
                 if n - pos < 16:
                     self._want = 16
@@ -150,10 +203,9 @@ class NbdConnection(asyncio.Protocol):
                 start = pos + 16
                 if optlen > wire.MAX_OPTION:
                     skip = min(optlen, n - start)
-                    self._discard = optlen - skip
                     done = functools.partial(self._option_too_big, opt, optlen)
-                    if self._discard:
-                        self._discard_done = done
+                    if optlen > skip:
+                        self._discard, self._discard_done, self._want = optlen - skip, done, 16
                         return n
                     done()
                     pos = start + skip
@@ -179,10 +231,25 @@ class NbdConnection(asyncio.Protocol):
                 continue
             return n  # closed or disconnecting: ignore whatever follows
 
-    def _parse_requests(self, buf, pos, n, copy):
+    def _parse_requests(self, buf, pos, n):
+        """Every complete request in ``buf[pos:n]``; READ and WRITE of a LUN take a fast path.
+
+        The fast path is the generic one with the dispatch layers folded in: the same checks
+        (flags, alignment, bounds, not stopping, nothing held back by a full ring), then straight
+        to ``ctl.submit``. Anything it does not take goes through ``_request``. A WRITE payload is
+        copied out of the receive buffer, except a large one, which is received into its own.
+        """
         unpack = _REQUEST.unpack_from
         request = self._request
-        mv = None
+        lun = self._fast_lun
+        if lun is not None and (self.fe.stopping or self.fe.backlogged()):
+            lun = None
+        if lun is not None:
+            submit = self.fe.ctl.submit
+            partial = functools.partial
+            on_write, on_read = self._on_write, self._on_read
+            wmask, rmask = ~self._allowed[CMD_WRITE], ~self._allowed[CMD_READ]
+            bsmask, size = self._bsmask, self._size
         while n - pos >= 28:
             magic, flags, cmd, cookie, offset, length = unpack(buf, pos)
             if magic != REQUEST_MAGIC:
@@ -190,37 +257,60 @@ class NbdConnection(asyncio.Protocol):
                 return n
             if cmd == CMD_WRITE:
                 start = pos + 28
+                end = start + length
                 if length > MAX_REQUEST:
                     self._inflight += 1
                     skip = min(length, n - start)
-                    self._discard = length - skip
                     done = functools.partial(self.reply_error, cookie, EINVAL,
                                              f"WRITE of {length} bytes is over the {MAX_REQUEST}-byte limit")
-                    if self._discard:
-                        self._discard_done = done
+                    if length > skip:
+                        self._discard, self._discard_done, self._want = length - skip, done, 28
                         return n
                     done()
-                    pos = start + skip
+                    pos = end
                     continue
-                end = start + length
                 if end > n:
+                    if length >= _DIRECT_MIN:
+                        payload = bytearray(length)
+                        payload[:n - start] = buf[start:n]
+                        self._direct, self._direct_payload, self._direct_filled = (flags, cookie, offset), payload, n - start
+                        self._want = 28
+                        return n
                     self._want = end - pos
                     return pos
-                if copy:
-                    payload = buf[start:end]
-                else:
-                    if mv is None:
-                        mv = memoryview(buf)
-                    payload = mv[start:end]
+                payload = bytes(buf[start:end])
                 pos = end
+                if (lun is not None and not flags & wmask and not (offset | length) & bsmask and length
+                        and offset + length <= size):
+                    self._inflight += 1
+                    try:
+                        submit(lun, _OP_WRITE, offset, length, payload, flags, None, partial(on_write, cookie))
+                        continue
+                    except QueueFullError:
+                        self._inflight -= 1
+                        lun = None
                 request(CMD_WRITE, flags, cookie, offset, length, payload)
             else:
                 pos += 28
+                if (cmd == CMD_READ and lun is not None and not flags & rmask and not (offset | length) & bsmask
+                        and length and offset + length <= size and length <= MAX_REQUEST):
+                    self._inflight += 1
+                    try:
+                        submit(lun, _OP_READ, offset, length, None, 0, None, partial(on_read, cookie, offset))
+                        continue
+                    except QueueFullError:
+                        self._inflight -= 1
+                        lun = None
                 request(cmd, flags, cookie, offset, length, None)
                 if self._phase != _TRANSMISSION:
                     return n
         self._want = 28
         return pos
+
+    def _write(self, flags, cookie, offset, length, payload):
+        """A WRITE whose payload arrived on its own (large ones): through the generic path."""
+        if self._phase == _TRANSMISSION:
+            self._request(CMD_WRITE, flags, cookie, offset, length, payload)
 
     # --- handshake -----------------------------------------------------------------------
     def _opt_reply(self, opt, reply, payload=b""):
@@ -391,6 +481,9 @@ class NbdConnection(asyncio.Protocol):
             CMD_WRITE_ZEROES: fua | wire.CMD_FLAG_NO_HOLE | wire.CMD_FLAG_FAST_ZERO,
             CMD_BLOCK_STATUS: fua | wire.CMD_FLAG_REQ_ONE,
         }
+        self._fast_lun = None if export.read_only else getattr(export, "fast_lun", None)
+        self._bsmask = export.block_size - 1
+        self._size = export.size
         self._phase = _TRANSMISSION
         self._want = 28
         log.debug("%s: transmission on export %r", self.peer, export.name)
@@ -538,11 +631,29 @@ class NbdConnection(asyncio.Protocol):
         else:
             self.reply_exception(cookie, completion.error)
 
+    def _on_write(self, cookie, completion):
+        """Completion of a fast-path WRITE: the common case without a call per layer."""
+        if completion.error is not None or self.closed or self._paused:
+            self._on_ok(cookie, completion)
+            return
+        self._inflight -= 1
+        out = self._out
+        if not out:
+            self.fe.mark_dirty(self)
+        out.append(_SIMPLE_OK.pack(_SIMPLE_MAGIC, 0, cookie))
+
     def _on_read(self, cookie, offset, completion):
-        if completion.error is None:
+        if completion.error is not None:
+            self.reply_exception(cookie, completion.error)
+        elif self._structured or self.closed or self._paused:
             self.reply_data(cookie, offset, completion.data)
         else:
-            self.reply_exception(cookie, completion.error)
+            self._inflight -= 1
+            out = self._out
+            if not out:
+                self.fe.mark_dirty(self)
+            out.append(_SIMPLE_OK.pack(_SIMPLE_MAGIC, 0, cookie))
+            out.append(completion.data)
 
     def ok_callback(self, cookie):
         """A controller completion callback that answers ``cookie`` with success or the error."""
@@ -573,8 +684,7 @@ class NbdConnection(asyncio.Protocol):
             if small:
                 write(b"".join(small) if len(small) > 1 else small[0])
         out.clear()
-        if self._inflight >= _PAUSE_INFLIGHT:
-            self._pause("inflight")
+        self._check_inflight()
         if self._disc and not self._inflight:
             self.transport.close()
 

@@ -107,6 +107,10 @@ class FrontEnd:
         self._background = None
         self.kick()
 
+    def backlogged(self) -> bool:
+        """Requests are held back because the ring was full: new ones must queue behind them."""
+        return bool(self._backlog)
+
     # --- submissions --------------------------------------------------------------------------
     def submit(self, conn, lun, op, offset, length, data, flags, label, callback):
         """Queue one request on the controller; when its ring is full, hold it (in order) and pause ``conn``."""
