@@ -86,7 +86,7 @@ class Controller:
         self._paths: list[MirrorPath] = []
         self._async_paths: list[MirrorPath] = []
         self._devices = []
-        self.wakeup = None                        # called from any thread when a submit makes the ring non-empty
+        self.wakeup = None                        # called from any thread by a submit while the owner may be idle
         self.on_backups_changed = None            # called on the owner thread when a backup appears or goes
         self._bg = True                           # background work may be pending
         self._closing = False
@@ -96,6 +96,7 @@ class Controller:
         self._event = threading.Event()
         self._inline_lock = threading.RLock()
         self._in_poll = False
+        self._idle = True                         # the owner may be waiting: the next submit wakes it
         self._dirty: dict[str, float] = {}        # LUN -> when its state first changed since the last persist
         self.counters = {"requests": 0, "reads": 0, "writes": 0, "trims": 0, "zeroes": 0, "flushes": 0,
                          "triggers": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
@@ -209,13 +210,15 @@ class Controller:
         cookie = next(self._cookies)
         self._entries[cookie] = (target, data, label, callback, err)
         ring = self._ring
-        was_empty = not len(ring)
         seq = ring.push(op, flags, offset, length, cookie)
         if seq < 0:
             del self._entries[cookie]
             self.counters["queue_full"] += 1
             raise E.QueueFullError(f"request ring full ({ring.capacity} slots); retry after the controller polls")
-        if was_empty:
+        # The owner flags itself idle *before* its last look at the ring (end of poll), and this
+        # reads the flag *after* the push: either the owner saw this request or we wake it.
+        if self._idle:
+            self._idle = False
             wake = self.wakeup
             if wake is not None:
                 wake()
@@ -251,6 +254,10 @@ class Controller:
                 self._execute_batch(batch[:n].tolist())
             if self._bg or self._async_paths or self._dirty:
                 self._background(n > 0)
+            if n < max_batch:
+                self._idle = True
+                if len(self._ring):
+                    self._idle = False   # a request raced in: the owner must poll again
             return n
         finally:
             self._in_poll = False

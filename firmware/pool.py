@@ -277,31 +277,43 @@ class BackupPool:
                 a.sweep = None
                 a.state = ACTIVE
                 self.on_change(self, False)
+        swept = work
         for m in self.members:
-            if m.state == CUTTING:
-                budget = self.throttle.slice if force else self.throttle.budget(m.sweep, busy)
-                if budget <= 0:
-                    continue
-                try:
-                    n = m.sweep.step(src, m.device, budget)
-                except HalError as exc:
-                    self._member_failed(m, exc)
-                    continue
+            if m.state != CUTTING:
+                continue
+            budget = self.throttle.slice if force else self.throttle.budget(m.sweep, busy)
+            if budget <= 0:
+                continue
+            try:
+                n = m.sweep.step(src, m.device, budget)
+            except HalError as exc:
+                self._member_failed(m, exc)
+                continue
+            self.throttle.spend(n)
+            swept += n or 1
+            if m.sweep.done:
+                self._uncow(m)
+                self._frozen(m)
+                self.on_change(self, False)
+                self.on_backups_changed(self)
+        if swept and not force:
+            return swept    # redundancy first: digests only record what is already consistent
+        work = swept
+        for m in self.members:
+            h = m.hasher
+            if h is None:
+                continue
+            budget = self.throttle.slice if force else self.throttle.budget(None, busy)
+            if budget <= 0:
+                continue
+            try:
+                n = h.step(budget)
                 self.throttle.spend(n)
                 work += n or 1
-                if m.sweep.done:
-                    self._uncow(m)
-                    self._frozen(m)
-                    self.on_change(self, False)
-                    self.on_backups_changed(self)
-            elif m.hasher is not None:
-                h = m.hasher
-                try:
-                    work += h.step(self.chunk_size if busy else self.throttle.slice) or 1
-                    if h.done:
-                        self._digested(m)
-                except HalError as exc:
-                    self._member_failed(m, exc)
+                if h.done:
+                    self._digested(m)
+            except HalError as exc:
+                self._member_failed(m, exc)
         return work
 
     def _digested(self, m: PoolMember) -> None:

@@ -203,12 +203,13 @@ class Throttle:
         self._tokens = float(self.slice)
         self._last = time.monotonic()
 
-    def budget(self, sweep: Sweep, busy: bool, now: float | None = None) -> int:
+    def budget(self, sweep: Sweep | None, busy: bool, now: float | None = None) -> int:
+        """Bytes the next step may move (0: none now). ``sweep`` None: digest work, no deadline."""
         now = time.monotonic() if now is None else now
         dt = max(now - self._last, 0.0)
         self._last = now
         want = self.chunk_size if busy else self.slice
-        deadline = sweep.deadline or self.deadline
+        deadline = 0.0 if sweep is None else (sweep.deadline or self.deadline)
         if busy and deadline:
             left = sweep.started + deadline - now
             if left <= 0:

@@ -123,3 +123,23 @@ def test_producers_and_trigger_thread_each_backup_is_a_prefix(mirror, layout):
         assert ctl.luns["lun0"].device.read(0, SIZE) == replay(SIZE, stream, 1 << 62)
     finally:
         ctl.close()
+
+
+def test_owner_thread_never_sleeps_on_a_queued_request():
+    """Producers that each wait for their own completion: a lost wake-up would hang one of them."""
+    ctl = Controller.from_config(config("sync", "local"))
+    ctl.start()
+    try:
+        def producer(k):
+            for i in range(3000):
+                ctl.write("lun0", (k * 8 + i % 8) * BLOCK, bytes([k]) * BLOCK)
+        threads = [threading.Thread(target=producer, args=(k,), daemon=True) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a producer waits forever: the owner missed a wake-up"
+        assert ctl.counters["writes"] == 9000
+    finally:
+        ctl.stop()
+        ctl.close()
