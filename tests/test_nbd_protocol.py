@@ -668,3 +668,23 @@ def test_any_segmentation_of_the_stream_gives_the_same_answers(ops, cuts):
             assert out[pos:pos + len(data)] == data
             pos += len(data)
     assert seen == set(expected)
+
+
+def test_requests_of_64_mib_are_accepted():
+    big = """
+[[lun]]
+name = "lun0"
+url = "ram://lun0?size=128M"
+[lun.pool]
+members = ["ram://b0?size=128M", "ram://b1?size=128M"]
+"""
+    ctl = Controller.from_config(config.loads(big))
+    with ServiceThread(ctl, listen=("127.0.0.1", 0), control=False) as service:
+        host, port = service.endpoints[0].removeprefix("nbd://").rsplit(":", 1)
+        c = RawClient((host, int(port)), timeout=60).connect("lun0", structured=True)
+        data = pattern(64 * MiB, 5)
+        c.write(32 * MiB, data)
+        assert c.read(32 * MiB, 64 * MiB) == data
+        simple = RawClient((host, int(port)), timeout=60).connect("lun0")
+        assert simple.read(32 * MiB, 64 * MiB) == data
+        assert simple.do("READ", 0, 64 * MiB + 512).error == ERR["EINVAL"]

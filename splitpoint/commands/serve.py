@@ -45,6 +45,26 @@ async def _serve(ctl, listen, socket_path, control_url, control_link):
     click.echo("stopped")
 
 
+def _keep_large_buffers_on_the_heap():
+    """glibc: serve 256 KiB-64 MiB payloads from the heap instead of a fresh mmap each time.
+
+    Every large READ reply and WRITE payload is a new buffer; by default glibc maps each one
+    and unmaps it when freed, so the kernel zeroes and faults in every page again. That cost
+    more than the copy itself (≈200 µs of CPU per 256 KiB read instead of ≈65 µs).
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)    # M_MMAP_THRESHOLD: the largest glibc allows
+        libc.mallopt(-1, 256 << 20)   # M_TRIM_THRESHOLD: keep freed memory for the next request
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_loop(main):
     """Run ``main`` on uvloop when it is installed (less loop overhead per request), else asyncio's loop.
 
@@ -100,6 +120,7 @@ def command(config_path, listen, socket_path, control_link, control_url, verbose
         ctl = Controller.from_config(cfg)
     except Exception as exc:  # a backend that cannot open, metadata from another config...
         raise click.ClickException(f"cannot start the controller: {exc}") from None
+    _keep_large_buffers_on_the_heap()
     try:
         _run_loop(_serve(ctl, address, socket_path, control_url, control_link))
     except OSError as exc:

@@ -1,0 +1,231 @@
+"""The NBD front end against `nbdkit memory`, end to end with real clients.
+
+Both servers run as child processes on Unix sockets, pinned to core 0; the client (fio with
+ioengine=nbd, or nbdcopy) is pinned to core 1. Every figure alternates the two servers for
+ROUNDS rounds and reports the median with min and max; `nbdkit null` is measured once per
+workload as the ceiling of what the client can drive. Server CPU per request comes from
+/proc/<pid>/stat (user + system, all threads) over the run. splitpoint serves its embedded
+default: lun0 mirrored synchronously to a pool of 3 RAM backups.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from splitpoint.demo import ServerProcess
+
+ROUNDS = int(os.environ.get("SPLITPOINT_BENCH_ROUNDS", "5"))
+RUNTIME = float(os.environ.get("SPLITPOINT_BENCH_RUNTIME", "3"))
+SERVER_CPU, CLIENT_CPU = ("0", "1") if (os.cpu_count() or 1) > 1 else ("0", "0")
+TICK = os.sysconf("SC_CLK_TCK")
+
+pytestmark = pytest.mark.skipif(any(shutil.which(t) is None for t in ("fio", "nbdkit", "nbdcopy", "taskset")),
+                                reason="fio, nbdkit, nbdcopy and taskset are needed (make bench installs them)")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Nbdkit:
+    """`nbdkit PLUGIN SIZE` on a Unix socket, pinned to the server core."""
+
+    def __init__(self, workdir, plugin="memory", size="256M"):
+        self.socket = os.path.join(workdir, f"nbdkit-{plugin}.sock")
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, "nbdkit", "-f", "-U", self.socket, plugin, size],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.socket):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"nbdkit {plugin} did not start")
+            time.sleep(0.02)
+        self.pid = self.proc.pid
+
+    def uri(self, export=""):
+        return f"nbd+unix:///{export}?socket={self.socket}"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def splitpoint_server(workdir, config=None):
+    return ServerProcess(os.path.join(workdir, "splitpoint"), config=config, cpu=int(SERVER_CPU)).start()
+
+
+def fio(uri: str, rw: str, bs: str, iodepth: int, runtime: float = RUNTIME, size: str = "256M") -> dict:
+    """One fio run with ioengine=nbd; returns iops, bandwidth and completion latency percentiles."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(["taskset", "-c", CLIENT_CPU, "fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}",
+                        f"--rw={rw}", f"--bs={bs}", f"--iodepth={iodepth}", f"--size={size}", "--time_based",
+                        f"--runtime={runtime}", "--randrepeat=0", "--output-format=json", f"--output={out.name}"],
+                       check=True, capture_output=True, timeout=runtime + 60)
+        job = json.load(open(out.name))["jobs"][0]
+    side = job["write"] if "write" in rw else job["read"]
+    pct = side["clat_ns"].get("percentile", {})
+    return {"iops": side["iops"], "bw": side["bw_bytes"], "ios": side["total_ios"],
+            "p50_us": pct.get("50.000000", 0) / 1000, "p99_us": pct.get("99.000000", 0) / 1000}
+
+
+def measured(server_pid: int, run):
+    """Run ``run()`` and add the server's CPU microseconds per request to its result."""
+    before = cpu_seconds(server_pid)
+    result = run()
+    spent = cpu_seconds(server_pid) - before
+    result["cpu_us_per_req"] = 1e6 * spent / max(result.get("ios", 1), 1)
+    return result
+
+
+def summary(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+@pytest.fixture(scope="module")
+def servers():
+    workdir = tempfile.mkdtemp(prefix="splitpoint-bench-")
+    ours = splitpoint_server(workdir)
+    kit = Nbdkit(workdir, "memory", "256M")
+    null = Nbdkit(workdir, "null", "256M")
+    try:
+        # both servers start with the same bytes written, so reads never hit unallocated shortcuts
+        for uri in (ours.uri("lun0"), kit.uri()):
+            subprocess.run(["taskset", "-c", CLIENT_CPU, "fio", "--name=fill", "--ioengine=nbd", f"--uri={uri}",
+                            "--rw=write", "--bs=1M", "--iodepth=8", "--size=256M", "--output=/dev/null"],
+                           check=True, capture_output=True, timeout=300)
+        yield {"ours": ours, "nbdkit": kit, "null": null, "workdir": workdir}
+    finally:
+        ours.stop()
+        kit.stop()
+        null.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def alternate(servers, rw, bs, iodepth):
+    """ROUNDS alternating runs on both servers; per server the list of results."""
+    got = {"ours": [], "nbdkit": []}
+    for i in range(ROUNDS):
+        order = ("ours", "nbdkit") if i % 2 == 0 else ("nbdkit", "ours")
+        for name in order:
+            srv = servers[name]
+            uri = srv.uri("lun0") if name == "ours" else srv.uri()
+            got[name].append(measured(srv.pid, lambda: fio(uri, rw, bs, iodepth)))
+    ceiling = fio(servers["null"].uri(), rw, bs, iodepth)
+    return got, ceiling
+
+
+def raw_of(got, ceiling, key):
+    out = {}
+    for name, results in got.items():
+        out[name] = summary([r[key] for r in results])
+        out[f"{name}_cpu_us_per_req"] = summary([r["cpu_us_per_req"] for r in results])
+    out["nbdkit_null_ceiling"] = ceiling[key]
+    out["rounds"] = ROUNDS
+    return out
+
+
+@pytest.mark.parametrize("rw", ["randwrite", "randread"])
+def test_4k_qd32_iops_vs_nbdkit_memory(servers, report, rw):
+    got, ceiling = alternate(servers, rw, "4k", 32)
+    raw = raw_of(got, ceiling, "iops")
+    report(f"nbd 4k {rw} QD32 IOPS", "nbdkit memory", raw["ours"]["median"] / raw["nbdkit"]["median"], ">= 0.8",
+           **raw)
+
+
+@pytest.mark.parametrize("rw", ["write", "read"])
+def test_256k_sequential_qd8_vs_nbdkit_memory(servers, report, rw):
+    got, ceiling = alternate(servers, rw, "256k", 8)
+    raw = raw_of(got, ceiling, "bw")
+    report(f"nbd 256k seq {rw} QD8 bandwidth", "nbdkit memory", raw["ours"]["median"] / raw["nbdkit"]["median"],
+           ">= 0.7", **raw)
+
+
+@pytest.mark.parametrize("rw", ["randwrite", "randread"])
+def test_4k_qd1_latency_vs_nbdkit_memory(servers, report, rw):
+    got, ceiling = alternate(servers, rw, "4k", 1)
+    raw = raw_of(got, ceiling, "p50_us")
+    raw["p99_us"] = {name: summary([r["p99_us"] for r in results]) for name, results in got.items()}
+    report(f"nbd 4k {rw} QD1 p50 latency", "nbdkit memory", raw["ours"]["median"] / raw["nbdkit"]["median"],
+           "<= 1.3", **raw)
+
+
+def test_nbdcopy_1gib_vs_nbdkit_memory(report, tmp_path):
+    """nbdcopy --flush of 1 GiB of random data (from `nbdkit random`) into each server."""
+    config = tmp_path / "1g.toml"
+    config.write_text('[[lun]]\nname = "lun0"\nurl = "ram://lun0?size=1G"\n[lun.pool]\nmembers = '
+                      '["ram://b0?size=1G", "ram://b1?size=1G", "ram://b2?size=1G"]\n')
+    ours = splitpoint_server(str(tmp_path), str(config))
+    kit = Nbdkit(str(tmp_path), "memory", "1G")
+    times = {"ours": [], "nbdkit": []}
+    cpu = {"ours": [], "nbdkit": []}
+    try:
+        for i in range(ROUNDS):
+            order = ("ours", "nbdkit") if i % 2 == 0 else ("nbdkit", "ours")
+            for name in order:
+                srv = ours if name == "ours" else kit
+                uri = srv.uri("lun0") if name == "ours" else srv.uri()
+                before = cpu_seconds(srv.pid)
+                start = time.perf_counter()
+                subprocess.run(["taskset", "-c", CLIENT_CPU, "nbdcopy", "--flush", "--", "[", "nbdkit", "random",
+                                "1G", "]", uri], check=True, capture_output=True, timeout=600)
+                times[name].append(time.perf_counter() - start)
+                cpu[name].append(cpu_seconds(srv.pid) - before)
+    finally:
+        ours.stop()
+        kit.stop()
+    raw = {name: summary(v) for name, v in times.items()}
+    raw.update({f"{name}_cpu_s": summary(v) for name, v in cpu.items()}, rounds=ROUNDS)
+    report("nbdcopy 1 GiB --flush time", "nbdkit memory", raw["ours"]["median"] / raw["nbdkit"]["median"],
+           "<= 1.5", **raw)
+
+
+def test_trigger_latency_on_the_serial_channel_while_fio_runs(servers, report):
+    """TRIGGER round trips on the control pty, idle and under a QD32 4k random-write load."""
+    from splitpoint.firmware.frontend.control import ControlClient
+
+    ours = servers["ours"]
+
+    def triggers(count, gap):
+        out = []
+        with ControlClient(ours.control, 30) as control:
+            for _ in range(count):
+                start = time.perf_counter()
+                answer = control.ask("TRIGGER bench")
+                out.append((time.perf_counter() - start) * 1e6)
+                assert answer.startswith("OK "), answer
+                time.sleep(gap)
+        return sorted(out)
+
+    idle = triggers(40, 0.02)
+    loaded: list[float] = []
+    runner = threading.Thread(target=lambda: loaded.extend(triggers(60, 0.05)))
+    load = subprocess.Popen(["taskset", "-c", CLIENT_CPU, "fio", "--name=load", "--ioengine=nbd",
+                             f"--uri={ours.uri('lun0')}", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=256M",
+                             "--time_based", "--runtime=60", "--output=/dev/null"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        runner.start()
+        runner.join()
+    finally:
+        load.terminate()
+        load.wait(timeout=30)
+
+    def pct(values, q):
+        return values[min(len(values) - 1, int(q * len(values)))]
+    raw = {"loaded_p50_us": pct(loaded, 0.5), "loaded_p99_us": pct(loaded, 0.99), "loaded_max_us": loaded[-1],
+           "idle_p50_us": pct(idle, 0.5), "idle_p99_us": pct(idle, 0.99), "triggers": len(loaded)}
+    print(f"\nTRIGGER on the serial channel while fio runs: p50 {raw['loaded_p50_us']:.0f} us, "
+          f"p99 {raw['loaded_p99_us']:.0f} us (idle p50 {raw['idle_p50_us']:.0f} us)", file=sys.stderr)
+    report("TRIGGER latency (serial) under QD32 fio, p50 vs idle", "same server idle",
+           raw["loaded_p50_us"] / raw["idle_p50_us"], "<= 5", **raw)
