@@ -442,6 +442,19 @@ def test_request_split_across_many_segments(client):
 
 
 # --- exports ------------------------------------------------------------------------------------
+def listing(address) -> dict[str, str]:
+    """export name -> description, from NBD_OPT_LIST."""
+    c = RawClient(address)
+    c.start()
+    c.option(OPT["LIST"])
+    names = {}
+    for rtype, payload in c.opt_replies(OPT["LIST"])[:-1]:
+        (n,) = struct.unpack(">I", payload[:4])
+        names[payload[4:4 + n].decode()] = payload[4 + n:].decode()
+    c.close()
+    return names
+
+
 def test_trigger_lun_reads_zeros_and_its_write_cuts_a_labelled_backup(fresh_server):
     _thread, address = fresh_server
     data = RawClient(address).connect("lun0")
@@ -452,13 +465,7 @@ def test_trigger_lun_reads_zeros_and_its_write_cuts_a_labelled_backup(fresh_serv
     trig.write(4096, b"ignored".ljust(512, b"\0"))          # not at offset 0: no TRIGGER
     trig.write(0, b"nightly".ljust(512, b"\0"))
     data.write(0, b"\xbb" * 4096)
-    listing = RawClient(address)
-    listing.start()
-    listing.option(OPT["LIST"])
-    names = {}
-    for rtype, payload in listing.opt_replies(OPT["LIST"])[:-1]:
-        (n,) = struct.unpack(">I", payload[:4])
-        names[payload[4:4 + n].decode()] = payload[4 + n:].decode()
+    names = listing(address)
     assert "lun0.t1" in names and "lun0.t2" not in names
     assert "nightly" in names["lun0.t1"] and "seq" in names["lun0.t1"]
     backup = RawClient(address).connect("lun0.t1")
@@ -467,6 +474,16 @@ def test_trigger_lun_reads_zeros_and_its_write_cuts_a_labelled_backup(fresh_serv
     assert data.read(0, 4096) == b"\xbb" * 4096
     latest = RawClient(address).connect("lun0.latest")
     assert latest.read(0, 4096) == b"\xaa" * 4096
+
+
+def test_trigger_lun_takes_any_bytes_as_the_label(fresh_server):
+    thread, address = fresh_server
+    trig = RawClient(address).connect("trigger")
+    trig.write(0, b"\xab" * 4096)                 # a pattern, not text: still a TRIGGER
+    trig.write(0, "café ☕".encode().ljust(512, b"\0"))
+    names = listing(address)
+    assert "label '" + "\\xab" * 64 + "'" in names["lun0.t1"]
+    assert "label 'café ☕'" in names["lun0.t2"]
 
 
 def test_special_path_write_is_followed_by_a_trigger(fresh_server):

@@ -39,11 +39,14 @@ PREFERRED_BLOCK = 4096
 _BACKUP_NAME = re.compile(r"^(?P<lun>[A-Za-z0-9.]+?)\.(?:t(?P<id>[1-9][0-9]*)|(?P<latest>latest))$")
 
 
-def label_from_bytes(data) -> str | None:
-    """The TRIGGER label carried by a special-LUN write: its first 64 bytes up to the first NUL."""
+def label_from_bytes(data) -> bytes | None:
+    """The TRIGGER label carried by a special-LUN write: its first 64 bytes up to the first NUL.
+
+    The bytes go to the controller as they are (it shows bytes that are not UTF-8 escaped), so a
+    client writing any pattern still cuts a backup.
+    """
     raw = bytes(data[:LABEL_MAX]).split(b"\0", 1)[0]
-    label = raw.decode("utf-8", "replace").strip()
-    return label or None
+    return raw or None
 
 
 def request_flags(nbd_flags: int) -> int:
