@@ -89,6 +89,7 @@ class Controller:
         self.wakeup = None                        # called from any thread by a submit while the owner may be idle
         self.on_backups_changed = None            # called on the owner thread when a backup appears or goes
         self._bg = True                           # background work may be pending
+        self._bg_at = 0.0                         # ... but not before this monotonic time (throttle)
         self._closing = False
         self._closed = False
         self._owner: int | None = None
@@ -343,7 +344,7 @@ class Controller:
         lun.next_trigger_id = tid + 1
         text = label_text(raw)
         event = TriggerEvent(lun.name, tid, seq, cut, text, time.time())
-        self._bg = True
+        self._wake_background()
         self.counters["triggers"] += 1
         for path in lun.paths:
             path.trigger(event)
@@ -369,19 +370,30 @@ class Controller:
         for path in self._async_paths:
             if path.queue:
                 path.drain(64 if busy else None)
-        work = 0
-        for node in self._nodes:
-            if node.sweep is not None:
-                work += node.sweep_step(node.chunk_size if busy else self.config.resync.slice) or 1
-        for pool in self._pools:
-            work += pool.background(busy)
-        if not work:
-            self._bg = any(p.has_background() for p in self._pools) or any(n.sweep for n in self._nodes)
+        if self._bg:
+            now = time.monotonic()
+            if now >= self._bg_at:   # throttled work waits for its tokens without costing each poll
+                work = 0
+                for node in self._nodes:
+                    if node.sweep is not None:
+                        work += node.sweep_step(node.chunk_size if busy else self.config.resync.slice) or 1
+                for pool in self._pools:
+                    work += pool.background(busy)
+                pending = [p for p in self._pools if p.has_background()]
+                if pending or any(n.sweep for n in self._nodes):
+                    wait = min((p.throttle.delay() for p in pending), default=0.0)
+                    self._bg_at = now + (wait if work else max(wait, 0.0005))
+                else:
+                    self._bg = False
         if self._dirty and self.store is not None:
             now = time.monotonic()
             for name, since in list(self._dirty.items()):
                 if not busy or now - since > PERSIST_LAG:
                     self._persist(self.luns[name])
+
+    def _wake_background(self) -> None:
+        self._bg = True
+        self._bg_at = 0.0
 
     def next_background(self) -> float | None:
         """Seconds until background work wants a poll (0: now), or None when there is none."""
@@ -389,16 +401,10 @@ class Controller:
             return 0.0
         if not self._bg:
             return None
-        delays = [p.throttle.delay() for p in self._pools if p.has_background()]
-        if any(n.sweep for n in self._nodes):
-            delays.append(0.0)
-        if not delays:
-            self._bg = False
-            return None
-        return min(delays)
+        return max(self._bg_at - time.monotonic(), 0.0)
 
     def _pool_changed(self, pool: BackupPool, urgent: bool) -> None:
-        self._bg = True
+        self._wake_background()
         if self.store is None:
             return
         lun = self.luns[pool.lun_name]

@@ -271,7 +271,8 @@ class BackupPool:
                 except HalError as exc:
                     self._member_failed(a, exc)
                     return work
-                self.throttle.spend(n)
+                if not force:
+                    self.throttle.spend(n)
                 work += n or 1
             if a.sweep is not None and a.sweep.done:
                 a.sweep = None
@@ -289,7 +290,8 @@ class BackupPool:
             except HalError as exc:
                 self._member_failed(m, exc)
                 continue
-            self.throttle.spend(n)
+            if not force:
+                self.throttle.spend(n)
             swept += n or 1
             if m.sweep.done:
                 self._uncow(m)
@@ -308,7 +310,8 @@ class BackupPool:
                 continue
             try:
                 n = h.step(budget)
-                self.throttle.spend(n)
+                if not force:
+                    self.throttle.spend(n)
                 work += n or 1
                 if h.done:
                     self._digested(m)

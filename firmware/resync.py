@@ -200,7 +200,10 @@ class Throttle:
         self.deadline = deadline
         self.slice = max(slice_bytes, chunk_size)
         self.chunk_size = chunk_size
-        self._tokens = float(self.slice)
+        # a rate-limited resync never bursts: one chunk at a time, evenly spaced, so foreground
+        # requests never meet a run of copies
+        self._cap = float(chunk_size) if rate else float(self.slice)
+        self._tokens = self._cap
         self._last = time.monotonic()
 
     def budget(self, sweep: Sweep | None, busy: bool, now: float | None = None) -> int:
@@ -218,7 +221,7 @@ class Throttle:
                 need = int(sweep.remaining() * min(1.0, max(dt, 1e-4) / left))
                 want = max(want, min(self.slice, need))
         if self.rate:
-            self._tokens = min(float(self.slice), self._tokens + self.rate * dt)
+            self._tokens = min(self._cap, self._tokens + self.rate * dt)
             if self._tokens < self.chunk_size:
                 return 0
             want = min(want, int(self._tokens))
