@@ -103,7 +103,7 @@ class Controller:
                          "triggers": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
                          "callback_errors": 0, "queue_full": 0, "metadata_writes": 0, "metadata_errors": 0}
         self.metadata_error: str | None = None
-        self.recovered = None                     # "clean", "crash" or None (no metadata store)
+        self.recovered = None                     # "fresh", "clean", "crash" or None (no metadata store)
         self.store = MetadataStore(config.metadata_dir) if config.metadata_dir else None
         try:
             self._build()
@@ -685,11 +685,12 @@ class Controller:
 
     def _restore(self) -> None:
         clean = self.store.was_clean()
-        self.recovered = "clean" if clean else "crash"
+        self.recovered = "fresh"
         for lun in self.luns.values():
             got = self.store.read_json(f"{lun.name}.state")
             if got is None:
                 continue
+            self.recovered = "clean" if clean else "crash"
             _gen, doc = got
             self._check_doc(lun, doc)
             lun_clean = clean and doc.get("clean") and _persistent(lun.device)
