@@ -242,7 +242,8 @@ class Controller:
     def poll(self, max_batch: int = 256) -> int:
         """Drain up to ``max_batch`` requests, execute and complete them, then one background slice.
 
-        Owner thread only. Returns the number of requests completed."""
+        Owner thread only. Returns the number of requests completed. After a full batch the owner
+        polls again; otherwise the ring is empty or ``wakeup()`` has already been called."""
         if self._in_poll:
             raise RuntimeError("poll() re-entered from a completion callback; callbacks must not block on the controller")
         self._in_poll = True
@@ -256,9 +257,14 @@ class Controller:
             if self._bg or self._async_paths or self._dirty:
                 self._background(n > 0)
             if n < max_batch:
+                # Either the ring is empty now, or wakeup() has been called: an owner that polls
+                # again only when woken (or after a full batch) never strands a request.
                 self._idle = True
                 if len(self._ring):
-                    self._idle = False   # a request raced in: the owner must poll again
+                    self._idle = False
+                    wake = self.wakeup
+                    if wake is not None:
+                        wake()
             return n
         finally:
             self._in_poll = False
