@@ -14,6 +14,7 @@ import time
 from splitpoint import pyx
 from splitpoint.firmware.requests import Op
 from splitpoint.firmware.resync import Sweep, copy_between
+from splitpoint.hal import HalError
 
 _em = pyx.select("epochmap")
 
@@ -113,10 +114,13 @@ class LunNode:
         cs = self.chunk_size
         c0 = offset // cs
         c1 = (offset + length - 1) // cs + 1
-        for member in self.cow:
+        for member in list(self.cow):
             ext = member.sweep.pending(c0, c1)
             if ext:
-                member.sweep.copied += copy_between(self.device, member.device, ext)
+                try:
+                    member.sweep.copied += copy_between(self.device, member.device, ext)
+                except HalError as exc:   # the member's device failed: that cut is lost, the write is not
+                    member.pool.device_failed_member(member, exc)
 
     # -- allocation (NBD base:allocation) ----------------------------------------------
     def allocation(self, offset: int, length: int, hole_flags: int) -> list[tuple[int, int, int]]:

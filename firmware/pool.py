@@ -160,6 +160,9 @@ class BackupPool:
         if self.active is not None:
             self._member_failed(self.active, exc)
 
+    def device_failed_member(self, m: PoolMember, exc) -> None:
+        self._member_failed(m, exc)
+
     def trigger(self, event) -> None:
         """The TRIGGER reached the backup side: freeze the active member, rotate to the LRU one."""
         a = self.active

@@ -421,3 +421,64 @@ def test_default_configuration_runs():
         assert ctl.read_backup("lun0", t.id, (256 << 20) - 4096, 4096) == pattern(4096, 1)
     finally:
         ctl.close()
+
+
+# -- a failing backup device costs that backup, never the host's write ---------------------------
+class FailingDevice(RamDevice):
+    """A RAM disk whose writes fail once ``broken`` is set (registered as failing://)."""
+
+    scheme = "failing"
+    instances: list = []
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.broken = False
+        FailingDevice.instances.append(self)
+
+    @classmethod
+    def from_url(cls, url):
+        return cls(SIZE, 512)
+
+    def write(self, offset, data, fua=False):
+        if self.broken:
+            raise hal.DeviceGoneError("unplugged")
+        super().write(offset, data, fua)
+
+    def buffer(self):
+        return None   # every byte goes through write(), where it can fail
+
+
+def test_a_failing_member_is_marked_inconsistent_and_the_host_keeps_writing():
+    hal.register_backend("failing", f"{__name__}:FailingDevice")
+    FailingDevice.instances.clear()
+    ctl = make(pool=3, member_url="failing://m", resync='rate = "4K"')
+    try:
+        m0, m1, m2 = FailingDevice.instances
+        pool = ctl.luns["lun0"].pools[0]
+        for i in range(0, SIZE, 4096):
+            ctl.write("lun0", i, pattern(4096, 1))
+        ctl.settle()                            # member 0 in sync (it started with a full resync)
+        ctl.trigger("lun0")                     # member 1 active, resyncing slowly
+        ctl.trigger("lun0")                     # member 1 cut mid-resync: copy-on-write pending
+        assert pool.members[1].state == CUTTING
+        m1.broken = True
+        ctl.write("lun0", 0, pattern(4096, 2))  # copy-on-write to the broken member fails
+        assert pool.members[1].state == "inconsistent"
+        m2.broken = True                        # the active member breaks too
+        ctl.write("lun0", 4096, pattern(4096, 3))
+        assert pool.members[2].state == "inconsistent" and pool.active is None
+        assert ctl.read("lun0", 0, 8192) == pattern(4096, 2) + pattern(4096, 3)
+        assert [b.trigger_id for b in ctl.backups("lun0")] == [1]
+        m1.broken = m2.broken = False           # replugged: resynced in full when their turn comes
+        ctl.trigger("lun0")                     # no active member: the least recently active (2) takes over
+        assert pool.active is pool.members[2] and pool.active.sweep.since == 0
+        ctl.trigger("lun0")
+        ctl.settle()
+        primary = ctl.luns["lun0"].device.read(0, SIZE)
+        assert [b.trigger_id for b in ctl.backups("lun0")] == [4]
+        assert ctl.read_backup("lun0", 4, 0, SIZE) == primary
+        assert pool.active is pool.members[0] and pool.active.device.read(0, SIZE) == primary
+        assert pool.members[1].state == "inconsistent" and "device error" in pool.members[1].error
+        assert all(r.ok for r in ctl.verify("lun0"))
+    finally:
+        ctl.close()
