@@ -92,3 +92,18 @@ def test_load_reads_a_file(tmp_path):
 def test_bad_configuration_names_the_problem(text, message):
     with pytest.raises(ConfigError, match=message):
         cfgmod.loads(text)
+
+
+def test_public_api_reexports_the_controller():
+    from splitpoint import api
+
+    ctl = api.Controller.from_config(api.loads_config(
+        "[[lun]]\nname='a'\nurl='ram://?size=64K'\n[lun.pool]\nmembers=['ram://?size=64K','ram://?size=64K']"))
+    try:
+        ctl.write("a", 0, b"\x01" * 512, fua=True)
+        t = ctl.trigger("a", "api")
+        assert isinstance(t, api.TriggerResult)
+        assert ctl.read_backup("a", t.id, 0, 512) == b"\x01" * 512
+        assert all(name in dir(api) for name in api.__all__)
+    finally:
+        ctl.close()
