@@ -23,6 +23,7 @@ import numpy as np
 
 from splitpoint import pyx
 from splitpoint.firmware import errors as E
+from splitpoint.firmware.group import GroupToken
 from splitpoint.firmware.lun import Lun, LunNode
 from splitpoint.firmware.manifest import Manifest, verify_device
 from splitpoint.firmware.metadata import MetadataStore
@@ -98,6 +99,7 @@ class Controller:
         self._inline_lock = threading.RLock()
         self._in_poll = False
         self._idle = True                         # the owner may be waiting: the next submit wakes it
+        self._released: list = []                 # consistency-group tokens committed since the last poll
         self._dirty: dict[str, float] = {}        # LUN -> when its state first changed since the last persist
         self.counters = {"requests": 0, "reads": 0, "writes": 0, "trims": 0, "zeroes": 0, "flushes": 0,
                          "triggers": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
@@ -185,11 +187,12 @@ class Controller:
 
     # -- producers -------------------------------------------------------------------------
     def submit(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
-               callback=None) -> int:
+               callback=None, group=None) -> int:
         """Queue one request; ``callback(Completion)`` runs on the owner thread. Returns its seq.
 
-        Raises QueueFullError when the ring is full and ShuttingDownError once close() began;
-        every other problem completes the request with an error instead.
+        ``group`` (TRIGGER only): the consistency-group token of a two-phase group TRIGGER
+        (``firmware/group.py``). Raises QueueFullError when the ring is full and ShuttingDownError
+        once close() began; every other problem completes the request with an error instead.
         """
         if self._closing:
             raise E.ShuttingDownError("the controller is shutting down and takes no new requests")
@@ -208,6 +211,8 @@ class Controller:
         if not (0 <= op < 0x10000) or not (0 <= flags < 0x10000):
             err = E.BadRequestError(f"opcode {op} or flags {flags} out of range")
             op, flags = 0xFFFF, 0
+        if group is not None:
+            data = group   # a TRIGGER carries no data: the slot holds its group token
         cookie = next(self._cookies)
         self._entries[cookie] = (target, data, label, callback, err)
         ring = self._ring
@@ -248,6 +253,8 @@ class Controller:
             raise RuntimeError("poll() re-entered from a completion callback; callbacks must not block on the controller")
         self._in_poll = True
         try:
+            if self._released:
+                self._apply_releases()
             if max_batch > len(self._batch):
                 self._batch = np.zeros(max_batch, dtype=self._dtype)
             batch = self._batch if max_batch == len(self._batch) else self._batch[:max_batch]
@@ -300,7 +307,7 @@ class Controller:
                         counters["reads"] += 1
                         counters["bytes_read"] += length
                     elif op == _TRIGGER:
-                        trig = self._split(lun, seq, label)
+                        trig = self._split(lun, seq, label, data)
                     elif op == _FLUSH:
                         lun.flush()
                         counters["flushes"] += 1
@@ -324,6 +331,9 @@ class Controller:
             if err is not None:
                 counters["errors"] += 1
             if cb is not None:
+                if type(lun) is Lun and lun.holds and trig is None:
+                    lun.held.append((cb, Completion(seq, op, err, result, trig)))
+                    continue
                 try:
                     cb(Completion(seq, op, err, result, trig))
                 except Exception:   # a producer's callback must not stop the controller
@@ -339,11 +349,16 @@ class Controller:
         raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {lun.name}'s "
                                 f"block size {lun.block_size}")
 
-    def _split(self, lun: Lun, seq: int, label) -> TriggerResult:
-        """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path."""
+    def _split(self, lun: Lun, seq: int, label, group=None) -> TriggerResult:
+        """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path.
+
+        A group TRIGGER whose group has not committed yet makes the LUN hold the completions of
+        every later request until it does (invariant 5: acknowledgements, not execution, wait)."""
         raw = label_bytes(label)
         if len(raw) > LABEL_MAX:
             raise E.LabelTooLongError(f"TRIGGER label is {len(raw)} bytes; at most {LABEL_MAX} are allowed")
+        if type(group) is GroupToken and not group.committed:
+            lun.holds.append(group)
         cut = lun.epoch
         lun.epoch = cut + 1
         tid = lun.next_trigger_id
@@ -357,6 +372,30 @@ class Controller:
         if self.store is not None and not lun.pools:
             self._dirty.setdefault(lun.name, time.monotonic())
         return TriggerResult(tid, seq, cut, text, lun.name)
+
+    def release(self, group) -> None:
+        """Any thread: ``group`` has committed; completions held for it are delivered at the next poll."""
+        self._released.append(group)
+        self._idle = False
+        wake = self.wakeup
+        if wake is not None:
+            wake()
+
+    def _apply_releases(self) -> None:
+        released, self._released = self._released, []
+        for lun in self.luns.values():
+            if not lun.holds:
+                continue
+            lun.holds = [g for g in lun.holds if not g.committed]
+            if lun.holds:
+                continue
+            held, lun.held = lun.held, []
+            for cb, c in held:
+                try:
+                    cb(c)
+                except Exception:
+                    self.counters["callback_errors"] += 1
+        del released
 
     def _execute_backup(self, target, op: int, offset: int, length: int):
         if op in (_WRITE, _TRIM, _ZEROES):
@@ -403,7 +442,7 @@ class Controller:
 
     def next_background(self) -> float | None:
         """Seconds until background work wants a poll (0: now), or None when there is none."""
-        if any(p.queue for p in self._async_paths) or self._dirty:
+        if any(p.queue for p in self._async_paths) or self._dirty or self._released:
             return 0.0
         if not self._bg:
             return None
@@ -823,6 +862,11 @@ class Controller:
         self.stop()
         with self._inline_lock:
             self.drain()
+            for lun in self.luns.values():   # a group that never committed: deliver what it held
+                for g in lun.holds:
+                    g.committed = True
+                self._released.append(None)
+            self._apply_releases()
             if self.store is not None:
                 for lun in self.luns.values():
                     try:

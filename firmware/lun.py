@@ -201,6 +201,8 @@ class Lun(LunNode):
         self.next_trigger_id = 1       # TRIGGER ids count from 1 per LUN
         self.pools: list = []          # every pool downstream (local pool first, then cascades)
         self.backup_node: LunNode | None = None
+        self.holds: list = []          # uncommitted consistency-group TRIGGERs cut here: completions wait
+        self.held: list = []           # (callback, Completion) held for them, in order
         self.created = time.time()
 
     def status(self) -> dict:
