@@ -9,6 +9,7 @@ Only names re-exported here are promised to stay stable; everything else in
 """
 from splitpoint.config import Config, ConfigError, default as default_config, load as load_config, loads as loads_config
 from splitpoint.firmware.controller import Controller
+from splitpoint.firmware.group import ConsistencyGroup
 from splitpoint.firmware.errors import (BadRequestError, ControllerError, DeviceIOError, FrozenMemberError,
                                         LabelTooLongError, MetadataError, MisalignedError, NoSuchBackupError,
                                         NoSuchLunError, OutOfRangeError, QueueFullError, ReadOnlyError,
@@ -18,7 +19,7 @@ from splitpoint.firmware.requests import (FLAG_FAST_ZERO, FLAG_FUA, FLAG_NO_HOLE
 from splitpoint.firmware.triggers import ControlLine, OpcodeTrigger, SpecialLunTrigger, SpecialPathTrigger, TriggerSource
 
 __all__ = [
-    "Config", "ConfigError", "default_config", "load_config", "loads_config", "Controller",
+    "Config", "ConfigError", "default_config", "load_config", "loads_config", "Controller", "ConsistencyGroup",
     "BadRequestError", "ControllerError", "DeviceIOError", "FrozenMemberError", "LabelTooLongError",
     "MetadataError", "MisalignedError", "NoSuchBackupError", "NoSuchLunError", "OutOfRangeError",
     "QueueFullError", "ReadOnlyError", "ShuttingDownError", "ZeroLengthError",

@@ -482,3 +482,14 @@ def test_a_failing_member_is_marked_inconsistent_and_the_host_keeps_writing():
         assert all(r.ok for r in ctl.verify("lun0"))
     finally:
         ctl.close()
+
+
+def test_status_is_json_and_verify_reports_progress(ctl):
+    import json
+
+    ctl.write("lun0", 0, pattern(4096, 1))
+    ctl.trigger("lun0")
+    json.dumps(ctl.status())
+    seen = []
+    [r] = ctl.verify("lun0", progress=lambda done, total: seen.append((done, total)))
+    assert r.ok and seen and seen[-1] == (SIZE, SIZE)
