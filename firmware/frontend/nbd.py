@@ -25,6 +25,8 @@ import functools
 import logging
 import struct
 
+import numpy as np
+
 from splitpoint.firmware.errors import QueueFullError
 from splitpoint.firmware.frontend import wire
 from splitpoint.firmware.frontend.wire import (
@@ -45,13 +47,21 @@ _WRITE_ALONE = 64 << 10
 #: receive buffer per connection, and the free room below which it is compacted before a recv
 _BUF_SIZE = 512 << 10
 _MIN_FREE = 64 << 10
-#: WRITE payloads at least this large that did not arrive whole are received into their own buffer
-_DIRECT_MIN = 128 << 10
+#: WRITE payloads at least this large go to the controller as slices of the receive buffer (no
+#: copy; the buffer is then retired); smaller ones are copied so a long-lived payload (an async
+#: mirror queue) never pins a whole buffer
+_LEND_MIN = 128 << 10
 #: where skipped bytes (oversized requests or options) are received, shared by every connection
 _SCRATCH_SIZE = 256 << 10
 _SCRATCH_VIEW = memoryview(bytearray(_SCRATCH_SIZE))
 
 _REQUEST = wire.REQUEST
+
+
+def _new_buffer(size: int) -> memoryview:
+    """An uninitialised byte buffer (numpy.empty: no memset; recv_into overwrites it anyway)."""
+    return memoryview(np.empty(size, dtype=np.uint8))
+
 _SIMPLE_OK = struct.Struct(">IIQ")
 _SIMPLE_MAGIC = wire.SIMPLE_REPLY_MAGIC
 _OP_READ = int(Op.READ)
@@ -72,16 +82,13 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.peer = "?"
         self.export = None
         self._phase = _CLIENT_FLAGS
-        self._buf = bytearray(_BUF_SIZE)   # received bytes land here (recv_into); [_start, _end) unparsed
-        self._view = memoryview(self._buf)
+        self._view = _new_buffer(_BUF_SIZE)  # received bytes land here (recv_into); [_start, _end) unparsed
         self._start = 0
         self._end = 0
         self._want = 4                     # bytes from _start needed before parsing can progress
+        self._lent = False                 # a slice of _view went to the controller: switch buffers
         self._discard = 0                  # payload bytes still to skip (an oversized request or option)
         self._discard_done = None
-        self._direct = None                # (flags, cookie, offset) of a large WRITE received into its own buffer
-        self._direct_payload = None
-        self._direct_filled = 0
         self._no_zeroes = False
         self._structured = False
         self._meta_export = None      # export name the selected meta context applies to
@@ -122,13 +129,21 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._resume("writing")
 
     def get_buffer(self, sizehint):
-        """Where the transport's next recv_into lands; never past the message being skipped or filled."""
+        """Where the transport's next recv_into lands.
+
+        While a large message is incomplete, only up to its end: its payload is then whole in
+        the buffer and goes to the controller without a copy. Skipped bytes go to scratch.
+        """
         if self._discard:
             return _SCRATCH_VIEW[:min(self._discard, _SCRATCH_SIZE)]
-        if self._direct is not None:
-            return memoryview(self._direct_payload)[self._direct_filled:]
-        if len(self._buf) - self._end < _MIN_FREE:
-            self._compact()
+        need = self._start + self._want
+        if need > len(self._view):
+            self._move(max(_BUF_SIZE, self._want + _MIN_FREE))
+            need = self._want
+        if self._want >= _LEND_MIN:
+            return self._view[self._end:need]
+        if len(self._view) - self._end < _MIN_FREE:
+            self._move(len(self._view))
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes):
@@ -138,19 +153,18 @@ class NbdConnection(asyncio.BufferedProtocol):
                 done, self._discard_done = self._discard_done, None
                 done()
             return
-        if self._direct is not None:
-            self._direct_filled += nbytes
-            if self._direct_filled == len(self._direct_payload):
-                (flags, cookie, offset), payload = self._direct, self._direct_payload
-                self._direct = self._direct_payload = None
-                self._write(flags, cookie, offset, len(payload), payload)
-                self._check_inflight()
-            return
         self._end += nbytes
         if self._end - self._start < self._want:
             return
         start = self._parse(self._view, self._start, self._end)
-        if start >= self._end:
+        if self._lent:
+            # the controller holds slices of this buffer: what is left moves to a fresh one
+            self._lent = False
+            left = self._end - start
+            fresh = _new_buffer(max(_BUF_SIZE, self._want + _MIN_FREE))
+            fresh[:left] = self._view[start:self._end]
+            self._view, self._start, self._end = fresh, 0, left
+        elif start >= self._end:
             self._start = self._end = 0
         else:
             self._start = start
@@ -166,16 +180,13 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.buffer_updated(n)
             data = data[n:]
 
-    def _compact(self):
-        """Move the unparsed bytes to the front (growing the buffer if one message needs more)."""
+    def _move(self, size: int):
+        """Put the unparsed bytes at the front of a buffer of ``size`` bytes (a new one if it must grow)."""
         start, end = self._start, self._end
-        need = max(self._want, end - start) + _MIN_FREE
-        if need > len(self._buf):
-            grown = bytearray(max(need, 2 * len(self._buf)))
-            grown[:end - start] = self._view[start:end]
-            self._buf, self._view = grown, memoryview(grown)
-        elif start:
-            self._buf[:end - start] = self._buf[start:end]
+        left = bytes(self._view[start:end])
+        if size > len(self._view):
+            self._view = _new_buffer(size)
+        self._view[:end - start] = left
         self._start, self._end = 0, end - start
 
     def _check_inflight(self):
@@ -270,15 +281,13 @@ class NbdConnection(asyncio.BufferedProtocol):
                     pos = end
                     continue
                 if end > n:
-                    if length >= _DIRECT_MIN:
-                        payload = bytearray(length)
-                        payload[:n - start] = buf[start:n]
-                        self._direct, self._direct_payload, self._direct_filled = (flags, cookie, offset), payload, n - start
-                        self._want = 28
-                        return n
                     self._want = end - pos
                     return pos
-                payload = bytes(buf[start:end])
+                if length >= _LEND_MIN:
+                    payload = buf[start:end]          # no copy: this buffer is retired after the parse
+                    self._lent = True
+                else:
+                    payload = bytes(buf[start:end])
                 pos = end
                 if (lun is not None and not flags & wmask and not (offset | length) & bsmask and length
                         and offset + length <= size):
@@ -306,11 +315,6 @@ class NbdConnection(asyncio.BufferedProtocol):
                     return n
         self._want = 28
         return pos
-
-    def _write(self, flags, cookie, offset, length, payload):
-        """A WRITE whose payload arrived on its own (large ones): through the generic path."""
-        if self._phase == _TRANSMISSION:
-            self._request(CMD_WRITE, flags, cookie, offset, length, payload)
 
     # --- handshake -----------------------------------------------------------------------
     def _opt_reply(self, opt, reply, payload=b""):
