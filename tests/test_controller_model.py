@@ -29,7 +29,7 @@ from tests.reference import FLUSH, TRIGGER, TRIM, WRITE, ZEROES, ReferenceLun
 SIZE = 64 << 10
 BLOCK = 512
 NBLOCKS = SIZE // BLOCK
-EXAMPLES = int(os.environ.get("SPLITPOINT_MODEL_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("SPLITPOINT_MODEL_EXAMPLES", "1000"))
 
 
 def model_config(pool_size: int, chunk: int, mirror: str, layout: str, pool_mirror: str, slice_chunks: int,
