@@ -1,10 +1,11 @@
-"""The NBD server: fixed-newstyle handshake and the transmission phase, one asyncio Protocol per client.
+"""The NBD server: fixed-newstyle handshake and the transmission phase, one asyncio protocol per client.
 
-A connection parses every complete message in each received buffer, validates it against the
-export it negotiated, and hands requests to its export, which queues them on the controller
-through the front end. Replies are gathered per connection and written once per loop turn,
-after the front end's ``ctl.poll()`` (see ``service.FrontEnd``). A connection never executes
-I/O itself and never blocks the loop.
+A connection receives into its own buffer (``BufferedProtocol``: recv_into, no allocation per
+read), parses every complete message there, validates each request against the export it
+negotiated, and queues it on the controller, directly for LUN READ/WRITE or through its export
+otherwise. Replies are gathered per connection and written once per loop turn, after the front
+end's ``ctl.poll()`` (see ``service.FrontEnd``). A connection never executes I/O itself and
+never blocks the loop.
 
 Protocol notes (doc/proto.md):
 - the server offers NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES and drops a client that sets
@@ -705,6 +706,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def shutdown(self):
         """Server stopping: close once nothing is in flight (new requests get ESHUTDOWN meanwhile)."""
         if self._phase != _TRANSMISSION or not self._inflight:
+            self.flush_output()          # replies queued this turn still go out
             self._phase = _CLOSED
             self.closed = True
             if self.transport is not None:
