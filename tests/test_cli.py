@@ -146,3 +146,56 @@ members = ["file://{images}/b0.img?size=4M&create=1", "file://{images}/b1.img?si
         assert status["luns"][0]["backups"][0]["label"] == "before-restart"
     finally:
         assert second.stop() == 0
+
+
+def _run_on_a_terminal(*args, timeout=60) -> str:
+    """Run `splitpoint ARGS` with stdout on a pty (as a user's terminal) and return what it drew."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "splitpoint", *args], stdout=slave, stderr=slave,
+                            env=dict(os.environ, COLUMNS="100", TERM="xterm"))
+    os.close(slave)
+    out = bytearray()
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:   # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=timeout)
+    os.close(master)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_verify_draws_a_progress_bar_on_a_terminal(server):
+    assert run("trigger", "--control", server.control, "bar").returncode == 0
+    drawn = _run_on_a_terminal("verify", "--control", server.control)
+    assert "\x1b[" in drawn and "━" in drawn          # rich's bar, with terminal control sequences
+    assert "OK" in drawn
+
+
+def test_status_watch_follows_a_throttled_resync(tmp_path):
+    cfg = tmp_path / "slow.toml"
+    cfg.write_text('[resync]\nrate = "8M"\n\n[[lun]]\nname = "lun0"\nurl = "ram://lun0?size=16M"\n'
+                   '[lun.pool]\nmembers = ["ram://b0?size=16M", "ram://b1?size=16M"]\n')
+    with ServerProcess(str(tmp_path / "srv"), config=str(cfg)) as server:
+        c = RawClient(server.socket).connect("lun0")
+        for i in range(16):
+            c.write(i * MiB, b"\x5a" * MiB)
+        assert run("trigger", "--control", server.control).returncode == 0
+        watched = run("status", "--control", server.control, "--watch", "--interval", "0.2")
+        assert watched.returncode == 0, watched.stderr
+        lines = watched.stdout.splitlines()
+        progress = [line for line in lines if line.startswith("resync lun0.pool[")]
+        assert progress, watched.stdout
+        assert "%" in progress[0] and "/s" in progress[0]
+        assert lines[-1] == "all resyncs done"
