@@ -230,6 +230,20 @@ class Controller:
                 wake()
         return seq
 
+    def submit_future(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
+                      loop=None):
+        """Like submit, but returns an asyncio future of the Completion (awaitable on ``loop``)."""
+        import asyncio
+
+        loop = loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def resolve(c):
+            if not fut.done():
+                fut.set_result(c)
+        self.submit(lun, op, offset, length, data, flags, label, lambda c: loop.call_soon_threadsafe(resolve, c))
+        return fut
+
     def _resolve_target(self, name):
         if not isinstance(name, str):
             return None

@@ -143,3 +143,23 @@ def test_owner_thread_never_sleeps_on_a_queued_request():
     finally:
         ctl.stop()
         ctl.close()
+
+
+def test_completions_are_awaitable():
+    import asyncio
+
+    ctl = Controller.from_config(config("sync", "local"))
+    ctl.start()
+
+    async def main():
+        w = await ctl.submit_future("lun0", Op.WRITE, 0, data=b"\x03" * BLOCK)
+        t = await ctl.submit_future("lun0", Op.TRIGGER, label="aio")
+        r = await ctl.submit_future("lun0", Op.READ, 0, BLOCK)
+        return w, t, r
+    try:
+        w, t, r = asyncio.run(main())
+        assert w.error is None and t.trigger.label == "aio" and r.data == b"\x03" * BLOCK
+        assert w.seq < t.seq < r.seq
+    finally:
+        ctl.stop()
+        ctl.close()
