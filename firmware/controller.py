@@ -128,7 +128,7 @@ class Controller:
         try:
             dev = open_device(url)
         except HalError as exc:
-            raise E.GeometryError(f"{what}: cannot open {url!r}: {exc}") from None
+            raise E.DeviceOpenError(f"{what}: cannot open {url!r}: {exc}") from None
         self._devices.append(dev)
         if like is not None and (dev.size != like.size or dev.block_size != like.block_size):
             raise E.GeometryError(

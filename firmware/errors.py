@@ -88,5 +88,11 @@ class GeometryError(ControllerError, ValueError):
     errno = _errno.EINVAL
 
 
+class DeviceOpenError(ControllerError, ValueError):
+    """A LUN's or a backup's device URL could not be opened (bad URL, missing file, board absent)."""
+
+    errno = _errno.ENODEV
+
+
 class MetadataError(ControllerError):
     """The metadata store is unreadable: corrupt, wrong version, or from another configuration."""

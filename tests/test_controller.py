@@ -311,9 +311,13 @@ def test_a_failing_callback_does_not_stop_the_controller(ctl):
     assert ctl.read("lun0", 0, 1024) == pattern(512, 1) + pattern(512, 2)
 
 
-def test_geometry_mismatch_is_refused():
+def test_geometry_mismatch_and_unopenable_devices_are_refused():
     with pytest.raises(E.GeometryError, match="must match"):
         make(member_url="ram://?size=128K")
+    with pytest.raises(E.DeviceOpenError, match="cannot open"):
+        make(member_url="file:///nonexistent/dir/m.img")
+    with pytest.raises(E.DeviceOpenError, match="unknown device scheme"):
+        make(member_url="floppy://a")
 
 
 # -- FLUSH and FUA go through to the HAL -------------------------------------------------------
