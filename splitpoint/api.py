@@ -10,7 +10,7 @@ Only names re-exported here are promised to stay stable; everything else in
 from splitpoint.config import Config, ConfigError, default as default_config, load as load_config, loads as loads_config
 from splitpoint.firmware.controller import Controller
 from splitpoint.firmware.group import ConsistencyGroup
-from splitpoint.firmware.errors import (BadRequestError, ControllerError, DeviceIOError, FrozenMemberError,
+from splitpoint.firmware.errors import (BadRequestError, ControllerError, DeviceIOError, DeviceOpenError, FrozenMemberError,
                                         LabelTooLongError, MetadataError, MisalignedError, NoSuchBackupError,
                                         NoSuchLunError, OutOfRangeError, QueueFullError, ReadOnlyError,
                                         ShuttingDownError, ZeroLengthError)
@@ -20,7 +20,7 @@ from splitpoint.firmware.triggers import ControlLine, OpcodeTrigger, SpecialLunT
 
 __all__ = [
     "Config", "ConfigError", "default_config", "load_config", "loads_config", "Controller", "ConsistencyGroup",
-    "BadRequestError", "ControllerError", "DeviceIOError", "FrozenMemberError", "LabelTooLongError",
+    "BadRequestError", "ControllerError", "DeviceIOError", "DeviceOpenError", "FrozenMemberError", "LabelTooLongError",
     "MetadataError", "MisalignedError", "NoSuchBackupError", "NoSuchLunError", "OutOfRangeError",
     "QueueFullError", "ReadOnlyError", "ShuttingDownError", "ZeroLengthError",
     "FLAG_FAST_ZERO", "FLAG_FUA", "FLAG_NO_HOLE", "BackupInfo", "Completion", "Op", "TriggerResult", "VerifyResult",
