@@ -160,7 +160,7 @@ def test_nbdcopy_round_trip_with_flush_over_several_connections(server, tmp_path
 def test_fio_verify_before_and_after_trigger(server):
     need("fio")
     common = ["--name=job", "--ioengine=nbd", "--rw=write", "--bs=64k", f"--offset={64 * MiB}",
-              f"--size={16 * MiB}", "--verify=pattern", "--output-format=terse"]
+              f"--size={16 * MiB}", "--verify=pattern", "--verify_state_save=0", "--output-format=terse"]
     sh("fio", *common, f"--uri={server.uri('lun0')}", "--verify_pattern=0x11223344", "--do_verify=0")
     tid = trigger(server, "fio")
     sh("fio", *common, f"--uri={server.uri('lun0')}", "--verify_pattern=0x55667788", "--iodepth=8",
