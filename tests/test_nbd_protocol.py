@@ -14,7 +14,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from nbd_raw import CMD, ERR, FLAG, OPT, REP, TF, Closed, RawClient
+from nbd_raw import CMD, ERR, FLAG, OPT, REP, TF, RawClient
 from splitpoint import config
 from splitpoint.firmware.controller import Controller
 from splitpoint.firmware.frontend.service import ServiceThread

@@ -105,7 +105,8 @@ class ControlProtocol:
         elif verb in ("PING", "STATUS"):
             self.reply(f"ERR {verb} takes no argument")
         else:
-            self.reply(f"ERR unknown command {verb[:32]!r}; expected TRIGGER [label], STATUS, PING or VERIFY [lun] [id]")
+            self.reply(f"ERR unknown command {verb[:32]!r}; "
+                       f"expected TRIGGER [label], STATUS, PING or VERIFY [lun] [id]")
 
     def _trigger(self, label):
         if label is not None and len(label.encode()) > MAX_LABEL:

@@ -406,7 +406,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             return
         info = wire.INFO_EXPORT_PAYLOAD.pack(wire.INFO_EXPORT, export.size, export.transmission_flags(self._structured))
         self._opt_reply(opt, wire.REP_INFO, info)
-        self._opt_reply(opt, wire.REP_INFO, wire.INFO_BLOCK_SIZE_PAYLOAD.pack(wire.INFO_BLOCK_SIZE, *export.block_sizes()))
+        sizes = wire.INFO_BLOCK_SIZE_PAYLOAD.pack(wire.INFO_BLOCK_SIZE, *export.block_sizes())
+        self._opt_reply(opt, wire.REP_INFO, sizes)
         if wire.INFO_NAME in requests:
             self._opt_reply(opt, wire.REP_INFO, _U16.pack(wire.INFO_NAME) + export.name.encode())
         if wire.INFO_DESCRIPTION in requests:

@@ -26,6 +26,8 @@ log = logging.getLogger("splitpoint.frontend")
 
 #: descriptors drained per ctl.poll(); a full batch means "poll again next turn"
 POLL_BATCH = 256
+
+
 class FrontEnd:
     """Runs the controller on the asyncio loop thread and serves NBD clients from it."""
 

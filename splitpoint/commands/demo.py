@@ -9,7 +9,8 @@ import click
 
 
 @click.command("demo")
-@click.option("--triggers", default=6, show_default=True, help="TRIGGERs to fire (cycling serial, special LUN, special path).")
+@click.option("--triggers", default=6, show_default=True,
+              help="TRIGGERs to fire (cycling serial, special LUN, special path).")
 @click.option("--interval", default=0.4, show_default=True, help="Seconds of workload between TRIGGERs.")
 @click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Keep the images and logs here.")
 def command(triggers, interval, workdir):

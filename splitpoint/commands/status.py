@@ -51,7 +51,8 @@ def render(status: dict, console) -> None:
                           f"queue {path.get('queue_depth', 0)}, forwarded {path.get('forwarded', 0)}"
                           + (f", {path['errors']} error(s)" if path.get("errors") else ""))
         for pool in lun.get("pools", []):
-            table = Table(title=f"pool {pool.get('name')} ({pool.get('state')}, {pool.get('rotations', 0)} rotation(s))",
+            title = f"pool {pool.get('name')} ({pool.get('state')}, {pool.get('rotations', 0)} rotation(s))"
+            table = Table(title=title,
                           title_justify="left")
             for col in ("member", "role", "state", "export", "label", "seq", "cut at", "consistent"):
                 table.add_column(col)
