@@ -764,3 +764,17 @@ def test_listen_addresses_and_labels():
     assert label_from_bytes(b"\0" * 512) is None
     assert label_from_bytes(b"x" * 100) == b"x" * 64
     assert request_flags(FLAG["FUA"] | FLAG["NO_HOLE"] | FLAG["FAST_ZERO"]) == 1 | 4 | 2
+
+
+def test_reading_a_recycled_backup_fails_with_eio_and_a_message(fresh_server):
+    _thread, address = fresh_server
+    trig = RawClient(address).connect("trigger")
+    trig.write(0, b"first".ljust(512, b"\0"))
+    held = RawClient(address).connect("lun0.t1", structured=True)
+    assert held.do("READ", 0, 4096).error == 0
+    trig.write(0, b"second".ljust(512, b"\0"))
+    trig.write(0, b"third".ljust(512, b"\0"))          # a pool of 3 recycles the member of t1
+    assert "lun0.t1" not in listing(address)
+    reply = held.do("READ", 0, 4096)
+    assert reply.error == ERR["EIO"] and "t1" in reply.message
+    assert RawClient(address).connect("lun0.t3").read(0, 512) == bytes(512)
