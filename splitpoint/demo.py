@@ -280,8 +280,11 @@ def run(workdir: str, triggers: int = 6, interval: float = 0.4, echo=print) -> b
                 workload.proc.kill()
                 workload.proc.wait()
         code = server.stop()
-    echo(f"server stopped with SIGTERM: exit {code} (queue drained, metadata persisted); no process left")
-    return ok and code == 0
+    left = [what for what, proc in (("server", server.proc), ("qemu-io", workload and workload.proc))
+            if proc is not None and proc.poll() is None]
+    echo(f"server stopped with SIGTERM: exit {code} (queue drained, metadata persisted); "
+         + (f"STILL RUNNING: {', '.join(left)}" if left else "no process left"))
+    return ok and code == 0 and not left
 
 
 def _check(server, workload, fired, writes, size, workdir, echo) -> bool:
@@ -291,7 +294,7 @@ def _check(server, workload, fired, writes, size, workdir, echo) -> bool:
     position = 0
     path_writes = []
     all_ok = True
-    echo(f"{'backup':8} {'source':13} {'label':24} {'seq':>7}  cut after write      proof")
+    echo(f"{'backup':8} {'source':13} {'label':24} {'seq':>7}  {'cut after write':24} proof")
     for f in fired:
         if f["path_write"] is not None:
             path_writes.append(f["path_write"])
@@ -330,8 +333,8 @@ def _check(server, workload, fired, writes, size, workdir, echo) -> bool:
         where = "copy and live export identical" if held_now.returncode == 0 else "copy identical"
         if held_now.returncode == 1:   # the live export exists and differs: a real failure
             good, where = False, "live export DIFFERS"
-        window = f"#{cut} ({lo}..{hi})"
-        echo(f"{name:8} {f['source']:13} {f['got_label'] or '-':24} {f['seq']:>7}  {window:19}  "
+        window = f"#{cut} (window {lo}..{hi})"
+        echo(f"{name:8} {f['source']:13} {f['got_label'] or '-':24} {f['seq']:>7}  {window:24} "
              f"qemu-img compare: {where if proof.returncode == 0 else 'DIFFERS'}"
              f"{'' if label_ok else ' (label wrong)'}  {'OK' if good else 'FAILED'}")
         all_ok = all_ok and good
