@@ -778,3 +778,32 @@ def test_reading_a_recycled_backup_fails_with_eio_and_a_message(fresh_server):
     reply = held.do("READ", 0, 4096)
     assert reply.error == ERR["EIO"] and "t1" in reply.message
     assert RawClient(address).connect("lun0.t3").read(0, 512) == bytes(512)
+
+
+def test_requests_after_the_controller_closed_get_eshutdown():
+    """Even past the front end's own ESHUTDOWN gate, a closed controller's refusal is an answer."""
+    import asyncio
+
+    from splitpoint.firmware.frontend.nbd import NbdConnection
+    from splitpoint.firmware.frontend.service import FrontEnd
+
+    async def scenario():
+        ctl = Controller.from_config(config.loads(CONFIG))
+        fe = FrontEnd(ctl)
+        conn, transport = NbdConnection(fe), _Transport()
+        conn.connection_made(transport)
+        name = b"lun0"
+        conn.data_received(struct.pack(">I", 3) + struct.pack(">QII", 0x49484156454F5054, 7, 6 + len(name))
+                           + struct.pack(">I", len(name)) + name + b"\0\0")
+        ctl.close()
+        mark = len(transport.out)
+        conn.data_received(struct.pack(">IHHQQI", 0x25609513, 0, 0, 1, 0, 512)
+                           + struct.pack(">IHHQQI", 0x25609513, 0, 1, 2, 0, 512) + bytes(512)
+                           + struct.pack(">IHHQQI", 0x25609513, 0, 3, 3, 0, 0))
+        fe._tick()
+        return bytes(transport.out[mark:])
+
+    out = asyncio.run(scenario())
+    replies = [struct.unpack_from(">IIQ", out, i) for i in range(0, len(out), 16)]
+    assert sorted(cookie for _, _, cookie in replies) == [1, 2, 3]
+    assert all(error == ERR["ESHUTDOWN"] for _, error, _ in replies)

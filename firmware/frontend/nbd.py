@@ -28,7 +28,7 @@ import struct
 
 import numpy as np
 
-from splitpoint.firmware.errors import QueueFullError
+from splitpoint.firmware.errors import QueueFullError, ShuttingDownError
 from splitpoint.firmware.frontend import wire
 from splitpoint.firmware.frontend.wire import (
     CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
@@ -296,7 +296,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                     try:
                         submit(lun, _OP_WRITE, offset, length, payload, flags, None, partial(on_write, cookie))
                         continue
-                    except QueueFullError:
+                    except (QueueFullError, ShuttingDownError):
                         self._inflight -= 1
                         lun = None
                 request(CMD_WRITE, flags, cookie, offset, length, payload)
@@ -308,7 +308,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                     try:
                         submit(lun, _OP_READ, offset, length, None, 0, None, partial(on_read, cookie, offset))
                         continue
-                    except QueueFullError:
+                    except (QueueFullError, ShuttingDownError):
                         self._inflight -= 1
                         lun = None
                 request(cmd, flags, cookie, offset, length, None)

@@ -18,9 +18,10 @@ import logging
 import os
 import threading
 
-from splitpoint.firmware.errors import QueueFullError
+from splitpoint.firmware.errors import QueueFullError, ShuttingDownError
 from splitpoint.firmware.frontend.exports import ExportTable
 from splitpoint.firmware.frontend.nbd import NbdConnection
+from splitpoint.firmware.requests import Completion
 
 log = logging.getLogger("splitpoint.frontend")
 
@@ -122,6 +123,9 @@ class FrontEnd:
                 return
             except QueueFullError:
                 pass
+            except ShuttingDownError as exc:   # close() began: the request is answered, never lost
+                callback(Completion(0, op, exc))
+                return
         self._backlog.append((lun, op, offset, length, data, flags, label, callback))
         if conn is not None and conn not in self._backlogged:
             self._backlogged.add(conn)
@@ -136,6 +140,9 @@ class FrontEnd:
                 submit(*backlog[0])
             except QueueFullError:
                 return
+            except ShuttingDownError as exc:
+                entry = backlog[0]
+                entry[7](Completion(0, entry[1], exc))
             backlog.popleft()
         for conn in self._backlogged:
             conn._resume("backlog")
