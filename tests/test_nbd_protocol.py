@@ -807,3 +807,27 @@ def test_requests_after_the_controller_closed_get_eshutdown():
     replies = [struct.unpack_from(">IIQ", out, i) for i in range(0, len(out), 16)]
     assert sorted(cookie for _, _, cookie in replies) == [1, 2, 3]
     assert all(error == ERR["ESHUTDOWN"] for _, error, _ in replies)
+
+
+def test_every_lun_of_the_configuration_is_exported():
+    two = CONFIG + """
+[[lun]]
+name = "data1"
+url = "ram://data1?size=4M&block=4096"
+[lun.pool]
+members = ["ram://d0?size=4M&block=4096", "ram://d1?size=4M&block=4096"]
+"""
+    ctl = Controller.from_config(config.loads(two))
+    with ServiceThread(ctl, listen=("127.0.0.1", 0), control=False) as service:
+        host, port = service.endpoints[0].removeprefix("nbd://").rsplit(":", 1)
+        address = (host, int(port))
+        names = listing(address)
+        assert {"lun0", "lun0.trigger", "data1", "data1.trigger", "trigger"} <= set(names)
+        d = RawClient(address).connect("data1")
+        assert d.size == 4 * MiB
+        assert d.do("READ", 512, 512).error == ERR["EINVAL"]          # its minimum block is 4096
+        d.write(4096, b"\x44" * 4096)
+        RawClient(address).connect("data1.trigger").write(8192, b"\x45" * 4096)
+        backup = RawClient(address).connect("data1.t1")
+        assert backup.read(4096, 8192) == b"\x44" * 4096 + b"\x45" * 4096
+        assert "lun0.t1" not in listing(address)      # the special path of data1 cuts data1 only
