@@ -25,7 +25,7 @@ from splitpoint.pyx.ring_py import (  # noqa: F401  (re-exported: one dtype and 
     DESC_DTYPE,
     MAX_CAPACITY,
     MAX_LOOP_BATCH,
-    check_fields,
+    check_fields,  # the rules _field() applies in C
     check_geometry,
     check_loop_args,
     check_producer_id,
@@ -62,11 +62,36 @@ cdef type _ndarray = np.ndarray
 cdef object _desc_dtype_obj = DESC_DTYPE
 
 
-cdef inline bint _exact_ints(a, b, c, d, e) noexcept:
-    """All plain ints: convert them directly (out of range still raises OverflowError).
-    Anything else goes through check_fields, which rejects floats instead of truncating them."""
-    return PyLong_CheckExact(a) and PyLong_CheckExact(b) and PyLong_CheckExact(c) and \
-        PyLong_CheckExact(d) and PyLong_CheckExact(e)
+cdef extern from "Python.h":
+    # without Cython's error check: _field() tells an overflow from a value itself
+    unsigned long long _as_u64 "PyLong_AsUnsignedLongLong"(object o)
+    object _index "PyNumber_Index"(object o)
+    void PyErr_Clear()
+    PyObject *PyErr_Occurred()
+
+
+cdef object _field(object value, unsigned long long limit, str name, str ctype,
+                   unsigned long long *out):
+    """`value` as the int push stores, its C value in *out; the twin's check_fields, field by field.
+
+    A plain int converts directly; anything else goes through operator.index (TypeError for
+    floats, strings, None: the same message as the twin). Out of range: the twin's OverflowError.
+    """
+    cdef unsigned long long v
+    if not PyLong_CheckExact(value):
+        value = _index(value)
+    v = _as_u64(value)
+    if v == <unsigned long long>-1 and PyErr_Occurred() is not NULL:
+        PyErr_Clear()
+        raise OverflowError(f"descriptor {name} {value} does not fit in {ctype}")
+    if v > limit:
+        raise OverflowError(f"descriptor {name} {value} does not fit in {ctype}")
+    out[0] = v
+    return value
+
+
+cdef struct _Fields:
+    unsigned long long op, flags, offset, length, cookie
 
 
 # produce()/consume() encode the producer and its counter in the cookie
@@ -237,9 +262,13 @@ cdef class SPSCRing:
     def push(self, op, flags, offset, length, cookie):
         """Enqueue one descriptor; its seq, or -1 when the ring is full."""
         cdef uint64_t seq
-        if not _exact_ints(op, flags, offset, length, cookie):
-            op, flags, offset, length, cookie = check_fields(op, flags, offset, length, cookie)
-        seq = sp_spsc_push(self.r, op, flags, offset, length, cookie)
+        cdef _Fields f
+        op = _field(op, 0xFFFF, "op", "u16", &f.op)
+        flags = _field(flags, 0xFFFF, "flags", "u16", &f.flags)
+        offset = _field(offset, 0xFFFFFFFFFFFFFFFF, "offset", "u64", &f.offset)
+        length = _field(length, 0xFFFFFFFF, "length", "u32", &f.length)
+        cookie = _field(cookie, 0xFFFFFFFFFFFFFFFF, "cookie", "u64", &f.cookie)
+        seq = sp_spsc_push(self.r, <uint16_t>f.op, <uint16_t>f.flags, f.offset, <uint32_t>f.length, f.cookie)
         if seq == SP_RING_FULL:
             return -1
         return _boxed_push(&self.boxes, seq, op, flags, offset, length, cookie)
@@ -306,9 +335,13 @@ cdef class MPSCRing:
     def push(self, op, flags, offset, length, cookie):
         """Enqueue one descriptor; its seq, or -1 when the ring is full."""
         cdef uint64_t seq
-        if not _exact_ints(op, flags, offset, length, cookie):
-            op, flags, offset, length, cookie = check_fields(op, flags, offset, length, cookie)
-        seq = sp_mpsc_push(self.r, op, flags, offset, length, cookie)
+        cdef _Fields f
+        op = _field(op, 0xFFFF, "op", "u16", &f.op)
+        flags = _field(flags, 0xFFFF, "flags", "u16", &f.flags)
+        offset = _field(offset, 0xFFFFFFFFFFFFFFFF, "offset", "u64", &f.offset)
+        length = _field(length, 0xFFFFFFFF, "length", "u32", &f.length)
+        cookie = _field(cookie, 0xFFFFFFFFFFFFFFFF, "cookie", "u64", &f.cookie)
+        seq = sp_mpsc_push(self.r, <uint16_t>f.op, <uint16_t>f.flags, f.offset, <uint32_t>f.length, f.cookie)
         if seq == SP_RING_FULL:
             return -1
         return _boxed_push(&self.boxes, seq, op, flags, offset, length, cookie)
