@@ -35,6 +35,7 @@ from splitpoint.firmware.frontend.wire import (
     EINVAL, ENOSPC, EOVERFLOW, EPERM, ESHUTDOWN, MAX_REQUEST, REQUEST_MAGIC,
 )
 from splitpoint.firmware.requests import Op
+from splitpoint.pyx import select as _select_kernel
 
 log = logging.getLogger("splitpoint.nbd")
 
@@ -57,6 +58,7 @@ _SCRATCH_SIZE = 256 << 10
 _SCRATCH_VIEW = memoryview(bytearray(_SCRATCH_SIZE))
 
 _REQUEST = wire.REQUEST
+_scan = _select_kernel("nbdwire").scan
 
 
 def _new_buffer(size: int) -> memoryview:
@@ -246,12 +248,13 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _parse_requests(self, buf, pos, n):
         """Every complete request in ``buf[pos:n]``; READ and WRITE of a LUN take a fast path.
 
+        ``nbdwire.scan`` cuts the complete requests out of the buffer in one call (small WRITE
+        payloads copied, large ones lent as slices of the buffer, which is then retired); what
+        it leaves to this method is a bad magic or an oversized WRITE at the position it stopped.
         The fast path is the generic one with the dispatch layers folded in: the same checks
         (flags, alignment, bounds, not stopping, nothing held back by a full ring), then straight
-        to ``ctl.submit``. Anything it does not take goes through ``_request``. A WRITE payload is
-        copied out of the receive buffer, except a large one, which is received into its own.
+        to ``ctl.submit``. Anything it does not take goes through ``_request``.
         """
-        unpack = _REQUEST.unpack_from
         request = self._request
         lun = self._fast_lun
         if lun is not None and (self.fe.stopping or self.fe.backlogged()):
@@ -262,60 +265,53 @@ class NbdConnection(asyncio.BufferedProtocol):
             on_write, on_read = self._on_write, self._on_read
             wmask, rmask = ~self._allowed[CMD_WRITE], ~self._allowed[CMD_READ]
             bsmask, size = self._bsmask, self._size
-        while n - pos >= 28:
-            magic, flags, cmd, cookie, offset, length = unpack(buf, pos)
+        while True:
+            requests, pos, want = _scan(buf, pos, n, _LEND_MIN, MAX_REQUEST)
+            for cmd, flags, cookie, offset, length, payload in requests:
+                if (lun is not None and cmd <= CMD_WRITE and not (offset | length) & bsmask and length
+                        and offset + length <= size):
+                    if cmd == CMD_WRITE:
+                        if length >= _LEND_MIN:
+                            self._lent = True
+                        if not flags & wmask:
+                            self._inflight += 1
+                            try:
+                                submit(lun, _OP_WRITE, offset, length, payload, flags, None, partial(on_write, cookie))
+                                continue
+                            except (QueueFullError, ShuttingDownError):
+                                self._inflight -= 1
+                                lun = None
+                    elif not flags & rmask and length <= MAX_REQUEST:
+                        self._inflight += 1
+                        try:
+                            submit(lun, _OP_READ, offset, length, None, 0, None, partial(on_read, cookie, offset))
+                            continue
+                        except (QueueFullError, ShuttingDownError):
+                            self._inflight -= 1
+                            lun = None
+                elif cmd == CMD_WRITE and length >= _LEND_MIN:
+                    self._lent = True
+                request(cmd, flags, cookie, offset, length, payload)
+                if self._phase != _TRANSMISSION:
+                    return n
+            if want:
+                self._want = want
+                return pos
+            # a bad magic or an oversized WRITE at pos
+            magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(buf, pos)
             if magic != REQUEST_MAGIC:
                 self._violation(f"bad request magic {magic:#x}")
                 return n
-            if cmd == CMD_WRITE:
-                start = pos + 28
-                end = start + length
-                if length > MAX_REQUEST:
-                    self._inflight += 1
-                    skip = min(length, n - start)
-                    done = functools.partial(self.reply_error, cookie, EINVAL,
-                                             f"WRITE of {length} bytes is over the {MAX_REQUEST}-byte limit")
-                    if length > skip:
-                        self._discard, self._discard_done, self._want = length - skip, done, 28
-                        return n
-                    done()
-                    pos = end
-                    continue
-                if end > n:
-                    self._want = end - pos
-                    return pos
-                if length >= _LEND_MIN:
-                    payload = buf[start:end]          # no copy: this buffer is retired after the parse
-                    self._lent = True
-                else:
-                    payload = bytes(buf[start:end])
-                pos = end
-                if (lun is not None and not flags & wmask and not (offset | length) & bsmask and length
-                        and offset + length <= size):
-                    self._inflight += 1
-                    try:
-                        submit(lun, _OP_WRITE, offset, length, payload, flags, None, partial(on_write, cookie))
-                        continue
-                    except (QueueFullError, ShuttingDownError):
-                        self._inflight -= 1
-                        lun = None
-                request(CMD_WRITE, flags, cookie, offset, length, payload)
-            else:
-                pos += 28
-                if (cmd == CMD_READ and lun is not None and not flags & rmask and not (offset | length) & bsmask
-                        and length and offset + length <= size and length <= MAX_REQUEST):
-                    self._inflight += 1
-                    try:
-                        submit(lun, _OP_READ, offset, length, None, 0, None, partial(on_read, cookie, offset))
-                        continue
-                    except (QueueFullError, ShuttingDownError):
-                        self._inflight -= 1
-                        lun = None
-                request(cmd, flags, cookie, offset, length, None)
-                if self._phase != _TRANSMISSION:
-                    return n
-        self._want = 28
-        return pos
+            start = pos + 28
+            self._inflight += 1
+            skip = min(length, n - start)
+            done = functools.partial(self.reply_error, cookie, EINVAL,
+                                     f"WRITE of {length} bytes is over the {MAX_REQUEST}-byte limit")
+            if length > skip:
+                self._discard, self._discard_done, self._want = length - skip, done, 28
+                return n
+            done()
+            pos = start + length
 
     # --- handshake -----------------------------------------------------------------------
     def _opt_reply(self, opt, reply, payload=b""):
