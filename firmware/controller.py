@@ -24,9 +24,10 @@ import numpy as np
 from splitpoint import pyx
 from splitpoint.firmware import errors as E
 from splitpoint.firmware.group import GroupToken
+from splitpoint.firmware.intent import WriteIntent
 from splitpoint.firmware.lun import Lun, LunNode
 from splitpoint.firmware.manifest import Manifest, verify_device
-from splitpoint.firmware.metadata import MetadataStore
+from splitpoint.firmware.metadata import IntentLog, MetadataStore
 from splitpoint.firmware.mirror import MirrorPath
 from splitpoint.firmware.pool import (CUTTING, EMPTY, FROZEN, INCONSISTENT, SYNCING, BackupPool,
                                       PoolMember)
@@ -50,6 +51,10 @@ _U32 = 1 << 32
 
 #: seconds a lazily persisted state change may wait for an idle moment
 PERSIST_LAG = 0.5
+#: seconds a write-intent set waits for an idle moment before the epoch maps are persisted (clearing it)
+INTENT_IDLE_LAG = 0.5
+#: ... and at most, under continuous load, so a crash never has to resync more than this much writing
+INTENT_MAX_AGE = 5.0
 
 
 def _persistent(device) -> bool:
@@ -101,15 +106,23 @@ class Controller:
         self._idle = True                         # the owner may be waiting: the next submit wakes it
         self._released: list = []                 # consistency-group tokens committed since the last poll
         self._dirty: dict[str, float] = {}        # LUN -> when its state first changed since the last persist
+        self._intents: dict = {}                  # Lun -> WriteIntent (persistent primaries with a metadata store)
+        self._maps_due: set = set()               # LUN names whose epoch maps are persisted after this batch
+        self.recovery: dict | None = None         # what the last restart resynced and why
         self.counters = {"requests": 0, "reads": 0, "writes": 0, "trims": 0, "zeroes": 0, "flushes": 0,
                          "triggers": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
-                         "callback_errors": 0, "queue_full": 0, "metadata_writes": 0, "metadata_errors": 0}
+                         "callback_errors": 0, "queue_full": 0, "metadata_writes": 0, "metadata_errors": 0,
+                         "intent_writes": 0, "maps_writes": 0}
         self.metadata_error: str | None = None
         self.recovered = None                     # "fresh", "clean", "crash" or None (no metadata store)
         self.store = MetadataStore(config.metadata_dir) if config.metadata_dir else None
         try:
             self._build()
             if self.store is not None:
+                for lun in self.luns.values():
+                    if _persistent(lun.device) and not lun.read_only:
+                        log = IntentLog(self.store._path(f"{lun.name}.intent"), len(lun.zeros.to_bytes()))
+                        self._intents[lun] = WriteIntent(lun, log)
                 self._restore()
         except BaseException:
             self._close_devices()
@@ -275,8 +288,10 @@ class Controller:
             n = self._ring.pop_batch(batch)
             if n:
                 self._execute_batch(batch[:n].tolist())
-            if self._bg or self._async_paths or self._dirty:
+            if self._bg or self._async_paths or self._dirty or self._intents:
                 self._background(n > 0)
+            if self._maps_due:
+                self._persist_due_maps()
             if n < max_batch:
                 # Either the ring is empty now, or wakeup() has been called: an owner that polls
                 # again only when woken (or after a full batch) never strands a request.
@@ -294,6 +309,7 @@ class Controller:
         entries = self._entries
         counters = self.counters
         counters["requests"] += len(descs)
+        refused = self._declare_intent(descs) if self._intents else None
         for seq, offset, cookie, length, op, flags in descs:
             lun, data, label, cb, err = entries.pop(cookie)
             result = None
@@ -311,6 +327,8 @@ class Controller:
                             raise E.BadRequestError(f"unknown flags {flags:#x}")
                         if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
                             raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
+                        if refused and lun in refused:
+                            raise E.MetadataError(refused[lun])
                         lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
                         counters["writes"] += 1
                         counters["bytes_written"] += length
@@ -330,6 +348,8 @@ class Controller:
                             self._range_error(lun, offset, length, True)
                         if lun.read_only:
                             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+                        if refused and lun in refused:
+                            raise E.MetadataError(refused[lun])
                         lun.apply(op, offset, length, None, flags, lun.epoch)
                         counters["trims" if op == _TRIM else "zeroes"] += 1
                     elif op == _CACHE:
@@ -352,6 +372,50 @@ class Controller:
                     cb(Completion(seq, op, err, result, trig))
                 except Exception:   # a producer's callback must not stop the controller
                     counters["callback_errors"] += 1
+
+    def _declare_intent(self, descs) -> dict | None:
+        """Before a batch executes: add every chunk it will write, trim or zero to its LUN's durable
+        write-intent set, one durable update per LUN whose set grew. Returns {lun: reason} for LUNs
+        whose intent could not be made durable: their writes in this batch fail instead of running
+        untracked (a crash could otherwise leave a member that looks in sync and is not)."""
+        entries = self._entries
+        intents = self._intents
+        for _seq, offset, cookie, length, op, _flags in descs:
+            if op == _WRITE or op == _TRIM or op == _ZEROES:
+                lun = entries[cookie][0]
+                wi = intents.get(lun) if type(lun) is Lun else None
+                if wi is not None and length and offset + length <= lun.size:
+                    wi.note(offset, length)
+        refused = None
+        for lun, wi in list(intents.items()):
+            if wi.fresh or wi.failed:
+                why = None
+                try:
+                    if wi.failed:
+                        raise OSError(wi.failed)
+                    wi.commit()
+                    self.counters["intent_writes"] += 1
+                except OSError as exc:
+                    why = self._intent_broken(lun, f"cannot write the write-intent log of {lun.name}: {exc}")
+                if why is not None:
+                    refused = refused or {}
+                    refused[lun] = why
+        return refused
+
+    def _intent_broken(self, lun: Lun, why: str) -> str | None:
+        """The write-intent set of ``lun`` cannot be kept durable: remove its epoch maps record, so a
+        crash resyncs everything, and stop tracking. Returns why writes must fail when even that fails."""
+        self.counters["metadata_errors"] += 1
+        self.metadata_error = why
+        wi = self._intents[lun]
+        try:
+            self.store.remove(f"{lun.name}.maps")
+        except OSError as exc:
+            wi.failed = why
+            return f"{why}; and its epoch maps cannot be removed ({exc}): writes are refused until one succeeds"
+        del self._intents[lun]
+        wi.log.close()
+        return None
 
     @staticmethod
     def _range_error(lun, offset: int, length: int, writing: bool):
@@ -449,6 +513,12 @@ class Controller:
             for name, since in list(self._dirty.items()):
                 if not busy or now - since > PERSIST_LAG:
                     self._persist(self.luns[name])
+        if self._intents:
+            now = time.monotonic()
+            for lun, wi in list(self._intents.items()):
+                t = wi.opened
+                if t is not None and (now - t > INTENT_MAX_AGE or (not busy and now - t > INTENT_IDLE_LAG)):
+                    self._maps_due.add(lun.name)   # a quiet moment: persisting the maps clears the intent set
 
     def _wake_background(self) -> None:
         self._bg = True
@@ -456,11 +526,17 @@ class Controller:
 
     def next_background(self) -> float | None:
         """Seconds until background work wants a poll (0: now), or None when there is none."""
-        if any(p.queue for p in self._async_paths) or self._dirty or self._released:
+        if any(p.queue for p in self._async_paths) or self._dirty or self._released or self._maps_due:
             return 0.0
-        if not self._bg:
-            return None
-        return max(self._bg_at - time.monotonic(), 0.0)
+        now = time.monotonic()
+        wait = None
+        if self._bg:
+            wait = max(self._bg_at - now, 0.0)
+        for wi in self._intents.values():
+            if wi.opened is not None:
+                due = max(wi.opened + INTENT_IDLE_LAG - now, 0.0)
+                wait = due if wait is None else min(wait, due)
+        return wait
 
     def _pool_changed(self, pool: BackupPool, urgent: bool) -> None:
         self._wake_background()
@@ -469,6 +545,8 @@ class Controller:
         lun = self.luns[pool.lun_name]
         if urgent:
             self._persist(lun)
+            if lun in self._intents:
+                self._maps_due.add(lun.name)   # after this batch: the maps of the new epoch clear the intent set
         else:
             self._dirty.setdefault(lun.name, time.monotonic())
 
@@ -686,6 +764,8 @@ class Controller:
         for lun in self.luns.values():
             doc = lun.status()
             doc["pools"] = [p.status(now) for p in lun.pools]
+            wi = self._intents.get(lun)
+            doc["write_intent"] = None if wi is None else wi.status()
             doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
                                "member": b.member} for b in self.backups(lun)]
             luns.append(doc)
@@ -696,7 +776,7 @@ class Controller:
                 "kernels": pyx.implementations(),
                 "metadata": None if self.store is None else {
                     "dir": self.store.directory, "generation": self.store.generation,
-                    "recovered": self.recovered, "error": self.metadata_error}}
+                    "recovered": self.recovered, "recovery": self.recovery, "error": self.metadata_error}}
 
     # -- metadata: persist and restore -------------------------------------------------------------
     def _lun_doc(self, lun: Lun, clean: bool) -> dict:
@@ -730,41 +810,103 @@ class Controller:
 
     def _persist(self, lun: Lun, clean: bool = False) -> None:
         self._dirty.pop(lun.name, None)
+        if clean:
+            self._persist_maps(lun)
         try:
-            if clean:
-                blobs = [lun.epochs.to_bytes(), lun.zeros.to_bytes()]
-                if lun.backup_node is not None:
-                    blobs += [lun.backup_node.epochs.to_bytes(), lun.backup_node.zeros.to_bytes()]
-                self.store.write(f"{lun.name}.maps", b"".join(blobs), "maps")
             self.store.write_json(f"{lun.name}.state", self._lun_doc(lun, clean))
             self.counters["metadata_writes"] += 1
         except OSError as exc:
             self.counters["metadata_errors"] += 1
             self.metadata_error = f"cannot write metadata in {self.store.directory}: {exc}"
 
+    def _persist_due_maps(self) -> None:
+        while self._maps_due:
+            lun = self.luns[self._maps_due.pop()]
+            if lun.name in self._dirty:
+                self._persist(lun)      # the state record first: it never claims less than the maps imply
+            self._persist_maps(lun)
+
+    def _persist_maps(self, lun: Lun) -> None:
+        """Persist the epoch maps and so clear the write-intent set (the new record is the clear).
+
+        Every mirror path is drained and the LUN and its mirrors flushed first, so every member is,
+        on its device, as far along as the maps record says."""
+        self._maps_due.discard(lun.name)
+        wi = self._intents.get(lun)
+        try:
+            for path in self._async_paths:
+                path.drain()
+            lun.flush()
+            for path in self._async_paths:
+                path.drain()   # the FLUSHes the async hops queued
+        except HalError as exc:
+            self.metadata_error = f"flush before persisting the epoch maps of {lun.name} failed: {exc}"
+            return             # the intent set stays: a crash resyncs what it names
+        blobs = [lun.epochs.to_bytes(), lun.zeros.to_bytes()]
+        if lun.backup_node is not None:
+            blobs += [lun.backup_node.epochs.to_bytes(), lun.backup_node.zeros.to_bytes()]
+        try:
+            gen = self.store.write(f"{lun.name}.maps", b"".join(blobs), "maps")
+        except OSError as exc:
+            self.metadata_error = f"cannot write the epoch maps of {lun.name} in {self.store.directory}: {exc}"
+            self.counters["metadata_errors"] += 1
+            if wi is not None:
+                # the record may or may not have replaced the old one: neither may be trusted any more
+                self._intent_broken(lun, self.metadata_error)
+            return
+        self.counters["maps_writes"] += 1
+        if wi is not None:
+            wi.cleared(gen)
+
     def _restore(self) -> None:
         clean = self.store.was_clean()
         self.recovered = "fresh"
+        self.recovery = {"mode": "fresh" if not clean else "clean", "luns": {}}
         for lun in self.luns.values():
             got = self.store.read_json(f"{lun.name}.state")
             if got is None:
                 continue
             self.recovered = "clean" if clean else "crash"
+            self.recovery["mode"] = self.recovered
             _gen, doc = got
             self._check_doc(lun, doc)
-            lun_clean = clean and doc.get("clean") and _persistent(lun.device)
-            maps = None
-            if lun_clean:
+            lun_clean = bool(clean and doc.get("clean") and _persistent(lun.device))
+            rep = {"maps": None, "intent_chunks": None, "members": []}
+            self.recovery["luns"][lun.name] = rep
+            maps_gen = None
+            if _persistent(lun.device):
                 try:
-                    maps = self._load_maps(lun)
-                except E.MetadataError:
+                    maps_gen = self._load_maps(lun)
+                except E.MetadataError as exc:
+                    rep["maps"] = str(exc)
                     lun_clean = False
             lun.next_trigger_id = int(doc["next_trigger_id"])
-            lun.epoch = int(doc["epoch"]) if lun_clean else int(doc["epoch"]) + 1
-            if not lun_clean:
-                # the epoch maps may miss writes since they were saved: every incremental resync becomes full
+            intent = None
+            wi = self._intents.get(lun)
+            if lun_clean:
+                lun.epoch = int(doc["epoch"])
+                rep["maps"] = "restored (clean close)"
+            elif maps_gen is not None and wi is not None:
+                # the maps record plus the chunks intended since it bound every chunk's epoch from above
+                raw = wi.log.read(maps_gen)
+                intent = pyx.select("epochmap").ChunkBitmap(lun.size, lun.chunk_size)
+                if raw is not None:
+                    intent = pyx.select("epochmap").ChunkBitmap.from_bytes(lun.size, lun.chunk_size, raw)
+                newest = int(np.frombuffer(lun.epochs.to_bytes(), dtype=np.uint32).max(initial=0))
+                lun.epoch = max(int(doc["epoch"]), newest) + 1
+                for off, ln in intent.extents():
+                    lun.epochs.mark(off, ln, lun.epoch)   # written in the newest epoch, as far as anyone knows
+                    lun.zeros.clear_range(off, ln)
+                lun._zeros_any = lun.zeros.count() > 0
+                rep["maps"] = "restored, with the write-intent set merged"
+                rep["intent_chunks"] = intent.count()
+            else:
+                lun.epoch = int(doc["epoch"]) + 1
+                # without trusted maps a crash may have hidden any write: every incremental resync becomes full
                 lun.zeros.clear()
                 lun._zeros_any = False
+                if rep["maps"] is None:
+                    rep["maps"] = "no epoch maps record" if maps_gen is None else "no write-intent log"
             node = lun.backup_node
             if node is not None:
                 node.epoch = lun.epoch
@@ -775,10 +917,12 @@ class Controller:
                 else:
                     node.start_sweep(0)
             for pool, pdoc in zip(lun.pools, doc["pools"]):
-                self._restore_pool(pool, pdoc, lun_clean and _persistent(pool.source.device))
-            del maps
+                self._restore_pool(pool, pdoc, lun_clean and _persistent(pool.source.device),
+                                   intent if pool.source is lun else None, rep["members"])
         for lun in self.luns.values():
             self._persist(lun)
+            if lun in self._intents:
+                self._persist_maps(lun)    # after the state record: the intent set starts empty against it
         self.store.mark_running()
 
     def _check_doc(self, lun: Lun, doc: dict) -> None:
@@ -796,11 +940,12 @@ class Controller:
             raise E.MetadataError(f"{where} lists other pools or members than the configuration: "
                                   f"move the metadata directory away to start afresh")
 
-    def _load_maps(self, lun: Lun):
+    def _load_maps(self, lun: Lun) -> int:
+        """Load the epoch and known-zero maps of ``lun`` (and its primary backup LUN); their generation."""
         got = self.store.read(f"{lun.name}.maps")
         if got is None:
-            raise E.MetadataError(f"no epoch maps for {lun.name}")
-        _gen, body = got
+            raise E.MetadataError(f"no epoch maps record for {lun.name}")
+        gen, body = got
         em = pyx.select("epochmap")
         ne = len(lun.epochs) * 4
         nb = len(lun.zeros.to_bytes())
@@ -820,14 +965,19 @@ class Controller:
             for m in pool.members:
                 if m.sweep is not None:
                     m.sweep.epochs = pool.source.epochs
-        return True
+        return gen
 
-    def _restore_pool(self, pool: BackupPool, pdoc: dict, clean: bool) -> None:
+    def _restore_pool(self, pool: BackupPool, pdoc: dict, clean: bool, intent=None, report=None) -> None:
+        """Restore one pool's members. After a crash, ``intent`` (the write-intent set, already merged
+        into the source's epoch map) means the epoch map bounds what changed: proven backups keep
+        their ``since`` and the active member resyncs only the intent chunks and what it still had
+        pending. Without it every resync is in full."""
         pool.clock = int(pdoc["clock"])
         pool.rotations = int(pdoc["rotations"])
         pool.active = None
         pool.source.cow = [m for m in pool.source.cow if m.pool is not pool]
         epochs = pool.source.epochs
+        incremental = intent is not None
         for m, md in zip(pool.members, pdoc["members"]):
             m.last_active = int(md["last_active"])
             m.generation = int(md["generation"]) + 1
@@ -851,21 +1001,64 @@ class Controller:
                     from splitpoint.firmware.manifest import RegionHasher
                     m.hasher = RegionHasher(m.device, pool.region_size, pool.size)
             elif state == FROZEN and md["proven"] and m.manifest is not None and m.manifest.digest is not None:
-                m.state, m.since, m.proven = FROZEN, 0, True   # proven before the crash; resync in full later
+                # proven before the crash; with trusted maps its next resync is still incremental
+                m.state, m.since, m.proven = FROZEN, int(md["since"]) if incremental else 0, True
             else:
                 m.state, m.since, m.manifest, m.proven = INCONSISTENT, 0, None, False
                 m.error = "not proven consistent before an unclean shutdown"
         idx = pdoc["active"]
+        why = {}
         if idx is not None:
             m = pool.members[idx]
+            md = pdoc["members"][idx]
             if clean and keeps(m) and m.state in ("active", SYNCING):
                 pool.active = m
+            elif incremental and keeps(m) and (md["state"] == "active" or
+                                               (md["state"] == SYNCING and md["sweep"] is not None)):
+                self._resume_after_crash(pool, m, md, intent)
+                why[m.index] = ("in sync at the last persist: only the write-intent chunks"
+                                if md["state"] == "active" else
+                                "was resyncing: its pending chunks and the write-intent chunks")
             else:
                 m.state = INCONSISTENT
                 pool._activate(m, notify=False)
+                why[m.index] = ("the epoch maps cannot be trusted: full resync" if not incremental and not clean
+                                else "contents unknown: full resync")
         elif not clean and len(pool.members) > 1:
-            pool._activate(min(pool.members, key=lambda x: (x.last_active, x.index)), notify=False)
+            nxt = min(pool.members, key=lambda x: (x.last_active, x.index))
+            pool._activate(nxt, notify=False)
+            why[nxt.index] = "reactivated after the crash"
+        if report is not None and not clean:
+            for m, md in zip(pool.members, pdoc["members"]):
+                entry = {"member": m.name, "was": md["state"], "state": m.state}
+                if m.sweep is not None:
+                    entry["resync_chunks"] = _pending_chunks(m.sweep)
+                    entry["why"] = why.get(m.index, "")
+                elif m.state == FROZEN:
+                    entry["why"] = "proven before the crash: still a backup"
+                elif m.error:
+                    entry["why"] = m.error
+                report.append(entry)
         self._bg = True
+
+    def _resume_after_crash(self, pool: BackupPool, m: PoolMember, md: dict, intent) -> None:
+        """The active member at the crash: it differs from the source at most in the chunks the
+        intent set names and, if it was resyncing, in what its sweep had not reached."""
+        epochs = pool.source.epochs
+        m.manifest, m.proven, m.error = None, False, None
+        if md["state"] == "active":
+            # the intent chunks, and only they, carry the new epoch
+            since, cursor = pool.source.epoch, 0
+        else:
+            s = md["sweep"]
+            since, cursor = int(s["since"]), int(s["cursor"])
+            first = intent.next_set(0)
+            if 0 <= first < cursor:
+                cursor = first   # intent chunks behind the cursor: rescan from the first (a superset)
+        m.sweep = Sweep(epochs, since, deadline=pool.throttle.deadline, cursor=cursor)
+        m.since = since
+        m.state = SYNCING
+        pool.active = m
 
     # -- shutdown ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -899,6 +1092,8 @@ class Controller:
         self._close_devices()
 
     def _close_devices(self) -> None:
+        for wi in self._intents.values():
+            wi.log.close()
         for dev in self._devices:
             try:
                 dev.close()
@@ -915,3 +1110,9 @@ class Controller:
 
 def keeps(m: PoolMember) -> bool:
     return _persistent(m.device)
+
+
+def _pending_chunks(sweep: Sweep) -> int:
+    """Chunks a sweep still has to copy."""
+    cs = sweep.chunk_size
+    return sum(-(-ln // cs) for _off, ln in sweep.pending(sweep.cursor, sweep.nchunks))

@@ -137,3 +137,88 @@ class MetadataStore:
     def mark_running(self) -> None:
         """From now on a crash must be noticed: drop the clean flag."""
         self.remove(CLEAN)
+
+
+# -- the write-intent log: double-buffered slots ------------------------------------------------
+#
+#   file <lun>.intent = slot 0 | slot 1, each SLOT bytes, preallocated (so an update is one
+#   pwrite and one fdatasync, no rename, no size change):
+#
+#     magic "SPIN" | u16 version | u16 0 | u64 seq | u64 maps generation | u32 bitmap bytes | u32 CRC32C | bitmap
+#
+#   The CRC covers every header byte before it and the bitmap. Update n goes to slot n % 2, so a
+#   torn update leaves the other slot, the previous update, intact. A slot extends the epoch maps
+#   record whose generation it names; once a newer maps record exists, every slot naming an older
+#   one is void: persisting the maps is what clears the intent set, atomically.
+_INTENT_MAGIC = b"SPIN"
+_INTENT_HEAD = struct.Struct("<4sHHQQII")
+
+
+class IntentLog:
+    """Durable write-intent bitmaps of one LUN in two alternating slots."""
+
+    def __init__(self, path: str, nbytes: int):
+        self.path = path
+        self.nbytes = nbytes
+        self.slot = -(-(_INTENT_HEAD.size + nbytes) // 4096) * 4096
+        self.seq = 0
+        self._fd = None
+
+    def read(self, maps_generation: int) -> bytes | None:
+        """The newest intact bitmap that extends maps record ``maps_generation``; None when none does."""
+        try:
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return None
+        best = None
+        for i in range(2):
+            part = raw[i * self.slot:(i + 1) * self.slot]
+            if len(part) < _INTENT_HEAD.size + self.nbytes:
+                continue
+            magic, version, _pad, seq, gen, n, crc = _INTENT_HEAD.unpack_from(part)
+            if magic != _INTENT_MAGIC or version != VERSION or n != self.nbytes:
+                continue
+            body = part[_INTENT_HEAD.size:_INTENT_HEAD.size + n]
+            if crc32c.crc32c(part[:_INTENT_HEAD.size - 4] + body) != crc:
+                continue   # torn by a crash during its update: the other slot holds the previous one
+            self.seq = max(self.seq, seq)
+            if gen == maps_generation and (best is None or seq > best[0]):
+                best = (seq, bytes(body))
+        return None if best is None else best[1]
+
+    def _open(self) -> int:
+        if self._fd is None:
+            fresh = not os.path.exists(self.path) or os.path.getsize(self.path) != 2 * self.slot
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if fresh:
+                os.ftruncate(fd, 2 * self.slot)
+                os.fsync(fd)
+                dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            self._fd = fd
+        return self._fd
+
+    def write(self, maps_generation: int, bitmap: bytes) -> None:
+        """Make ``bitmap`` durable as the intent set extending maps record ``maps_generation``."""
+        if len(bitmap) != self.nbytes:
+            raise ValueError(f"intent bitmap is {len(bitmap)} bytes; this log holds {self.nbytes}")
+        fd = self._open()
+        self.seq += 1
+        head = _INTENT_HEAD.pack(_INTENT_MAGIC, VERSION, 0, self.seq, maps_generation, self.nbytes, 0)
+        crc = crc32c.crc32c(head[:-4] + bitmap)
+        data = head[:-4] + struct.pack("<I", crc) + bitmap
+        view = memoryview(data)
+        pos = (self.seq % 2) * self.slot
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+        os.fdatasync(fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
