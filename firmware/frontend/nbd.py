@@ -98,6 +98,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._meta_ok = False
         self._allowed = {}
         self._fast_lun = None          # the LUN READ/WRITE go straight to (a plain LUN export only)
+        self._fast = None              # what the fast path needs, looked up once (see _enter_transmission)
         self._bsmask = 0
         self._size = 0
         self._out = []
@@ -119,6 +120,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc):
         self.closed = True
         self._phase = _CLOSED
+        self._fast = None
         self._out.clear()
         self.fe.connections.discard(self)
         if self._inflight:
@@ -159,7 +161,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._end += nbytes
         if self._end - self._start < self._want:
             return
-        start = self._parse(self._view, self._start, self._end)
+        if self._phase == _TRANSMISSION:
+            start = self._parse_requests(self._view, self._start, self._end)
+        else:
+            start = self._parse(self._view, self._start, self._end)
         if self._lent:
             # the controller holds slices of this buffer: what is left moves to a fresh one
             self._lent = False
@@ -171,7 +176,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._start = self._end = 0
         else:
             self._start = start
-        self._check_inflight()
+        if self._inflight >= _PAUSE_INFLIGHT:
+            self._pause("inflight")
 
     def data_received(self, data):
         """The same input through the non-buffered interface (any transport, tests)."""
@@ -256,15 +262,13 @@ class NbdConnection(asyncio.BufferedProtocol):
         to ``ctl.submit``. Anything it does not take goes through ``_request``.
         """
         request = self._request
-        lun = self._fast_lun
-        if lun is not None and (self.fe.stopping or self.fe.backlogged()):
-            lun = None
-        if lun is not None:
-            submit = self.fe.ctl.submit
+        fast = self._fast
+        fe = self.fe
+        if fast is not None and not fe.stopping and not fe._backlog:
+            lun, submit, on_write, on_read, wmask, rmask, bsmask, size = fast
             partial = functools.partial
-            on_write, on_read = self._on_write, self._on_read
-            wmask, rmask = ~self._allowed[CMD_WRITE], ~self._allowed[CMD_READ]
-            bsmask, size = self._bsmask, self._size
+        else:
+            lun = None
         while True:
             requests, pos, want = _scan(buf, pos, n, _LEND_MIN, MAX_REQUEST)
             for cmd, flags, cookie, offset, length, payload in requests:
@@ -486,6 +490,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._fast_lun = None if export.read_only else getattr(export, "fast_lun", None)
         self._bsmask = export.block_size - 1
         self._size = export.size
+        if self._fast_lun is not None:
+            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read, ~self._allowed[CMD_WRITE],
+                          ~self._allowed[CMD_READ], self._bsmask, self._size)
         self._phase = _TRANSMISSION
         self._want = 28
         log.debug("%s: transmission on export %r", self.peer, export.name)

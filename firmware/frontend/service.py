@@ -46,6 +46,7 @@ class FrontEnd:
         self._servers: list[asyncio.AbstractServer] = []
         self._unix_paths: list[str] = []
         self._thread = threading.get_ident()
+        self._call_soon = self.loop.call_soon
         self._background = None          # timer handle for the controller's next background slice
         self._background_at = None
         ctl.claim_owner()
@@ -64,7 +65,7 @@ class FrontEnd:
         """Run one poll-and-flush at the end of this loop turn."""
         if not self._tick_scheduled:
             self._tick_scheduled = True
-            self.loop.call_soon(self._tick)
+            self._call_soon(self._tick)
 
     def mark_dirty(self, conn: NbdConnection):
         """``conn`` has replies queued; they are written at the end of this loop turn."""
