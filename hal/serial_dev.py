@@ -36,6 +36,11 @@ DEFAULT_RETRIES = 8
 DEFAULT_RECONNECT = 5.0
 HOST_WINDOW = 32  # the host's own window; the board's INFO usually lowers it
 TICK = 0.02  # link-thread poll interval
+# A request's timer doubles at each retransmission, up to 2**BACKOFF_DOUBLINGS times the rto: when the
+# replies are late because the path is congested (a loaded host, a slow board), resending at a fixed
+# rate multiplies the work on it (every duplicate READ comes back as a full replay) until no reply
+# arrives in time at all; backing off lets the queue drain.
+BACKOFF_DOUBLINGS = 3
 
 
 class WireProtocolError(HalError):
@@ -204,10 +209,15 @@ class SerialDevice(BlockDevice):
         frame_bytes = (self.info.max_transfer if self.info else 65536) + 64
         return self.base_rto + 2 * self.window * frame_bytes / self.rate
 
+    @staticmethod
+    def backoff(tries: int) -> int:
+        """How many rtos a request waits for its reply after its ``tries``-th retransmission."""
+        return 1 << min(tries, BACKOFF_DOUBLINGS)
+
     @property
     def give_up_after(self) -> float:
         """Longest a request waits on a board that stopped answering before DeviceGoneError."""
-        return (self.retries + 1) * self.max_rto + TICK * 2
+        return sum(self.backoff(k) for k in range(self.retries + 1)) * self.max_rto + TICK * 2
 
     def _rto(self) -> float:
         return self.base_rto + 2 * self._inflight_bytes / self.rate
@@ -398,7 +408,7 @@ class SerialDevice(BlockDevice):
                 return
             rto = self._rto()
             for req in self._out.values():
-                if req.attempt_at is None or now - req.attempt_at < rto:
+                if req.attempt_at is None or now - req.attempt_at < rto * self.backoff(req.tries):
                     continue
                 if req.tries >= self.retries:
                     gone = req

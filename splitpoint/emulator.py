@@ -35,6 +35,11 @@ _HAL_ERRORS = ((OutOfRangeError, ErrorCode.OUT_OF_RANGE), (MisalignedError, Erro
                (ZeroLengthError, ErrorCode.MISALIGNED), (ReadOnlyError, ErrorCode.READ_ONLY))
 
 
+def _sequenced_reply(msg) -> bool:
+    """An ACK or ERROR answering a sequenced request (not INFO, whose seq is a nonce; not a NAK)."""
+    return msg.type in (MsgType.ACK, MsgType.ERROR) and msg.of != MsgType.INFO
+
+
 class BoardEngine:
     """The board's side of a session, transport-agnostic: frames in, reply messages out.
 
@@ -268,8 +273,9 @@ class Emulator:
         self._threads: list[threading.Thread] = []
         self._rxq: collections.deque = collections.deque()  # (arrival time, bytes) or (0, None): link changed
         self._rx_cv = threading.Condition()
-        self._txq: collections.deque = collections.deque()  # (ready time, generation, bytes)
+        self._txq: collections.deque = collections.deque()  # (ready time, generation, seq or None, bytes)
         self._tx_cv = threading.Condition()
+        self._tx_waiting: collections.Counter = collections.Counter()  # (generation, seq) of replies not yet sent
         self._rx_split = bytearray()
         self._rx_clock = 0.0
         self._tx_clock = 0.0
@@ -485,14 +491,22 @@ class Emulator:
             replies += self.engine.on_rejected_frame()
         self.decoder.pop_errors()
         for msg in replies:
+            if msg.flags & Flag.REPLAY and self._tx_waiting[(self._generation, msg.seq)]:
+                # an earlier copy of this reply has not even left yet: it answers the duplicate too, and a
+                # second copy would only lengthen the queue every later reply waits in (a host that
+                # retransmits because replies are late would otherwise be sent ever more replays)
+                self.stats["replays_still_queued"] += 1
+                continue
             out = msg.encode()
             for f in self.tx_chain.push(out, time.monotonic()) if self.tx_chain.filters else [out]:
-                self._transmit(f)
+                self._transmit(f, msg.seq if f is out and _sequenced_reply(msg) else None)
 
-    def _transmit(self, data: bytes):
-        """Queue bytes for the host; the tx thread sends them at the link rate."""
+    def _transmit(self, data: bytes, seq: int | None = None):
+        """Queue bytes for the host (the reply to ``seq``, if known); the tx thread sends them at the link rate."""
         with self._tx_cv:
-            self._txq.append((time.monotonic(), self._generation, data))
+            self._txq.append((time.monotonic(), self._generation, seq, data))
+            if seq is not None:
+                self._tx_waiting[(self._generation, seq)] += 1
             self._tx_cv.notify()
 
     def _tx_loop(self):
@@ -501,30 +515,47 @@ class Emulator:
                 if not self._txq:
                     self._tx_cv.wait(0.1)
                     continue
-                ready, generation, data = self._txq.popleft()
-            if self.rate:  # the bytes reach the host when their transmission would end
-                self._tx_clock = max(self._tx_clock, ready) + len(data) / self.rate
-                self._wait_until(self._tx_clock)
-            with self._lock:
-                pty = self._pty if generation == self._generation else None
-                master = pty.master if pty else -1
-            if master < 0:
-                continue  # unplugged since: the bytes go nowhere
-            view = memoryview(data)
-            deadline = time.monotonic() + 1.0
-            while view and not self._stop.is_set():
-                try:
-                    view = view[os.write(master, view):]
-                except BlockingIOError:
-                    if time.monotonic() > deadline:  # the host stopped reading: the rest is lost on the line
-                        self.stats["tx_dropped_bytes"] += len(view)
-                        break
-                    try:
-                        select.select([], [master], [], 0.05)
-                    except (OSError, ValueError):
-                        break
-                except OSError:
+                item = self._txq.popleft()
+            self._tx_one(item)
+
+    def _tx_one(self, item):
+        """Send one queued frame; from then on a duplicate of its request is answered again."""
+        ready, generation, seq, data = item
+        try:
+            self._send(ready, generation, data)
+        finally:
+            if seq is not None:
+                with self._tx_cv:
+                    key = (generation, seq)
+                    self._tx_waiting[key] -= 1
+                    if not self._tx_waiting[key]:
+                        del self._tx_waiting[key]
+
+    def _send(self, ready: float, generation: int, data: bytes):
+        """Write one queued frame to the link once the link rate allows, unless it was unplugged since."""
+        if self.rate:  # the bytes reach the host when their transmission would end
+            self._tx_clock = max(self._tx_clock, ready) + len(data) / self.rate
+            self._wait_until(self._tx_clock)
+        with self._lock:
+            pty = self._pty if generation == self._generation else None
+            master = pty.master if pty else -1
+        if master < 0:
+            return  # unplugged since: the bytes go nowhere
+        view = memoryview(data)
+        deadline = time.monotonic() + 1.0
+        while view and not self._stop.is_set():
+            try:
+                view = view[os.write(master, view):]
+            except BlockingIOError:
+                if time.monotonic() > deadline:  # the host stopped reading: the rest is lost on the line
+                    self.stats["tx_dropped_bytes"] += len(view)
                     break
+                try:
+                    select.select([], [master], [], 0.05)
+                except (OSError, ValueError):
+                    break
+            except OSError:
+                break
 
     # ---- control channel: DESIGN.md's line protocol ----
     def status(self) -> dict:

@@ -24,7 +24,7 @@ from splitpoint.hal.filters.stall import StallFrames
 from splitpoint.hal.serial_dev import BoardIOError, BoardResetError, SerialDevice, WireProtocolError
 
 BOARD = "emu-usb-fs"
-FAST = "rto=0.05&rate=200M&retries=40"  # host timers for an unlimited emulated link; ~2 s before giving up, so a loaded CI machine is not a dead board
+FAST = "rto=0.05&rate=200M&retries=16"  # host timers for an unlimited emulated link; with backoff ~6 s before giving up, so a loaded CI machine is not a dead board
 
 
 class CountingDevice:

@@ -10,7 +10,7 @@ from splitpoint.firmware.controller import Controller
 from splitpoint.hal import open_device
 
 SIZE = 2 << 20
-FAST = "rto=0.05&rate=200M&retries=40"  # host timers for an unlimited emulated link; ~2 s before giving up, so a loaded CI machine is not a dead board
+FAST = "rto=0.05&rate=200M&retries=16"  # host timers for an unlimited emulated link; with backoff ~6 s before giving up, so a loaded CI machine is not a dead board
 
 
 @pytest.fixture

@@ -180,3 +180,116 @@ def test_any_frame_or_noise_gets_an_answer_never_a_crash(frames, noise):
             assert wire.decode_wire(reply.encode()) == reply  # every answer is itself well-formed
     for _ in range(dec.rejected):
         assert [type(r) for r in eng.on_rejected_frame()] == [wire.Nak]
+
+
+# ---- issue 4: under load a request got no reply however often it was resent ----
+# The host resent every late request each rto, and the board answered every duplicate READ with a
+# full replay queued behind the replies still waiting to go out; once that queue took longer than an
+# rto to drain, each round of resends lengthened it and no reply ever came back in time.
+
+def test_a_duplicate_whose_reply_is_still_queued_is_not_answered_twice(tmp_path):
+    from splitpoint.boards.schema import load_board
+    from splitpoint.emulator import Emulator
+
+    emu = Emulator(load_board("emu-usb-fs"), str(tmp_path / "link"), open_device("ram://?size=1M&block=512"),
+                   rate=0)  # not started: the test plays the tx thread
+    emu._deliver(wire.Info(seq=1, session=7, first_seq=10).encode())
+    read = wire.Read(seq=10, offset=0, length=4096)
+    emu._deliver(read.encode())
+    read.flags |= Flag.RETRANSMIT
+    for _ in range(5):
+        emu._deliver(read.encode())
+    assert [wire.decode_wire(item[-1]).seq for item in emu._txq] == [1, 10]  # one READ reply, not six
+    assert emu.stats["replays"] == 5 and emu.stats["replays_still_queued"] == 5
+    while emu._txq:
+        emu._tx_one(emu._txq.popleft())  # the replies leave (nowhere: no pty), so a duplicate is answered again
+    emu._deliver(read.encode())
+    (item,) = emu._txq
+    replay = wire.decode_wire(item[-1])
+    assert replay.seq == 10 and replay.flags & Flag.REPLAY and replay.data == bytes(4096)
+
+
+class _SilentBoard:
+    """A pyserial-like port whose board answers INFO and then never answers anything: records each send."""
+
+    def __init__(self):
+        self.engine = BoardEngine(open_device("ram://?size=1M&block=512"), "silent", window=4, max_transfer=4096)
+        self.decoder = fr.FrameDecoder()
+        self.replies = bytearray()
+        self.sent = []  # (seq, flags) of each request frame the host wrote
+        self.reads = 0
+        self.in_waiting = 0
+
+    def write(self, data):
+        for f in self.decoder.feed(bytes(data)):
+            msg = wire.decode_message(f)
+            if isinstance(msg, wire.Info):
+                self.replies += b"".join(r.encode() for r in self.engine.on_frame(f))
+            else:
+                self.sent.append((msg.seq, msg.flags))
+        self.in_waiting = len(self.replies)
+        return len(data)
+
+    def read(self, n):
+        import time
+
+        self.reads += 1
+        out, self.replies[:] = bytes(self.replies[:n]), self.replies[n:]
+        self.in_waiting = len(self.replies)
+        if not out:
+            time.sleep(0.002)
+        return out
+
+    def reset_input_buffer(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_retransmissions_back_off_exponentially_and_the_bound_counts_them(monkeypatch):
+    import threading
+    import time
+    import types
+
+    from splitpoint.hal import DeviceGoneError, serial_dev
+
+    now = [1000.0]
+    monkeypatch.setattr(serial_dev, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep))
+    port = _SilentBoard()
+    dev = serial_dev.SerialDevice("silent", rate=10**15, rto=1.0, retries=5, serial_factory=lambda: port)
+    lock = threading.Lock()
+
+    def settle(sends: int):
+        """Let the link thread check its timers at least twice, and the writer send ``sends`` frames."""
+        with lock:
+            reads = port.reads
+        deadline = time.monotonic() + 30
+        while port.reads < reads + 3 or len(port.sent) < sends:
+            assert time.monotonic() < deadline, f"sent {port.sent}, waited for {sends}"
+            time.sleep(0.005)
+
+    try:
+        pending = dev.submit(wire.Flush())
+        settle(1)
+        waits = []  # rtos the request waited before each resend
+        for _ in range(5):
+            waited = 0
+            while len(port.sent) == len(waits) + 1:
+                now[0] += 0.5
+                waited += 0.5
+                settle(len(waits) + 1)
+            waits.append(waited)
+        # the first half-second step past 1, 2, 4, 8, 8 rtos (the bytes in flight put the rto a hair above
+        # 1 s): doubled each time up to the cap, where a fixed timer resent every 1.5 s
+        assert waits == [1.5, 2.5, 4.5, 8.5, 8.5]
+        assert [s for s, _ in port.sent] == [pending.seq] * 6
+        assert all(f & Flag.RETRANSMIT for _, f in port.sent[1:])
+        for _ in range(17):  # the last try's 8 rtos, in halves
+            now[0] += 0.5
+            settle(6)
+        with pytest.raises(DeviceGoneError, match=r"got no reply after 6 tries \(gives up within 31\.0 s\)"):
+            pending.result(30)
+        assert dev.give_up_after == pytest.approx((1 + 2 + 4 + 8 + 8 + 8) * dev.max_rto + 2 * serial_dev.TICK)
+    finally:
+        dev.close()
