@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import struct
 
 import numpy as np
@@ -54,6 +55,8 @@ _MIN_FREE = 64 << 10
 #: mirror queue) never pins a whole buffer
 _LEND_MIN = 128 << 10
 #: where skipped bytes (oversized requests or options) are received, shared by every connection
+#: send buffer asked for on a Unix socket (see _widen_send_buffer)
+_SEND_BUFFER = 4 << 20
 _SCRATCH_SIZE = 256 << 10
 _SCRATCH_VIEW = memoryview(bytearray(_SCRATCH_SIZE))
 
@@ -64,6 +67,23 @@ _scan = _select_kernel("nbdwire").scan
 def _new_buffer(size: int) -> memoryview:
     """An uninitialised byte buffer (numpy.empty: no memset; recv_into overwrites it anyway)."""
     return memoryview(np.empty(size, dtype=np.uint8))
+
+def _widen_send_buffer(transport):
+    """A Unix socket's send buffer holds a QD8 batch of large READ replies (2 MiB), not 208 KiB.
+
+    On AF_UNIX the sender's buffer is all the room a stream has: with the default, every 256 KiB
+    reply is written in pieces, each waiting for the client to drain the last. The kernel caps
+    the request at net.core.wmem_max; TCP keeps its own autotuning.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < _SEND_BUFFER:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+    except OSError as exc:   # a transport over something else; the default still works
+        log.debug("cannot widen the send buffer: %s", exc)
+
 
 _SIMPLE_OK = struct.Struct(">IIQ")
 _SIMPLE_MAGIC = wire.SIMPLE_REPLY_MAGIC
@@ -110,6 +130,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     # --- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        _widen_send_buffer(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (peer or "unix")
         self.fe.connections.add(self)
