@@ -122,6 +122,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._bsmask = 0
         self._size = 0
         self._out = []
+        self._out_big = False          # a piece of _out is at least _WRITE_ALONE bytes
         self._inflight = 0
         self._disc = False
         self._paused = set()
@@ -628,6 +629,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         if not out:
             self.fe.mark_dirty(self)
         out.extend(pieces)
+        if not self._out_big:
+            for piece in pieces:
+                if len(piece) >= _WRITE_ALONE:
+                    self._out_big = True
         if self._paused and self._inflight < _RESUME_INFLIGHT and "inflight" in self._paused:
             self._resume("inflight")
 
@@ -682,8 +687,11 @@ class NbdConnection(asyncio.BufferedProtocol):
             out = self._out
             if not out:
                 self.fe.mark_dirty(self)
+            data = completion.data
             out.append(_SIMPLE_OK.pack(_SIMPLE_MAGIC, 0, cookie))
-            out.append(completion.data)
+            out.append(data)
+            if len(data) >= _WRITE_ALONE:
+                self._out_big = True
 
     def ok_callback(self, cookie):
         """A controller completion callback that answers ``cookie`` with success or the error."""
@@ -694,13 +702,19 @@ class NbdConnection(asyncio.BufferedProtocol):
         return functools.partial(self._on_read, cookie, offset)
 
     def flush_output(self):
-        """Write every queued reply; called by the front end once per loop turn."""
+        """Write every queued reply; called by the front end once per loop turn.
+
+        Small pieces are joined into one write; a large one (READ data) is written on its own,
+        so it is never copied into a join.
+        """
         out = self._out
         if not out or self.closed:
             return
         write = self.transport.write
         if len(out) == 1:
             write(out[0])
+        elif not self._out_big:
+            write(b"".join(out))
         else:
             small = []
             for piece in out:
@@ -713,6 +727,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                     small.append(piece)
             if small:
                 write(b"".join(small) if len(small) > 1 else small[0])
+            self._out_big = False
         out.clear()
         self._check_inflight()
         if self._disc and not self._inflight:
