@@ -90,8 +90,37 @@ cdef object _field(object value, unsigned long long limit, str name, str ctype,
     return value
 
 
+cdef inline bint _fits(object value, unsigned long long limit, unsigned long long *out) noexcept:
+    """A plain int in [0, limit] converted to *out; False (no exception left) for anything else."""
+    cdef unsigned long long v
+    if not PyLong_CheckExact(value):
+        return False
+    v = _as_u64(value)
+    if v == <unsigned long long>-1 and PyErr_Occurred() is not NULL:
+        PyErr_Clear()
+        return False
+    out[0] = v
+    return v <= limit
+
+
 cdef struct _Fields:
     unsigned long long op, flags, offset, length, cookie
+
+
+cdef int _fields(_Fields *f, op, flags, offset, length, cookie) except -1:
+    """The push fields in *f; raises what the twin's check_fields raises (see _field).
+
+    1 when all five were plain ints in range, 0 when some went through operator.index (the
+    caller then stores the converted ints, as the twin does)."""
+    if (_fits(op, 0xFFFF, &f.op) and _fits(flags, 0xFFFF, &f.flags) and _fits(offset, 0xFFFFFFFFFFFFFFFF, &f.offset)
+            and _fits(length, 0xFFFFFFFF, &f.length) and _fits(cookie, 0xFFFFFFFFFFFFFFFF, &f.cookie)):
+        return 1
+    _field(op, 0xFFFF, "op", "u16", &f.op)
+    _field(flags, 0xFFFF, "flags", "u16", &f.flags)
+    _field(offset, 0xFFFFFFFFFFFFFFFF, "offset", "u64", &f.offset)
+    _field(length, 0xFFFFFFFF, "length", "u32", &f.length)
+    _field(cookie, 0xFFFFFFFFFFFFFFFF, "cookie", "u64", &f.cookie)
+    return 0
 
 
 # produce()/consume() encode the producer and its counter in the cookie
@@ -263,11 +292,8 @@ cdef class SPSCRing:
         """Enqueue one descriptor; its seq, or -1 when the ring is full."""
         cdef uint64_t seq
         cdef _Fields f
-        op = _field(op, 0xFFFF, "op", "u16", &f.op)
-        flags = _field(flags, 0xFFFF, "flags", "u16", &f.flags)
-        offset = _field(offset, 0xFFFFFFFFFFFFFFFF, "offset", "u64", &f.offset)
-        length = _field(length, 0xFFFFFFFF, "length", "u32", &f.length)
-        cookie = _field(cookie, 0xFFFFFFFFFFFFFFFF, "cookie", "u64", &f.cookie)
+        if not _fields(&f, op, flags, offset, length, cookie):
+            op, flags, offset, length, cookie = f.op, f.flags, f.offset, f.length, f.cookie
         seq = sp_spsc_push(self.r, <uint16_t>f.op, <uint16_t>f.flags, f.offset, <uint32_t>f.length, f.cookie)
         if seq == SP_RING_FULL:
             return -1
@@ -336,11 +362,8 @@ cdef class MPSCRing:
         """Enqueue one descriptor; its seq, or -1 when the ring is full."""
         cdef uint64_t seq
         cdef _Fields f
-        op = _field(op, 0xFFFF, "op", "u16", &f.op)
-        flags = _field(flags, 0xFFFF, "flags", "u16", &f.flags)
-        offset = _field(offset, 0xFFFFFFFFFFFFFFFF, "offset", "u64", &f.offset)
-        length = _field(length, 0xFFFFFFFF, "length", "u32", &f.length)
-        cookie = _field(cookie, 0xFFFFFFFFFFFFFFFF, "cookie", "u64", &f.cookie)
+        if not _fields(&f, op, flags, offset, length, cookie):
+            op, flags, offset, length, cookie = f.op, f.flags, f.offset, f.length, f.cookie
         seq = sp_mpsc_push(self.r, <uint16_t>f.op, <uint16_t>f.flags, f.offset, <uint32_t>f.length, f.cookie)
         if seq == SP_RING_FULL:
             return -1
