@@ -7,21 +7,13 @@ the caller's buffer. The rules and the range check come from the twin.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
-from splitpoint.pyx.nbdwire_py import CMD_WRITE, HEADER, REQUEST_MAGIC, check_range  # noqa: F401
+from splitpoint.pyx.nbdwire_py import CMD_WRITE, HEADER, REQUEST_MAGIC, check_range
 
-
-cdef inline uint32_t _u32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline uint16_t _u16(const uint8_t *p) noexcept nogil:
-    return <uint16_t>((p[0] << 8) | p[1])
-
-
-cdef inline uint64_t _u64(const uint8_t *p) noexcept nogil:
-    return (<uint64_t>_u32(p) << 32) | _u32(p + 4)
+# scan() compares against these as C literals
+if (REQUEST_MAGIC, HEADER, CMD_WRITE) != (0x25609513, 28, 1):
+    raise ImportError("nbdwire: the twin's request layout differs from the literals scan() uses")
 
 
 def scan(buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t lend_min, Py_ssize_t max_write):
@@ -37,10 +29,10 @@ def scan(buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t lend_min, Py_ssize_t ma
         check_range(view.len, pos, end)
         p = <const uint8_t *>view.buf
         while end - pos >= 28:
-            if _u32(p + pos) != 0x25609513:
+            if be32(p + pos) != 0x25609513:
                 return out, pos, 0
-            cmd = _u16(p + pos + 6)
-            length = _u32(p + pos + 24)
+            cmd = be16(p + pos + 6)
+            length = be32(p + pos + 24)
             if cmd == 1:
                 if length > max_write:
                     return out, pos, 0
@@ -52,10 +44,10 @@ def scan(buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t lend_min, Py_ssize_t ma
                     payload = buf[start:stop]
                 else:
                     payload = PyBytes_FromStringAndSize(<const char *>p + start, length)
-                out.append((cmd, _u16(p + pos + 4), _u64(p + pos + 8), _u64(p + pos + 16), length, payload))
+                out.append((cmd, be16(p + pos + 4), be64(p + pos + 8), be64(p + pos + 16), length, payload))
                 pos = stop
             else:
-                out.append((cmd, _u16(p + pos + 4), _u64(p + pos + 8), _u64(p + pos + 16), length, None))
+                out.append((cmd, be16(p + pos + 4), be64(p + pos + 8), be64(p + pos + 16), length, None))
                 pos += 28
         return out, pos, 28
     finally:
