@@ -54,9 +54,9 @@ _MIN_FREE = 64 << 10
 #: copy; the buffer is then retired); smaller ones are copied so a long-lived payload (an async
 #: mirror queue) never pins a whole buffer
 _LEND_MIN = 128 << 10
-#: where skipped bytes (oversized requests or options) are received, shared by every connection
 #: send buffer asked for on a Unix socket (see _widen_send_buffer)
 _SEND_BUFFER = 4 << 20
+#: where skipped bytes (oversized requests or options) are received, shared by every connection
 _SCRATCH_SIZE = 256 << 10
 _SCRATCH_VIEW = memoryview(bytearray(_SCRATCH_SIZE))
 
