@@ -168,6 +168,9 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
     rs = doc.get("resync", {})
     _check_keys(rs, _RESYNC_KEYS, "resync", source)
     luns_doc = doc.get("lun")
+    if isinstance(luns_doc, dict):
+        raise ConfigError(f"{source}: 'lun' must be an array of tables: write each LUN as [[lun]] with "
+                          f"name = \"...\" and url = \"...\" (not [lun] or [lun.NAME])")
     if not isinstance(luns_doc, list) or not luns_doc:
         raise ConfigError(f"{source}: no LUNs: add at least one [[lun]] table with name and url")
     luns = tuple(_lun(t, i, source) for i, t in enumerate(luns_doc))

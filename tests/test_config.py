@@ -77,6 +77,8 @@ def test_load_reads_a_file(tmp_path):
     ("[[lun]]\nname='a'\nurl='ram://'\n[lun.pool]\nmembers=['ram://']\nmode='sync'", "unknown key 'mode' in \\[lun a.pool\\]; valid keys: members, mirror"),
     ("[[lun]]\nname='a'\nurl='ram://'\n[lun.backup]\nurl='ram://'\nsize=1", "unknown key 'size' in \\[lun a.backup\\]"),
     ("", "no LUNs"),
+    ("[lun.lun0]\nurl='ram://'", "must be an array of tables: write each LUN as \\[\\[lun\\]\\]"),
+    ("[lun]\nname='a'\nurl='ram://'", "must be an array of tables"),
     ("[[lun]]\nname='a'", "needs url"),
     ("[[lun]]\nname='lun.0'\nurl='ram://'", "name must be letters and digits"),
     ("[[lun]]\nname='a'\nurl='ram://'\n[[lun]]\nname='a'\nurl='ram://'", "used twice"),
