@@ -6,26 +6,15 @@ so a noisy neighbour on a shared machine costs both sides alike. Buffers stay wi
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 
+from bench.timing import best_of
 from splitpoint import pyx
 
 GIB = 1 << 30
 ROUNDS = 9
-
-
-def best_of(rounds, *fns):
-    """Best wall time (s) of each fn over ``rounds`` alternating calls."""
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
 
 
 def impl(name):

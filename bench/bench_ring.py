@@ -20,28 +20,17 @@ import collections
 import importlib.util
 import itertools
 import threading
-import time
 
 import numpy as np
 import pytest
 
+from bench.timing import best_of
 from splitpoint import pyx
 
 ROUNDS = 5
 SINGLE_ITEMS = 200_000
 BATCH_ITEMS = 1 << 20
 THREAD_ITEMS = 4_000_000
-
-
-def best_of(rounds, *fns):
-    """Best wall time (s) of each fn over ``rounds`` alternating calls."""
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
 
 
 def implementation():
