@@ -743,6 +743,12 @@ class Controller:
                 out.append(VerifyResult(manifest.trigger_id, m.name, False, manifest.digest, outcome.actual,
                                         note="recycled while it was verified; verify again"))
                 continue
+            if not outcome.ok:
+                # the bytes are not the ones the manifest vouches for: stop exporting them as a backup
+                where = ", ".join(f"[{o}, {o}+{n})" for o, n in outcome.bad_regions[:4]) or "the whole copy"
+                m.pool.demote(m, f"verify found a mismatch (digest {outcome.actual:016x}, manifest "
+                                 f"{manifest.digest:016x}) in {where}")
+                note = (note + "; " if note else "") + "demoted: no longer a consistent backup"
             out.append(VerifyResult(manifest.trigger_id, m.name, outcome.ok, manifest.digest, outcome.actual,
                                     outcome.bad_regions, note))
         return out

@@ -242,6 +242,17 @@ class BackupPool:
         except ValueError:
             pass
 
+    def demote(self, m: PoolMember, why: str) -> None:
+        """``m`` no longer holds what its manifest says (a failed verify): never a backup again until
+        it is recycled and resynced in full."""
+        was_backup = m.state == FROZEN
+        if self.active is m:
+            self.active = None
+        self._make_inconsistent(m, why)
+        self.on_change(self, True)
+        if was_backup:
+            self.on_backups_changed(self)
+
     def _member_failed(self, m: PoolMember, exc) -> None:
         was_backup = m.state == FROZEN
         if self.active is m:
