@@ -36,7 +36,15 @@ class MetadataStore:
 
     def __init__(self, directory: str):
         self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise MetadataError(f"[controller] metadata_dir {directory!r} is not a directory")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._probe()
+        except OSError as exc:
+            # crash safety without a writable store would be silently off: refuse to start instead
+            raise MetadataError(f"[controller] metadata_dir {directory!r} is not a writable directory: "
+                                f"{exc.strerror or exc}") from None
         self.generation = 0
         for name in os.listdir(directory):
             if name.endswith(".tmp"):
@@ -48,6 +56,17 @@ class MetadataStore:
                 continue
             self.generation = max(self.generation, gen)
         self.writes = 0
+
+    def _probe(self) -> None:
+        """Create, fsync and remove a file, so a store that cannot be written fails now, not at a crash."""
+        path = self._path(".probe.tmp")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(path)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)

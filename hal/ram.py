@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import mmap
 
-from splitpoint.hal.contract import BlockDevice, DeviceClosedError, ReadOnlyError, check_io
+from splitpoint.hal.contract import BlockDevice, DeviceClosedError, HalError, ReadOnlyError, check_io
 from splitpoint.hal.url import check_geometry, parse_bool, parse_size, split_url
 
 # URL grammar:  ram://[NAME]?size=SIZE[&block=BLOCK][&readonly=0|1]
 #   SIZE and BLOCK take K/M/G/T suffixes; block defaults to 512, size to 64M.
 GRAMMAR = "ram://[NAME]?size=SIZE[&block=BLOCK][&readonly=0|1]"
 OPTIONS = {"size", "block", "readonly"}
+
+
+class RamTooLargeError(HalError):
+    """The memory for a RAM device cannot be reserved (size larger than the machine allows)."""
 
 
 class RamDevice(BlockDevice):
@@ -25,7 +29,11 @@ class RamDevice(BlockDevice):
         self.block_size = block_size
         self.read_only = read_only
         self.name = name
-        self._mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self._mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (OSError, OverflowError) as exc:
+            raise RamTooLargeError(f"cannot reserve {size} bytes of memory for ram://{name} "
+                                   f"({getattr(exc, 'strerror', None) or exc}); give a smaller size=") from None
         self._view = memoryview(self._mem)
 
     @classmethod

@@ -207,3 +207,24 @@ def test_metadata_from_another_configuration_is_refused(tmp_path):
     with pytest.raises(MetadataError, match="move the metadata directory away"):
         Controller.from_config(file_config(tmp_path, pool=2))
     assert os.path.isdir(tmp_path / "meta")
+
+
+def test_metadata_dir_that_is_a_file_or_unwritable_refuses_to_start(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for where, why in ((tmp_path / "afile", "is not a directory"),
+                       ("/proc/self/fdinfo", "is not a writable directory")):   # unwritable even for root
+        cfg = cfgmod.loads(f'[controller]\nmetadata_dir = "{where}"\n[[lun]]\nname = "lun0"\n'
+                           f'url = "file://{tmp_path}/lun0.img?size={SIZE}&create=1"\n')
+        with pytest.raises(MetadataError) as info:
+            Controller.from_config(cfg)
+        msg = str(info.value)
+        assert "metadata_dir" in msg and why in msg and str(where) in msg and "\n" not in msg
+
+
+def test_ram_device_too_large_names_the_lun():
+    from splitpoint.firmware.errors import DeviceOpenError
+    cfg = cfgmod.loads('[[lun]]\nname = "lun0"\nurl = "ram://?size=64P"\n')
+    with pytest.raises(DeviceOpenError) as info:
+        Controller.from_config(cfg)
+    msg = str(info.value)
+    assert msg.startswith("LUN lun0:") and "[Errno" not in msg and "size=" in msg
