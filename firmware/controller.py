@@ -49,6 +49,8 @@ _OPS = frozenset(int(o) for o in Op)
 _U64 = 1 << 64
 _U32 = 1 << 32
 
+#: sequence numbers reserved per persisted limit (a restart skips what was left of the reserve)
+SEQ_RESERVE = 1 << 20
 #: seconds a lazily persisted state change may wait for an idle moment
 PERSIST_LAG = 0.5
 #: seconds a write-intent set waits for an idle moment before the epoch maps are persisted (clearing it)
@@ -78,8 +80,11 @@ class Controller:
 
     def __init__(self, config):
         self.config = config
+        # the store first: the ring continues the sequence numbers of the previous run
+        self.store = MetadataStore(config.metadata_dir) if config.metadata_dir else None
+        self._seq_limit = self._load_seq_limit()
         ring_mod = pyx.select("ring")
-        self._ring = ring_mod.MPSCRing(config.ring_capacity)
+        self._ring = ring_mod.MPSCRing(config.ring_capacity, first_seq=self._seq_limit)
         self._dtype = ring_mod.DESC_DTYPE
         if tuple(self._dtype.names) != ("seq", "offset", "cookie", "length", "op", "flags"):
             raise RuntimeError(f"ring descriptor fields {self._dtype.names} are not the documented layout")
@@ -115,8 +120,9 @@ class Controller:
                          "intent_writes": 0, "maps_writes": 0}
         self.metadata_error: str | None = None
         self.recovered = None                     # "fresh", "clean", "crash" or None (no metadata store)
-        self.store = MetadataStore(config.metadata_dir) if config.metadata_dir else None
         try:
+            if self.store is not None:
+                self._reserve_seqs()
             self._build()
             if self.store is not None:
                 for lun in self.luns.values():
@@ -286,6 +292,8 @@ class Controller:
                 self._batch = np.zeros(max_batch, dtype=self._dtype)
             batch = self._batch if max_batch == len(self._batch) else self._batch[:max_batch]
             n = self._ring.pop_batch(batch)
+            if n and self.store is not None and self._ring.next_seq >= self._seq_limit - SEQ_RESERVE // 2:
+                self._reserve_seqs()   # before any of these seqs is executed and so can be reported
             if n:
                 self._execute_batch(batch[:n].tolist())
             if self._bg or self._async_paths or self._dirty or self._intents:
@@ -681,10 +689,11 @@ class Controller:
         return got
 
     def _find_backup(self, lun: Lun, which) -> PoolMember:
-        for pool in lun.pools:
-            for m in pool.backups():
-                if which == "latest" or m.manifest.trigger_id == which:
-                    return m
+        found = [m for pool in lun.pools for m in pool.backups()
+                 if which == "latest" or m.manifest.trigger_id == which]
+        if found:
+            # the newest cut: TRIGGER ids grow per LUN across restarts; sequence numbers alone did not
+            return max(found, key=lambda m: (m.manifest.trigger_id, m.manifest.time))
         if which == "latest":
             raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup yet")
         raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup cut by TRIGGER {which} "
@@ -785,6 +794,25 @@ class Controller:
                     "recovered": self.recovered, "recovery": self.recovery, "error": self.metadata_error}}
 
     # -- metadata: persist and restore -------------------------------------------------------------
+    def _load_seq_limit(self) -> int:
+        """The first sequence number of this run: past every one a previous run may have used."""
+        if self.store is None:
+            return 1
+        got = self.store.read_json("seq.limit")
+        return 1 if got is None else max(1, int(got[1]["limit"]))
+
+    def _reserve_seqs(self) -> None:
+        """Persist a limit SEQ_RESERVE past the next seq: no seq below it is ever handed out twice,
+        because the next run starts at the limit, whatever this one used of the reserve."""
+        limit = self._ring.next_seq + SEQ_RESERVE
+        try:
+            self.store.write_json("seq.limit", {"limit": limit})
+        except OSError as exc:
+            self.counters["metadata_errors"] += 1
+            self.metadata_error = f"cannot persist the sequence limit in {self.store.directory}: {exc}"
+            return
+        self._seq_limit = limit
+
     def _lun_doc(self, lun: Lun, clean: bool) -> dict:
         def sweep_doc(s: Sweep | None):
             if s is None:
