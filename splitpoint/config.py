@@ -4,14 +4,16 @@ Owns the schema of ``splitpoint serve --config FILE``: LUNs and their
 backends by URL, the pool each LUN (or its primary backup LUN) feeds, mirror
 modes, chunk size, resync throttle and the metadata directory. Every key is
 checked; an unknown key is an error that names it and lists the valid ones.
-It never opens a device: the controller does that from the validated
-``Config``. Documented with examples in docs/configuration.md.
+It never opens a device (it only stats image files, to refuse two keys that
+name one device): the controller does that from the validated ``Config``. Documented with examples in docs/configuration.md.
 """
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from splitpoint.hal.url import parse_size
 
@@ -160,6 +162,56 @@ def _lun(table, index: int, source: str) -> LunConfig:
     return LunConfig(name=name, url=url, pool=pool, backup=backup)
 
 
+def _device_keys(url: str) -> list[tuple[str, str]]:
+    """What identifies the device a URL names, as (identity, shown) pairs; [] when every open is new."""
+    scheme, _, _rest = url.partition("://")
+    parts = urlsplit(url)
+    opts = dict(parse_qsl(parts.query, keep_blank_values=True))
+    scheme = scheme.lower()
+    if scheme == "file":
+        path = unquote(parts.netloc + parts.path)
+        if not path:
+            return []
+        real = os.path.realpath(path)
+        keys = [(f"path {real}", real)]
+        try:
+            st = os.stat(real)
+            keys.append((f"inode {st.st_dev}:{st.st_ino}", real))   # hard links and bind mounts
+        except OSError:
+            pass
+        return keys
+    if scheme in ("board", "serial"):
+        port = opts.get("port", "") if scheme == "board" else unquote(parts.netloc + parts.path)
+        if not port:
+            return []
+        real = os.path.realpath(port) if "://" not in port else port
+        return [(f"port {real}", f"port {port}")]
+    if scheme.startswith("nbd"):
+        where = opts.get("socket") or parts.netloc
+        shown = f"{scheme}://{parts.netloc}{parts.path}" + (f"?socket={where}" if "socket" in opts else "")
+        return [(f"nbd {where} {unquote(parts.path).lstrip('/')}", shown)]
+    return []
+
+
+def _refuse_aliases(luns, source: str) -> None:
+    """Two keys naming one device would mirror a device onto itself: every backup of it is false."""
+    seen: dict[str, str] = {}
+    for i, lun in enumerate(luns):
+        named = [(f"luns[{i}].url", lun.url)]
+        if lun.pool is not None:
+            named += [(f"luns[{i}].pool.members[{j}]", u) for j, u in enumerate(lun.pool.members)]
+        if lun.backup is not None:
+            named.append((f"luns[{i}].backup.url", lun.backup.url))
+            if lun.backup.pool is not None:
+                named += [(f"luns[{i}].backup.pool.members[{j}]", u) for j, u in enumerate(lun.backup.pool.members)]
+        for key, url in named:
+            for ident, shown in _device_keys(url):
+                other = seen.get(ident)
+                if other is not None and other != key:
+                    raise ConfigError(f"{source}: {key} and {other} name the same device {shown}")
+                seen.setdefault(ident, key)
+
+
 def from_dict(doc: dict, source: str = "<dict>") -> Config:
     """A validated Config from a parsed TOML document."""
     _check_keys(doc, _TOP_KEYS, "top level", source)
@@ -178,6 +230,8 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"{source}: LUN name {name!r} is used twice")
+
+    _refuse_aliases(luns, source)
 
     kw = {}
     if "chunk_size" in ctl:
