@@ -243,8 +243,8 @@ class BackupPool:
             pass
 
     def demote(self, m: PoolMember, why: str) -> None:
-        """``m`` no longer holds what its manifest says (a failed verify): never a backup again until
-        it is recycled and resynced in full."""
+        """``m`` no longer holds what it should (a failed verify, a device error): never a backup again
+        until it is recycled and resynced in full."""
         was_backup = m.state == FROZEN
         if self.active is m:
             self.active = None
@@ -254,13 +254,7 @@ class BackupPool:
             self.on_backups_changed(self)
 
     def _member_failed(self, m: PoolMember, exc) -> None:
-        was_backup = m.state == FROZEN
-        if self.active is m:
-            self.active = None
-        self._make_inconsistent(m, f"device error: {exc}")
-        self.on_change(self, True)
-        if was_backup:
-            self.on_backups_changed(self)
+        self.demote(m, f"device error: {exc}")
 
     # -- background work -----------------------------------------------------------------
     def has_background(self) -> bool:
