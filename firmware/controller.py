@@ -692,8 +692,7 @@ class Controller:
         found = [m for pool in lun.pools for m in pool.backups()
                  if which == "latest" or m.manifest.trigger_id == which]
         if found:
-            # the newest cut: TRIGGER ids grow per LUN across restarts; sequence numbers alone did not
-            return max(found, key=lambda m: (m.manifest.trigger_id, m.manifest.time))
+            return max(found, key=_newest_first)
         if which == "latest":
             raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup yet")
         raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup cut by TRIGGER {which} "
@@ -703,7 +702,7 @@ class Controller:
         """Consistent frozen copies of ``lun``, newest TRIGGER first."""
         lun = self._lun(lun)
         out = [m.backup_info() for pool in lun.pools for m in pool.backups()]
-        out.sort(key=lambda b: b.trigger_id, reverse=True)
+        out.sort(key=lambda b: (b.trigger_id, b.time), reverse=True)
         return out
 
     def read_backup(self, lun, trigger_id, offset: int, length: int) -> bytes:
@@ -1140,6 +1139,11 @@ class Controller:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _newest_first(m: PoolMember) -> tuple:
+    """The order of "newest cut": TRIGGER ids grow per LUN across restarts (sequence numbers once did not)."""
+    return (m.manifest.trigger_id, m.manifest.time)
 
 
 def keeps(m: PoolMember) -> bool:

@@ -293,7 +293,7 @@ class ExportTable:
             out.append((f"{lun.name}.trigger", TriggerPathExport(self.fe, lun).description))
             backups = self.ctl.backups(lun)
             if backups:
-                newest = max(backups, key=lambda b: (b.trigger_id, b.time))
+                newest = backups[0]   # Controller.backups: newest cut first
                 out.append((f"{lun.name}.latest", BackupExport(self.fe, lun, newest, f"{lun.name}.latest").description))
             for info in sorted(backups, key=lambda b: b.trigger_id):
                 out.append((f"{lun.name}.t{info.trigger_id}", describe_backup(lun.name, info)))
@@ -322,7 +322,7 @@ class ExportTable:
         if m["latest"]:
             if not backups:
                 return None
-            return BackupExport(self.fe, lun, max(backups, key=lambda b: (b.trigger_id, b.time)), name)
+            return BackupExport(self.fe, lun, backups[0], name)   # newest cut first
         wanted = int(m["id"])
         for info in backups:
             if info.trigger_id == wanted:
