@@ -14,6 +14,7 @@ from splitpoint.firmware.pool import CUTTING, FROZEN
 from splitpoint.firmware.requests import STATE_HOLE, STATE_ZERO, Op
 from splitpoint.firmware.triggers import ControlLine, SpecialLunTrigger, SpecialPathTrigger
 from splitpoint.hal.ram import RamDevice
+from tests.watchdog import in_child
 
 SIZE = 256 << 10
 
@@ -362,6 +363,7 @@ def test_flush_and_fua_reach_the_devices():
 
 
 # -- owner thread ------------------------------------------------------------------------------
+@in_child(deadline=120)
 def test_owner_thread_serves_blocking_calls_from_other_threads(ctl):
     ctl.start()
     try:

@@ -8,6 +8,7 @@ from splitpoint import config as cfgmod
 from splitpoint.firmware.controller import Controller
 from splitpoint.firmware.group import ConsistencyGroup, GroupToken
 from splitpoint.firmware.requests import Op
+from tests.watchdog import in_child
 
 SIZE = 64 << 10
 BLOCK = 512
@@ -74,6 +75,7 @@ def _max_value(img: bytes) -> int:
     return max(int.from_bytes(img[i * BLOCK:i * BLOCK + 8], "little") for i in range(SLOTS))
 
 
+@in_child(deadline=120)
 def test_dependent_writes_across_two_devices():
     """A host writes A_i on device 1, waits for its ack, then writes B_i on device 2, while group
     TRIGGERs cut both: in every pair of backups, B_i present implies A_i present."""

@@ -6,6 +6,7 @@ of 1-4 members, several chunk sizes, synchronous and asynchronous mirrors and
 cascades, with resync slices interleaved with the writes (including TRIGGERs
 while a member is still resyncing). Checked after every step:
 - the primary equals the reference;
+- every extent `allocation()` reports zero reads as zeros in the reference;
 - every backup the controller reports as consistent equals the reference
   snapshot of exactly the prefix before its TRIGGER (no false backups);
 and at the end, after the background work settles:
@@ -23,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from splitpoint import config as cfgmod
 from splitpoint.firmware.controller import Controller
-from splitpoint.firmware.requests import Op
+from splitpoint.firmware.requests import STATE_ZERO, Op
 from tests.reference import FLUSH, TRIGGER, TRIM, WRITE, ZEROES, ReferenceLun
 
 SIZE = 64 << 10
@@ -173,6 +174,14 @@ class ControllerModel(RuleBasedStateMachine):
             for pool in self.lun.pools:
                 self.states_seen.update(m.state for m in pool.members)
             assert self.lun.device.read(0, SIZE) == bytes(self.ref.data)
+
+    @invariant()
+    def known_zero_extents_read_as_zeros(self):
+        # a client trusting base:allocation skips what is reported zero: it must read as zeros
+        if self.ctl is not None:
+            for off, n, flags in self.ctl.allocation("lun0", 0, SIZE):
+                if flags & STATE_ZERO:
+                    assert self.ref.data[off:off + n].count(0) == n, f"[{off}, {off}+{n}) reported zero is not"
 
     @invariant()
     def consistent_backups_are_exact(self):

@@ -17,6 +17,7 @@ from splitpoint.firmware import errors as E
 from splitpoint.firmware.controller import Controller
 from splitpoint.firmware.requests import Op
 from tests.reference import TRIGGER, WRITE, replay
+from tests.watchdog import in_child
 
 SIZE = 128 << 10
 BLOCK = 512
@@ -45,6 +46,7 @@ url = "ram://?size={SIZE}"
 
 
 @pytest.mark.parametrize("mirror,layout", [("sync", "local"), ("async", "local"), ("async", "cascade")])
+@in_child(deadline=120)
 def test_producers_and_trigger_thread_each_backup_is_a_prefix(mirror, layout):
     ctl = Controller.from_config(config(mirror, layout))
     captured: dict[int, tuple[int, bytes]] = {}
@@ -125,6 +127,7 @@ def test_producers_and_trigger_thread_each_backup_is_a_prefix(mirror, layout):
         ctl.close()
 
 
+@in_child(deadline=120)
 def test_owner_thread_never_sleeps_on_a_queued_request():
     """Producers that each wait for their own completion: a lost wake-up would hang one of them."""
     ctl = Controller.from_config(config("sync", "local"))
@@ -145,6 +148,7 @@ def test_owner_thread_never_sleeps_on_a_queued_request():
         ctl.close()
 
 
+@in_child(deadline=120)
 def test_completions_are_awaitable():
     import asyncio
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import kernel_params
+from tests.watchdog import in_child
 from splitpoint import pyx
 
 RING_KINDS = ("SPSCRing", "MPSCRing")
@@ -152,6 +153,7 @@ def test_push_takes_integer_like_values(impl, kind):
     assert ring.pop() == (1, 3, 1, U64, 7, 8)
 
 
+@in_child(deadline=60)
 def test_pop_after_batches_reused_a_slot_returns_the_new_descriptor(impl, kind):
     # the compiled ring keeps push()'s tuple for pop(); a batch through the same slot must win
     ring = getattr(impl, kind)(1)
@@ -374,6 +376,7 @@ def assert_clean(report, pushed, per_producer, producers, first_seq=1):
 
 
 @pytest.mark.parametrize("batch", [1, 64])
+@in_child(deadline=60)
 def test_spsc_threads_small(impl, batch):
     n = 20_000
     ring = impl.SPSCRing(256)
@@ -382,6 +385,7 @@ def test_spsc_threads_small(impl, batch):
     assert len(ring) == 0
 
 
+@in_child(deadline=60)
 def test_mpsc_threads_small(impl):
     n = 5_000
     ring = impl.MPSCRing(64, first_seq=7)
@@ -389,6 +393,7 @@ def test_mpsc_threads_small(impl):
     assert_clean(report, pushed, n, 4, first_seq=7)
 
 
+@in_child(deadline=60)
 def test_mpsc_python_producers_calling_push(impl):
     ring = impl.MPSCRing(1 << 14)
     per, producers = 2000, 4
@@ -417,6 +422,7 @@ needs_compiled = pytest.mark.skipif(COMPILED is None, reason="compiled ring not 
 @needs_compiled
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 256])
+@in_child(deadline=240)
 def test_spsc_ten_million_descriptors_between_nogil_threads(batch):
     n = 10_000_000
     ring = COMPILED.SPSCRing(4096)
@@ -426,6 +432,7 @@ def test_spsc_ten_million_descriptors_between_nogil_threads(batch):
 
 @needs_compiled
 @pytest.mark.slow
+@in_child(deadline=240)
 def test_mpsc_ten_million_descriptors_from_four_nogil_producers():
     per, producers = 2_500_000, 4
     ring = COMPILED.MPSCRing(4096)
@@ -434,6 +441,7 @@ def test_mpsc_ten_million_descriptors_from_four_nogil_producers():
 
 
 @needs_compiled
+@in_child(deadline=60)
 def test_nogil_producer_with_a_python_consumer():
     ring = COMPILED.MPSCRing(64)
     n = 20_000
@@ -454,6 +462,7 @@ def test_nogil_producer_with_a_python_consumer():
 
 # ---------------------------------------------------------------- consume() catches what it should
 
+@in_child(deadline=60)
 def test_consume_reports_loss_reordering_and_corruption(impl):
     ring = impl.SPSCRing(16)
     ring.push(0, 0, 0, 4096, 0)                 # producer 0, k=0: fine
@@ -469,6 +478,7 @@ def test_consume_reports_loss_reordering_and_corruption(impl):
     assert report["per_producer"] == [4, 0]
 
 
+@in_child(deadline=60)
 def test_consume_and_produce_give_up_at_the_timeout(impl, kind):
     ring = getattr(impl, kind)(4)
     report = impl.consume(ring, 10, timeout=0.05)

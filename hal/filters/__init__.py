@@ -3,14 +3,15 @@
 A fault spec is a comma-separated list, applied in the order written:
 
     drop=RATE  corrupt=RATE  duplicate=RATE  reorder=RATE  garbage=RATE  error=RATE
-    delay=DURATION  stall=AFTER[:DURATION]  disconnect=EVERY:DURATION
+    delay=DURATION  stall=AFTER[:DURATION]  disconnect=EVERY:DURATION  kill=AFTER
     seed=N  dir=both|rx|tx
 
 RATE is a probability (0.01 or 1%), DURATION seconds with an optional unit
 (5ms, 0.2s). ``frame_chain`` builds the link filters (the emulator's link;
 ``dir`` picks which direction: rx = host to board); ``wrap_device`` stacks
-the block filters over any HAL BlockDevice. Fault injection lives only here,
-never as flags inside a backend.
+the block filters over any HAL BlockDevice; ``open_device`` stacks them from
+a device URL's ``faults=SPEC`` option (``file:///x.img?size=1M&faults=kill=3``).
+Fault injection lives only here, never as flags inside a backend.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ FILTERS = {
     "delay": ("delay", ("duration",)),
     "stall": ("stall", ("count", "duration?")),
     "disconnect": ("disconnect", ("count", "duration")),
+    "kill": ("kill", ("count",)),
 }
 OPTIONS = ("seed", "dir")
 GRAMMAR = ("NAME=VALUE[,NAME=VALUE...] with NAME one of " + ", ".join(FILTERS) + ", seed, dir; "
