@@ -4,7 +4,7 @@ Owns ``BoardEngine`` (the board's session: handshake, in-order execution
 within the window, reply cache for duplicate detection, NAKs) and
 ``Emulator`` (a pty pair whose slave is linked at PATH, the link rate
 modelled in software, fault filters on each direction, unplug/replug, and a
-control-channel pty speaking DESIGN.md's line protocol). It never decides
+control-channel pty speaking the controller's line protocol, firmware/triggers.py). It never decides
 what a TRIGGER means: it forwards TRIGGERs to the listener it is given.
 """
 from __future__ import annotations
@@ -558,7 +558,7 @@ class Emulator:
             except OSError:
                 break
 
-    # ---- control channel: DESIGN.md's line protocol ----
+    # ---- control channel: the grammar of firmware/triggers.py ----
     def status(self) -> dict:
         e = self.engine
         return {"board": self.board.id, "plugged": self.plugged, "session": e.session, "expected": e.expected,
