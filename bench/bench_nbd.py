@@ -270,7 +270,7 @@ def test_nbd_layer_cost_per_request_vs_controller_alone(benchmark, report, op):
     """A QD32 batch of 4 KiB requests parsed, queued, polled and answered, against the same batch
     submitted straight to the controller. Goal: the NBD layer (bytes in to reply bytes out, the
     copy a recv would make included) costs at most 1.5x what the controller itself costs, so
-    together they stay inside DESIGN.md's 2.6-5 us of CPU per request before system calls."""
+    together they stay inside the 2.6-5 us of CPU per request (docs/architecture.md) before system calls."""
     import asyncio
     import struct
 

@@ -6,7 +6,7 @@
   object, are in the raw figures;
 - batches of 64 and 256 (push_batch + pop_batch) per item vs deque append+popleft of
   pre-built descriptor tuples, one per call;
-- produce()/consume() across two nogil threads vs a plain C SPSC ring (acquire/release
+- ringload's produce()/consume() across two nogil threads vs a plain C SPSC ring (acquire/release
   head and tail, no cached indices) compiled with cffi here, doing the same per-descriptor
   work: the same 32-byte descriptors, batches staged through an array like push_batch and
   pop_batch, the same checks at the consumer and the same back-off when full or empty.
@@ -259,7 +259,7 @@ def two_threads(produce, consume):
 
 @pytest.mark.parametrize("batch", [1, 256])
 def test_nogil_threads_vs_c_spsc(benchmark, report, cring, batch):
-    mod = pyx.select("ring")
+    mod, loops = pyx.select("ring"), pyx.select("ringload")
     if implementation() != "compiled":
         pytest.skip("the nogil comparison needs the compiled ring")
     n = THREAD_ITEMS
@@ -267,8 +267,8 @@ def test_nogil_threads_vs_c_spsc(benchmark, report, cring, batch):
 
     def ours():
         ring = mod.SPSCRing(4096)
-        results["ours"] = two_threads(lambda: mod.produce(ring, n, 0, batch, 60.0),
-                                      lambda: mod.consume(ring, n, 1, batch, 60.0))
+        results["ours"] = two_threads(lambda: loops.produce(ring, n, 0, batch, 60.0),
+                                      lambda: loops.consume(ring, n, 1, batch, 60.0))
 
     def plain_c():
         r = cring.cring_new(4096)

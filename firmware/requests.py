@@ -35,9 +35,6 @@ DATA_OPS = frozenset((Op.WRITE, Op.TRIM, Op.WRITE_ZEROES))
 #: ops with an (offset, length) range that must be in bounds and aligned
 RANGE_OPS = frozenset((Op.READ, Op.WRITE, Op.TRIM, Op.WRITE_ZEROES, Op.CACHE))
 
-#: the longest TRIGGER label, in UTF-8 bytes
-LABEL_MAX = 64
-
 #: NBD base:allocation bits reported by Controller.allocation
 STATE_HOLE = 1
 STATE_ZERO = 2

@@ -12,7 +12,7 @@ import importlib
 import os
 
 #: every kernel this package ships
-KERNELS = ("ring", "epochmap", "blockcopy", "frame", "nbdwire")
+KERNELS = ("ring", "ringload", "epochmap", "blockcopy", "frame", "nbdwire")
 
 _selected: dict[str, object] = {}
 

@@ -21,6 +21,7 @@
 #       empty    : head == tail
 #       next_seq = first_seq + head       (the seq the next push is stamped with)
 #
+# One ring body serves both producer disciplines (chosen when the ring is made):
 # SPSC: the producer alone writes head (release), the consumer alone writes tail (release);
 # each caches the other's index and reloads it (acquire) only when its cache says full/empty.
 # MPSC: producers reserve [pos, pos + k) with a CAS on head (room = capacity - (head - tail)),
@@ -52,54 +53,32 @@ cdef extern from "sp_ring.h" nogil:
         uint16_t op       # request opcode
         uint16_t flags    # FLAG_FUA | FLAG_FAST_ZERO | FLAG_NO_HOLE
 
-    # single-producer/single-consumer ring (opaque)
-    ctypedef struct sp_spsc:
-        pass
-
-    # multi-producer/single-consumer ring (opaque)
-    ctypedef struct sp_mpsc:
+    # the ring body, either discipline (opaque)
+    ctypedef struct sp_ring:
         pass
 
     # spin-wait hint for the core (pause / yield instruction)
     void sp_cpu_relax()
 
-    # new SPSC ring; NULL when capacity is not a power of two <= SP_RING_MAX_CAPACITY or out of memory
-    sp_spsc *sp_spsc_new(uint64_t capacity, uint64_t first_seq)
-    # free an SPSC ring (NULL is fine)
-    void sp_spsc_free(sp_spsc *r)
-    # producer: enqueue one descriptor; its seq, or SP_RING_FULL
-    uint64_t sp_spsc_push(sp_spsc *r, uint16_t op, uint16_t flags, uint64_t offset, uint32_t length, uint64_t cookie)
-    # producer: enqueue a prefix of descs[0:n], stamping their seq in place; the count enqueued
-    size_t sp_spsc_push_batch(sp_spsc *r, sp_desc *descs, size_t n)
-    # consumer: dequeue one descriptor into *out; 1, or 0 when empty
-    int sp_spsc_pop(sp_spsc *r, sp_desc *out)
-    # consumer: dequeue up to n descriptors into out[0:n]; the count dequeued
-    size_t sp_spsc_pop_batch(sp_spsc *r, sp_desc *out, size_t n)
-    # descriptors in the ring (a snapshot when other threads are active)
-    uint64_t sp_spsc_len(sp_spsc *r)
-    # seq the next push will be stamped with
-    uint64_t sp_spsc_next_seq(sp_spsc *r)
-    # number of slots
-    uint64_t sp_spsc_capacity(sp_spsc *r)
-
-    # new MPSC ring; NULL when capacity is not a power of two <= SP_RING_MAX_CAPACITY or out of memory
-    sp_mpsc *sp_mpsc_new(uint64_t capacity, uint64_t first_seq)
-    # free an MPSC ring (NULL is fine)
-    void sp_mpsc_free(sp_mpsc *r)
-    # any producer: enqueue one descriptor; its seq, or SP_RING_FULL
-    uint64_t sp_mpsc_push(sp_mpsc *r, uint16_t op, uint16_t flags, uint64_t offset, uint32_t length, uint64_t cookie)
-    # any producer: enqueue a prefix of descs[0:n] at consecutive seqs, stamped in place; the count
-    size_t sp_mpsc_push_batch(sp_mpsc *r, sp_desc *descs, size_t n)
+    # new ring (multi: 1 for MPSC, 0 for SPSC); NULL when capacity is not a power of two
+    # <= SP_RING_MAX_CAPACITY or out of memory
+    sp_ring *sp_ring_new(uint64_t capacity, uint64_t first_seq, int multi)
+    # free a ring (NULL is fine)
+    void sp_ring_free(sp_ring *r)
+    # a producer (SPSC: the producer): enqueue one descriptor; its seq, or SP_RING_FULL
+    uint64_t sp_ring_push(sp_ring *r, uint16_t op, uint16_t flags, uint64_t offset, uint32_t length, uint64_t cookie)
+    # a producer: enqueue a prefix of descs[0:n] at consecutive seqs, stamped in place; the count
+    size_t sp_ring_push_batch(sp_ring *r, sp_desc *descs, size_t n)
     # the consumer: dequeue one descriptor into *out; 1, or 0 when empty (or the next one is still being filled)
-    int sp_mpsc_pop(sp_mpsc *r, sp_desc *out)
+    int sp_ring_pop(sp_ring *r, sp_desc *out)
     # the consumer: dequeue up to n descriptors into out[0:n]; the count dequeued
-    size_t sp_mpsc_pop_batch(sp_mpsc *r, sp_desc *out, size_t n)
-    # reserved positions not yet dequeued (a snapshot)
-    uint64_t sp_mpsc_len(sp_mpsc *r)
-    # seq the next reservation will get
-    uint64_t sp_mpsc_next_seq(sp_mpsc *r)
-    # number of cells
-    uint64_t sp_mpsc_capacity(sp_mpsc *r)
+    size_t sp_ring_pop_batch(sp_ring *r, sp_desc *out, size_t n)
+    # descriptors in the ring, MPSC: reserved positions not yet dequeued (a snapshot)
+    uint64_t sp_ring_len(sp_ring *r)
+    # seq the next push (reservation) will get
+    uint64_t sp_ring_next_seq(sp_ring *r)
+    # number of slots
+    uint64_t sp_ring_capacity(sp_ring *r)
 
 
 # pop()'s cache of the tuples push() built, so a descriptor pushed and popped from Python
@@ -115,13 +94,17 @@ cdef struct sp_boxes:
     uint64_t first_seq    # seq of position 0
 
 
-# Python face of an SPSC ring; `r` is its C ring for nogil callers
-cdef class SPSCRing:
-    cdef sp_spsc *r
+# the Python face both rings share; `r` is its C ring for nogil callers (see ringload.pyx)
+cdef class _Ring:
+    cdef sp_ring *r
     cdef sp_boxes boxes
 
 
-# Python face of an MPSC ring; `r` is its C ring for nogil callers
-cdef class MPSCRing:
-    cdef sp_mpsc *r
-    cdef sp_boxes boxes
+# one producer thread and one consumer thread at a time
+cdef class SPSCRing(_Ring):
+    pass
+
+
+# any number of producer threads, one consumer thread
+cdef class MPSCRing(_Ring):
+    pass

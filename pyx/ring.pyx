@@ -1,10 +1,10 @@
 # cython: binding=False
 """splitpoint.pyx.ring: the sequenced request queue, compiled.
 
-Owns the Python face of the lock-free rings in sp_ring.h (SPSCRing, MPSCRing) and
-produce()/consume(): producer and consumer loops that run with the GIL released so
-tests and benchmarks can move millions of descriptors between threads.  The dtype,
-limits and validators come from the twin, ring_py, so both accept the same things.
+Owns the Python face of the lock-free ring in sp_ring.h: one body (_Ring) whose two
+classes, SPSCRing and MPSCRing, differ only in the producer discipline the C ring is
+made with.  The dtype, limits and validators come from the twin, ring_py, so both
+accept the same things.  The nogil load loops tests and benchmarks use are ringload's.
 
 Nothing here takes a lock or raises on a full or empty ring.  The nogil paths never
 touch a Python object; push()/pop() box each descriptor once (pop() hands back the
@@ -17,32 +17,17 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free
 
 import numpy as np
 
 from splitpoint.pyx.ring_py import (  # noqa: F401  (re-exported: one dtype and one set of rules for both)
     DESC_DTYPE,
     MAX_CAPACITY,
-    MAX_LOOP_BATCH,
     check_fields,  # the rules _field() applies in C
     check_geometry,
-    check_loop_args,
-    check_producer_id,
-    check_producers,
     desc_array,
 )
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec *tp)
-    int CLOCK_MONOTONIC
 
 
 def _check_layout():
@@ -121,12 +106,6 @@ cdef int _fields(_Fields *f, op, flags, offset, length, cookie) except -1:
     _field(length, 0xFFFFFFFF, "length", "u32", &f.length)
     _field(cookie, 0xFFFFFFFFFFFFFFFF, "cookie", "u64", &f.cookie)
     return 0
-
-
-# produce()/consume() encode the producer and its counter in the cookie
-cdef int _PID_SHIFT = 48
-cdef uint64_t _COUNTER_MASK = (<uint64_t>1 << 48) - 1
-cdef uint32_t _PRODUCED_LENGTH = 4096
 
 
 cdef extern from *:
@@ -271,14 +250,15 @@ cdef void _boxes_free(sp_boxes *b) noexcept:
         b.slots = NULL
 
 
-@cython.final
-cdef class SPSCRing:
-    """Single-producer/single-consumer ring of descriptors (one producer thread, one consumer thread)."""
+cdef class _Ring:
+    """The ring body SPSCRing and MPSCRing share; the subclass names the producer discipline."""
 
     def __cinit__(self, capacity, first_seq=1):
         cdef uint64_t cap, first
+        if type(self) is _Ring:
+            raise TypeError("make an SPSCRing or an MPSCRing, not the shared _Ring body")
         cap, first = check_geometry(capacity, first_seq)
-        self.r = sp_spsc_new(cap, first)
+        self.r = sp_ring_new(cap, first, isinstance(self, MPSCRing))
         if self.r is NULL:
             raise MemoryError(f"cannot allocate a ring of {cap} descriptors")
         self.boxes.mask = cap - 1
@@ -286,7 +266,7 @@ cdef class SPSCRing:
 
     def __dealloc__(self):
         _boxes_free(&self.boxes)
-        sp_spsc_free(self.r)
+        sp_ring_free(self.r)
 
     def push(self, op, flags, offset, length, cookie):
         """Enqueue one descriptor; its seq, or -1 when the ring is full."""
@@ -294,7 +274,7 @@ cdef class SPSCRing:
         cdef _Fields f
         if not _fields(&f, op, flags, offset, length, cookie):
             op, flags, offset, length, cookie = f.op, f.flags, f.offset, f.length, f.cookie
-        seq = sp_spsc_push(self.r, <uint16_t>f.op, <uint16_t>f.flags, f.offset, <uint32_t>f.length, f.cookie)
+        seq = sp_ring_push(self.r, <uint16_t>f.op, <uint16_t>f.flags, f.offset, <uint32_t>f.length, f.cookie)
         if seq == SP_RING_FULL:
             return -1
         return _boxed_push(&self.boxes, seq, op, flags, offset, length, cookie)
@@ -302,16 +282,17 @@ cdef class SPSCRing:
     def pop(self):
         """(seq, op, flags, offset, length, cookie) of the oldest descriptor, or None when empty."""
         cdef sp_desc d
-        if not sp_spsc_pop(self.r, &d):
+        if not sp_ring_pop(self.r, &d):
             return None
         return _boxed_pop(&self.boxes, &d)
 
     def push_batch(self, descs):
-        """Enqueue a prefix of the DESC_DTYPE array `descs` (as many as fit), stamping seq in place; the count."""
+        """Enqueue a prefix of the DESC_DTYPE array `descs` (as many as fit) at consecutive seqs,
+        stamping seq in place; the count."""
         cdef _Descs d
         cdef size_t k
         _acquire(descs, &d, "push_batch")
-        k = sp_spsc_push_batch(self.r, d.p, d.n)
+        k = sp_ring_push_batch(self.r, d.p, d.n)
         _release(&d)
         return k
 
@@ -320,307 +301,32 @@ cdef class SPSCRing:
         cdef _Descs d
         cdef size_t k
         _acquire(out, &d, "pop_batch")
-        k = sp_spsc_pop_batch(self.r, d.p, d.n)
+        k = sp_ring_pop_batch(self.r, d.p, d.n)
         _release(&d)
         return k
 
     def __len__(self):
-        return sp_spsc_len(self.r)
+        return sp_ring_len(self.r)
 
     @property
     def capacity(self):
         """Number of slots (a power of two)."""
-        return sp_spsc_capacity(self.r)
+        return sp_ring_capacity(self.r)
 
     @property
     def next_seq(self):
-        """The seq the next push will be stamped with."""
-        return sp_spsc_next_seq(self.r)
+        """The seq the next push (for MPSC: the next reservation) will be stamped with."""
+        return sp_ring_next_seq(self.r)
 
     def __repr__(self):
-        return f"SPSCRing(capacity={self.capacity}, len={len(self)}, next_seq={self.next_seq})"
+        return f"{type(self).__name__}(capacity={self.capacity}, len={len(self)}, next_seq={self.next_seq})"
 
 
 @cython.final
-cdef class MPSCRing:
+cdef class SPSCRing(_Ring):
+    """Single-producer/single-consumer ring of descriptors (one producer thread, one consumer thread)."""
+
+
+@cython.final
+cdef class MPSCRing(_Ring):
     """Multi-producer/single-consumer ring of descriptors (any producer threads, one consumer thread)."""
-
-    def __cinit__(self, capacity, first_seq=1):
-        cdef uint64_t cap, first
-        cap, first = check_geometry(capacity, first_seq)
-        self.r = sp_mpsc_new(cap, first)
-        if self.r is NULL:
-            raise MemoryError(f"cannot allocate a ring of {cap} descriptors")
-        self.boxes.mask = cap - 1
-        self.boxes.first_seq = first
-
-    def __dealloc__(self):
-        _boxes_free(&self.boxes)
-        sp_mpsc_free(self.r)
-
-    def push(self, op, flags, offset, length, cookie):
-        """Enqueue one descriptor; its seq, or -1 when the ring is full."""
-        cdef uint64_t seq
-        cdef _Fields f
-        if not _fields(&f, op, flags, offset, length, cookie):
-            op, flags, offset, length, cookie = f.op, f.flags, f.offset, f.length, f.cookie
-        seq = sp_mpsc_push(self.r, <uint16_t>f.op, <uint16_t>f.flags, f.offset, <uint32_t>f.length, f.cookie)
-        if seq == SP_RING_FULL:
-            return -1
-        return _boxed_push(&self.boxes, seq, op, flags, offset, length, cookie)
-
-    def pop(self):
-        """(seq, op, flags, offset, length, cookie) of the oldest descriptor, or None when empty."""
-        cdef sp_desc d
-        if not sp_mpsc_pop(self.r, &d):
-            return None
-        return _boxed_pop(&self.boxes, &d)
-
-    def push_batch(self, descs):
-        """Enqueue a prefix of the DESC_DTYPE array `descs` at consecutive seqs, stamped in place; the count."""
-        cdef _Descs d
-        cdef size_t k
-        _acquire(descs, &d, "push_batch")
-        k = sp_mpsc_push_batch(self.r, d.p, d.n)
-        _release(&d)
-        return k
-
-    def pop_batch(self, out):
-        """Dequeue into a prefix of the DESC_DTYPE array `out`; the count."""
-        cdef _Descs d
-        cdef size_t k
-        _acquire(out, &d, "pop_batch")
-        k = sp_mpsc_pop_batch(self.r, d.p, d.n)
-        _release(&d)
-        return k
-
-    def __len__(self):
-        return sp_mpsc_len(self.r)
-
-    @property
-    def capacity(self):
-        """Number of cells (a power of two)."""
-        return sp_mpsc_capacity(self.r)
-
-    @property
-    def next_seq(self):
-        """The seq the next reservation will get."""
-        return sp_mpsc_next_seq(self.r)
-
-    def __repr__(self):
-        return f"MPSCRing(capacity={self.capacity}, len={len(self)}, next_seq={self.next_seq})"
-
-
-# ---------------------------------------------------------------- nogil producer / consumer loops
-
-ctypedef sp_spsc *spsc_p
-ctypedef sp_mpsc *mpsc_p
-
-ctypedef fused ring_p:
-    spsc_p
-    mpsc_p
-
-
-cdef inline uint64_t _push(ring_p r, sp_desc *d) noexcept nogil:
-    if ring_p is spsc_p:
-        return sp_spsc_push(r, d.op, d.flags, d.offset, d.length, d.cookie)
-    else:
-        return sp_mpsc_push(r, d.op, d.flags, d.offset, d.length, d.cookie)
-
-
-cdef inline size_t _push_batch(ring_p r, sp_desc *descs, size_t n) noexcept nogil:
-    if ring_p is spsc_p:
-        return sp_spsc_push_batch(r, descs, n)
-    else:
-        return sp_mpsc_push_batch(r, descs, n)
-
-
-cdef inline size_t _pop_batch(ring_p r, sp_desc *out, size_t n) noexcept nogil:
-    if ring_p is spsc_p:
-        return sp_spsc_pop_batch(r, out, n)
-    else:
-        return sp_mpsc_pop_batch(r, out, n)
-
-
-cdef inline double _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline bint _wait(unsigned *spins, double deadline) noexcept nogil:
-    """Back off while the ring is full/empty: spin briefly, then yield the core; True once past deadline."""
-    spins[0] += 1
-    if spins[0] < 64:
-        sp_cpu_relax()
-        return False
-    sched_yield()
-    return (spins[0] & 63) == 0 and _now() > deadline
-
-
-cdef inline void _produced(sp_desc *d, uint64_t pid, uint64_t k) noexcept nogil:
-    """Descriptor number k of producer pid (consume() checks every field)."""
-    d.seq = 0
-    d.op = <uint16_t>(k & 7)
-    d.flags = <uint16_t>pid
-    d.offset = k * 4096
-    d.length = _PRODUCED_LENGTH
-    d.cookie = (pid << _PID_SHIFT) | k
-
-
-cdef uint64_t _produce(ring_p r, uint64_t n, uint64_t pid, size_t batch, sp_desc *buf,
-                       double deadline) noexcept nogil:
-    cdef uint64_t k = 0
-    cdef size_t m, i, done
-    cdef unsigned spins = 0
-    cdef sp_desc d
-    while k < n:
-        if batch == 1:
-            _produced(&d, pid, k)
-            while _push(r, &d) == SP_RING_FULL:
-                if _wait(&spins, deadline):
-                    return k
-            spins = 0
-            k += 1
-            continue
-        m = <size_t>(n - k) if n - k < batch else batch
-        for i in range(m):
-            _produced(&buf[i], pid, k + i)
-        done = 0
-        while done < m:
-            i = _push_batch(r, buf + done, m - done)
-            if i == 0:
-                if _wait(&spins, deadline):
-                    return k + done
-            else:
-                spins = 0
-                done += i
-        k += m
-    return k
-
-
-cdef struct _tally:
-    uint64_t count
-    uint64_t seq_errors      # seq not exactly previous + 1
-    uint64_t order_errors    # a producer's counter out of order, or an unknown producer
-    uint64_t corrupt         # fields that disagree with the cookie
-    uint64_t first_seq
-    uint64_t last_seq
-    uint64_t checksum        # sum of cookies mod 2**64
-
-
-cdef inline void _check(_tally *t, sp_desc *d, uint64_t producers, uint64_t *next_k) noexcept nogil:
-    cdef uint64_t pid = d.cookie >> _PID_SHIFT
-    cdef uint64_t k = d.cookie & _COUNTER_MASK
-    if t.count == 0:
-        t.first_seq = d.seq
-    elif d.seq != t.last_seq + 1:
-        t.seq_errors += 1
-    t.last_seq = d.seq
-    t.count += 1
-    t.checksum += d.cookie
-    if pid >= producers or k != next_k[pid]:
-        t.order_errors += 1
-    if pid < producers:
-        next_k[pid] = k + 1
-    if d.op != (k & 7) or d.flags != <uint16_t>pid or d.offset != k * 4096 or d.length != _PRODUCED_LENGTH:
-        t.corrupt += 1
-
-
-cdef void _consume(ring_p r, uint64_t n, uint64_t producers, size_t batch, sp_desc *buf, uint64_t *next_k,
-                   uint64_t *counts, _tally *t, double deadline) noexcept nogil:
-    cdef size_t got, i, want
-    cdef unsigned spins = 0
-    cdef uint64_t pid
-    while t.count < n:
-        want = <size_t>(n - t.count) if n - t.count < batch else batch
-        got = _pop_batch(r, buf, want)
-        if got == 0:
-            if _wait(&spins, deadline):
-                return
-            continue
-        spins = 0
-        for i in range(got):
-            _check(t, &buf[i], producers, next_k)
-            pid = buf[i].cookie >> _PID_SHIFT
-            if pid < producers:
-                counts[pid] += 1
-
-
-def produce(ring, n, producer_id=0, batch=1, timeout=60.0):
-    """Push n descriptors numbered 0..n-1 for producer `producer_id` with the GIL released,
-    `batch` at a time, waiting while the ring is full; the count pushed (< n only on timeout).
-
-    Descriptor k of producer p: cookie = p << 48 | k, offset = k * 4096, length = 4096,
-    op = k & 7, flags = p.  Several threads may produce into an MPSCRing at once.
-    """
-    cdef uint64_t c_n, c_pid, done
-    cdef size_t c_batch
-    cdef double deadline
-    cdef sp_desc *buf
-    n, batch, timeout = check_loop_args(ring, (SPSCRing, MPSCRing), n, batch, timeout, "produce")
-    producer_id = check_producer_id(producer_id)
-    c_n, c_pid, c_batch = n, producer_id, batch
-    buf = <sp_desc *>malloc(c_batch * sizeof(sp_desc))
-    if buf is NULL:
-        raise MemoryError("produce: cannot allocate the batch buffer")
-    deadline = _now() + timeout
-    try:
-        if isinstance(ring, SPSCRing):
-            with nogil:
-                done = _produce((<SPSCRing>ring).r, c_n, c_pid, c_batch, buf, deadline)
-        else:
-            with nogil:
-                done = _produce((<MPSCRing>ring).r, c_n, c_pid, c_batch, buf, deadline)
-    finally:
-        free(buf)
-    return done
-
-
-def consume(ring, n, producers=1, batch=1, timeout=60.0):
-    """Pop n descriptors made by produce() with the GIL released, `batch` at a time, checking each.
-
-    Returns a dict: count (< n only on timeout), seq_errors (a seq that is not the previous + 1),
-    order_errors (a producer's descriptors lost, duplicated or out of order, or a producer id
-    >= producers), corrupt (fields that disagree with the cookie), per_producer (counts),
-    first_seq, last_seq (None when nothing came) and checksum (sum of cookies mod 2**64).
-    """
-    cdef uint64_t c_n, c_producers
-    cdef size_t c_batch
-    cdef double deadline
-    cdef sp_desc *buf
-    cdef uint64_t *next_k
-    cdef uint64_t *counts
-    cdef _tally t
-    n, batch, timeout = check_loop_args(ring, (SPSCRing, MPSCRing), n, batch, timeout, "consume")
-    producers = check_producers(producers)
-    c_n, c_producers, c_batch = n, producers, batch
-    t.count = t.seq_errors = t.order_errors = t.corrupt = t.first_seq = t.last_seq = t.checksum = 0
-    buf = <sp_desc *>malloc(c_batch * sizeof(sp_desc))
-    next_k = <uint64_t *>calloc(c_producers, sizeof(uint64_t))
-    counts = <uint64_t *>calloc(c_producers, sizeof(uint64_t))
-    try:
-        if buf is NULL or next_k is NULL or counts is NULL:
-            raise MemoryError("consume: cannot allocate the batch buffer")
-        deadline = _now() + timeout
-        if isinstance(ring, SPSCRing):
-            with nogil:
-                _consume((<SPSCRing>ring).r, c_n, c_producers, c_batch, buf, next_k, counts, &t, deadline)
-        else:
-            with nogil:
-                _consume((<MPSCRing>ring).r, c_n, c_producers, c_batch, buf, next_k, counts, &t, deadline)
-        per_producer = [counts[i] for i in range(c_producers)]
-    finally:
-        free(buf)
-        free(next_k)
-        free(counts)
-    return {
-        "count": t.count,
-        "seq_errors": t.seq_errors,
-        "order_errors": t.order_errors,
-        "corrupt": t.corrupt,
-        "per_producer": per_producer,
-        "first_seq": t.first_seq if t.count else None,
-        "last_seq": t.last_seq if t.count else None,
-        "checksum": t.checksum,
-    }

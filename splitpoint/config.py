@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from splitpoint.hal.url import parse_size
 
-#: the embedded default of DESIGN.md: RAM lun0 (256 MiB) mirrored to a pool of 3 RAM backups
+#: the embedded default (docs/configuration.md): RAM lun0 (256 MiB) mirrored to a pool of 3 RAM backups
 DEFAULT_TOML = """\
 [[lun]]
 name = "lun0"

@@ -4,7 +4,7 @@ Owns ``BoardEngine`` (the board's session: handshake, in-order execution
 within the window, reply cache for duplicate detection, NAKs) and
 ``Emulator`` (a pty pair whose slave is linked at PATH, the link rate
 modelled in software, fault filters on each direction, unplug/replug, and a
-control-channel pty speaking DESIGN.md's line protocol). It never decides
+control-channel pty speaking the controller's line protocol, firmware/triggers.py). It never decides
 what a TRIGGER means: it forwards TRIGGERs to the listener it is given.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import tty
 
 from splitpoint import wire
+from splitpoint.firmware import triggers
 from splitpoint.hal.contract import (BlockDevice, HalError, MisalignedError, OutOfRangeError, ReadOnlyError,
                                      ZeroLengthError)
 from splitpoint.hal.filters import frame_chain
@@ -557,7 +558,7 @@ class Emulator:
             except OSError:
                 break
 
-    # ---- control channel: DESIGN.md's line protocol ----
+    # ---- control channel: the grammar of firmware/triggers.py ----
     def status(self) -> dict:
         e = self.engine
         return {"board": self.board.id, "plugged": self.plugged, "session": e.session, "expected": e.expected,
@@ -565,28 +566,34 @@ class Emulator:
                 "rejected_frames": self.decoder.rejected, "garbage_bytes": self.decoder.garbage_bytes,
                 "stats": dict(e.stats), "faults": {"rx": self.rx_chain.counts(), "tx": self.tx_chain.counts()}}
 
-    def control_line(self, line: str) -> str:
-        """The one-line answer to one control-channel line."""
-        words = line.strip().split(None, 1)
-        if not words:
-            return "ERR empty line; commands: TRIGGER [label], STATUS, PING"
-        cmd = words[0].upper()
-        if cmd == "PING":
+    def control_line(self, line: str) -> str | None:
+        """The one-line answer to one control-channel line (None for a blank line: no answer).
+
+        The grammar is the controller's (firmware/triggers.py); a board carries out TRIGGER,
+        STATUS and PING, and answers the rest of the grammar with ERR.
+        """
+        try:
+            command = triggers.parse_control_line(line)
+        except triggers.ControlSyntaxError as exc:
+            return triggers.reply_error(exc)
+        if command is None:
+            return None
+        if isinstance(command, triggers.PingCommand):
             return "PONG"
-        if cmd == "STATUS":
-            return json.dumps(self.status(), sort_keys=True)
-        if cmd == "TRIGGER":
-            label = words[1] if len(words) > 1 else ""
-            if len(label.encode()) > wire.MAX_LABEL:
-                return f"ERR label longer than {wire.MAX_LABEL} bytes"
+        if isinstance(command, triggers.StatusCommand):
+            return triggers.reply_json(self.status())
+        if isinstance(command, triggers.TriggerCommand):
+            if command.target is not None:
+                return triggers.reply_error(f"TRIGGER ON is not supported by board {self.board.id}: "
+                                            f"it has one LUN")
             if self.trigger_listener is None:
                 return "ERR no controller is listening for TRIGGER on this board"
             try:
-                trigger_id, seq = self.trigger_listener(label)
+                trigger_id, seq = self.trigger_listener(command.label or "")
             except Exception as exc:  # the listener's failure is reported on the line, not raised here
-                return f"ERR trigger failed: {exc}"
-            return f"OK {trigger_id} seq={seq}"
-        return f"ERR unknown command {words[0]!r}; commands: TRIGGER [label], STATUS, PING"
+                return triggers.reply_error(f"trigger failed: {exc}")
+            return triggers.reply_triggered(trigger_id, seq)
+        return triggers.reply_unsupported(command, f"board {self.board.id}")
 
     def _control_loop(self):
         ctl = self._ctl
@@ -619,7 +626,9 @@ class Emulator:
                 except UnicodeDecodeError:
                     self._control_write("ERR line is not UTF-8\n")
                     continue
-                self._control_write(self.control_line(line) + "\n")
+                answer = self.control_line(line)
+                if answer is not None:
+                    self._control_write(answer + "\n")
 
     def _control_write(self, text: str):
         try:

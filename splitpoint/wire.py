@@ -14,13 +14,13 @@ import struct
 from dataclasses import dataclass
 
 from splitpoint import pyx
+from splitpoint.firmware.triggers import LABEL_MAX as MAX_LABEL  # noqa: F401  (frames carry the labels a TRIGGER may have)
 
 frame = pyx.select("frame")
 
 PROTOCOL_VERSION = 1  # the version this implementation speaks
 PROTOCOL_MIN = 1  # the oldest version it still accepts
 MAX_WINDOW = 32  # NAK's bitmap covers 32 sequence numbers past `expected`
-MAX_LABEL = 64  # TRIGGER label bytes (UTF-8)
 MAX_ERROR_TEXT = 128  # ERROR message bytes (UTF-8)
 MAX_BOARD_ID = 32  # board id bytes in INFO's reply
 

@@ -411,7 +411,7 @@ def test_special_lun_special_path_and_control_line(ctl):
     ok = [line for line in lines if line.startswith("OK ")]
     assert ok and ok[0].startswith("OK 3 seq=")
     assert any(line.startswith("ERR unknown command") for line in lines)
-    assert any("longer than 64" in line for line in lines)
+    assert "ERR label is 65 bytes; at most 64" in lines
     status = []
     control.handle("STATUS", status.append)
     assert status[0].startswith("{") and '"luns"' in status[0]

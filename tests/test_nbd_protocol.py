@@ -751,7 +751,8 @@ def test_a_flood_of_pipelined_requests_is_answered():
 
 
 def test_listen_addresses_and_labels():
-    from splitpoint.firmware.frontend.exports import label_from_bytes, request_flags
+    from splitpoint.firmware.frontend.exports import request_flags
+    from splitpoint.firmware.triggers import special_lun_label as label_from_bytes
     from splitpoint.firmware.frontend.service import parse_listen
 
     assert parse_listen("127.0.0.1:10809") == ("127.0.0.1", 10809)

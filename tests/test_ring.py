@@ -34,6 +34,11 @@ def is_compiled(mod) -> bool:
     return not mod.__name__.endswith("_py")
 
 
+def load(mod):
+    """The load loops (ringload) that drive rings of the ring implementation ``mod``."""
+    return pyx.compiled("ringload") if is_compiled(mod) else pyx.twin("ringload")
+
+
 def descs(mod, rows):
     """A DESC_DTYPE array from (op, flags, offset, length, cookie) rows, seq left 0."""
     arr = np.zeros(len(rows), mod.DESC_DTYPE)
@@ -163,8 +168,8 @@ def test_pop_after_batches_reused_a_slot_returns_the_new_descriptor(impl, kind):
     assert ring.push_batch(descs(impl, [(6, 7, 8, 9, 10)])) == 1
     assert ring.pop() == (2, 6, 7, 8, 9, 10)
     assert ring.push(11, 12, 13, 14, 15) == 3
-    assert impl.consume(ring, 1, timeout=1)["last_seq"] == 3     # a nogil pop
-    assert impl.produce(ring, 1, 4, 1, timeout=1) == 1             # a nogil push into the slot
+    assert load(impl).consume(ring, 1, timeout=1)["last_seq"] == 3     # a nogil pop
+    assert load(impl).produce(ring, 1, 4, 1, timeout=1) == 1             # a nogil push into the slot
     assert ring.pop() == (4, 0, 4, 0, 4096, 4 << 48)
 
 
@@ -351,13 +356,13 @@ def run_threads(mod, ring, per_producer, producers, produce_batches, consume_bat
     pushed = [None] * producers
 
     def producer(pid):
-        pushed[pid] = mod.produce(ring, per_producer, pid, produce_batches[pid % len(produce_batches)], timeout)
+        pushed[pid] = load(mod).produce(ring, per_producer, pid, produce_batches[pid % len(produce_batches)], timeout)
 
     threads = [threading.Thread(target=producer, args=(pid,)) for pid in range(producers)]
     for t in threads:
         t.start()
     try:
-        report = mod.consume(ring, per_producer * producers, producers, consume_batch, timeout)
+        report = load(mod).consume(ring, per_producer * producers, producers, consume_batch, timeout)
     finally:
         for t in threads:
             t.join()
@@ -411,7 +416,7 @@ def test_mpsc_python_producers_calling_push(impl):
     for s in seqs:
         assert s == sorted(s) and -1 not in s
     assert sorted(x for s in seqs for x in s) == list(range(1, per * producers + 1))
-    report = impl.consume(ring, per * producers, producers, 128, timeout=5)
+    report = load(impl).consume(ring, per * producers, producers, 128, timeout=5)
     assert_clean(report, [per] * producers, per, producers)
 
 
@@ -445,7 +450,7 @@ def test_mpsc_ten_million_descriptors_from_four_nogil_producers():
 def test_nogil_producer_with_a_python_consumer():
     ring = COMPILED.MPSCRing(64)
     n = 20_000
-    t = threading.Thread(target=COMPILED.produce, args=(ring, n, 3, 8))
+    t = threading.Thread(target=load(COMPILED).produce, args=(ring, n, 3, 8))
     t.start()
     got, out = [], np.zeros(16, COMPILED.DESC_DTYPE)
     try:
@@ -470,7 +475,7 @@ def test_consume_reports_loss_reordering_and_corruption(impl):
     ring.push(1, 0, 1 * 4096, 4096, 1)          # k=1 after k=2: reordered
     ring.push(3, 0, 3 * 4096, 4000, 3)          # after k=1 comes k=2 again: out of order; wrong length
     ring.push(0, 9, 0, 4096, 9 << 48)           # producer 9 of 2: unknown
-    report = impl.consume(ring, 5, producers=2, batch=2, timeout=5)
+    report = load(impl).consume(ring, 5, producers=2, batch=2, timeout=5)
     assert report["count"] == 5
     assert report["seq_errors"] == 0
     assert report["order_errors"] == 4
@@ -481,11 +486,11 @@ def test_consume_reports_loss_reordering_and_corruption(impl):
 @in_child(deadline=60)
 def test_consume_and_produce_give_up_at_the_timeout(impl, kind):
     ring = getattr(impl, kind)(4)
-    report = impl.consume(ring, 10, timeout=0.05)
+    report = load(impl).consume(ring, 10, timeout=0.05)
     assert report["count"] == 0 and report["first_seq"] is None and report["last_seq"] is None
-    assert impl.produce(ring, 10, 0, 1, timeout=0.05) == 4
-    assert impl.produce(ring, 10, 0, 3, timeout=0.05) == 0
-    report = impl.consume(ring, 10, timeout=0.05)
+    assert load(impl).produce(ring, 10, 0, 1, timeout=0.05) == 4
+    assert load(impl).produce(ring, 10, 0, 3, timeout=0.05) == 0
+    report = load(impl).consume(ring, 10, timeout=0.05)
     assert report["count"] == 4 and report["seq_errors"] == 0
 
 
@@ -500,14 +505,31 @@ def test_consume_and_produce_give_up_at_the_timeout(impl, kind):
 ])
 def test_loop_arguments_are_checked(impl, call, exc):
     with pytest.raises(exc):
-        call(impl, impl.SPSCRing(4))
+        call(load(impl), impl.SPSCRing(4))
 
 
 def test_rings_of_the_other_implementation_are_refused(impl):
     for other in pyx.available("ring"):
         if other is not impl:
             with pytest.raises(TypeError, match="SPSCRing or MPSCRing"):
-                impl.consume(other.SPSCRing(4), 1, timeout=0.01)
+                load(impl).consume(other.SPSCRing(4), 1, timeout=0.01)
+
+
+# ---------------------------------------------------------------- one body, loops apart
+
+def test_both_rings_share_one_body(impl):
+    assert impl.SPSCRing.__mro__[1] is impl._Ring and impl.MPSCRing.__mro__[1] is impl._Ring
+    for name in ("push", "pop", "push_batch", "pop_batch", "__len__", "capacity", "next_seq", "__repr__"):
+        assert name not in vars(impl.SPSCRing), f"SPSCRing.{name} is not the shared body's"
+    assert "next_seq" not in vars(impl.MPSCRing)
+
+
+def test_load_loops_live_in_ringload_with_both_implementations():
+    assert [load(mod).__name__ for mod in pyx.available("ring")] == [
+        m.__name__ for m in pyx.available("ringload")]
+    for mod in pyx.available("ring"):
+        assert not hasattr(mod, "produce") and not hasattr(mod, "consume")   # the ring is what the controller uses
+        assert load(mod).MAX_LOOP_BATCH == pyx.twin("ringload").MAX_LOOP_BATCH
 
 
 # ---------------------------------------------------------------- selection

@@ -1,16 +1,16 @@
 """The serial control channel: one line each way, separate from the data path.
 
-Line protocol (DESIGN.md, "Interfaces users rely on"):
+The line protocol is ``firmware/triggers.py``'s (``parse_control_line``, ``COMMANDS``):
 
-    TRIGGER [label]  ->  OK <id> seq=<n>     (sent only once the TRIGGER has split the mirror)
-    STATUS           ->  one line of JSON     (the controller's status())
-    PING             ->  PONG
-    VERIFY [lun] [id] -> one line of JSON: a list of {trigger_id, member, ok, expected, actual,
-                         bad_regions, note}, one per consistent backup (or the one named)
-    anything else    ->  ERR <reason>
+    TRIGGER [ON <lun>] [label]  ->  OK <id> seq=<n>   (sent only once the TRIGGER has split the mirror)
+    STATUS                      ->  one line of JSON   (the controller's status())
+    VERIFY [lun] [id]           ->  one line of JSON: a list of {trigger_id, member, ok, expected,
+                                    actual, bad_regions, note}, one per consistent backup (or the one named)
+    PING                        ->  PONG
+    PIN, UNPIN, RESTORE         ->  ERR (this controller keeps no pins and does no restores)
+    anything else               ->  ERR <reason>
 
-Lines end with LF (CR LF and CR are accepted). Verbs are case-insensitive; a label is the rest of
-the line, trimmed, at most 64 bytes of UTF-8.
+Lines end with LF (CR LF and CR are accepted; blank lines are skipped).
 
 The channel is a pseudo-terminal that ``serve`` creates (its slave path is printed and can be
 linked elsewhere), or any pyserial URL or device. A TRIGGER from here is queued on the
@@ -27,14 +27,11 @@ import tty
 
 import serial
 
+from splitpoint.firmware import triggers
 from splitpoint.firmware.requests import Op
+from splitpoint.firmware.triggers import LINE_MAX
 
 log = logging.getLogger("splitpoint.control")
-
-#: longest accepted line; a longer one is answered with ERR and skipped
-MAX_LINE = 1024
-#: longest TRIGGER label in bytes
-MAX_LABEL = 64
 
 
 class ControlError(Exception):
@@ -60,19 +57,19 @@ class ControlProtocol:
             lf, cr = buf.find(b"\n"), buf.find(b"\r")
             cut = lf if cr < 0 else (cr if lf < 0 else min(lf, cr))
             if cut < 0:
-                if len(buf) > MAX_LINE:
+                if len(buf) > LINE_MAX:
                     buf.clear()
                     if not self._skipping:
                         self._skipping = True
-                        self.reply(f"ERR line longer than {MAX_LINE} bytes")
+                        self.reply(f"ERR line longer than {LINE_MAX} bytes")
                 return
             line = bytes(buf[:cut])
             del buf[:cut + 1]
             if self._skipping:
                 self._skipping = False
                 continue
-            if len(line) > MAX_LINE:
-                self.reply(f"ERR line longer than {MAX_LINE} bytes")
+            if len(line) > LINE_MAX:
+                self.reply(f"ERR line longer than {LINE_MAX} bytes")
                 continue
             self.handle(line)
 
@@ -81,76 +78,73 @@ class ControlProtocol:
 
     def handle(self, raw: bytes):
         try:
-            line = raw.decode("utf-8").strip()
+            line = raw.decode("utf-8")
         except UnicodeDecodeError:
             self.reply("ERR line is not UTF-8")
             return
-        if not line:
+        try:
+            command = triggers.parse_control_line(line)
+        except triggers.ControlSyntaxError as exc:
+            self.reply(triggers.reply_error(exc))
             return
-        verb, _, rest = line.partition(" ")
-        verb = verb.upper()
-        if verb == "PING" and not rest.strip():
+        if command is None:
+            return
+        if isinstance(command, triggers.PingCommand):
             self.reply("PONG")
-        elif verb == "STATUS" and not rest.strip():
+        elif isinstance(command, triggers.StatusCommand):
             try:
                 status = self.ctl.status()
             except Exception as exc:  # answered on the line, never raised into the loop
-                self.reply(f"ERR status failed: {exc}")
+                self.reply(triggers.reply_error(f"status failed: {exc}"))
                 return
-            self.reply(json.dumps(status, separators=(",", ":"), default=str))
-        elif verb == "TRIGGER":
-            self._trigger(rest.strip() or None)
-        elif verb == "VERIFY":
-            self._verify(rest.split())
-        elif verb in ("PING", "STATUS"):
-            self.reply(f"ERR {verb} takes no argument")
+            self.reply(triggers.reply_json(status))
+        elif isinstance(command, triggers.TriggerCommand):
+            self._trigger(command)
+        elif isinstance(command, triggers.VerifyCommand):
+            self._verify(command)
         else:
-            self.reply(f"ERR unknown command {verb[:32]!r}; "
-                       f"expected TRIGGER [label], STATUS, PING or VERIFY [lun] [id]")
+            self.reply(triggers.reply_unsupported(command))
 
-    def _trigger(self, label):
-        if label is not None and len(label.encode()) > MAX_LABEL:
-            self.reply(f"ERR label is {len(label.encode())} bytes; at most {MAX_LABEL}")
+    def _named_lun(self, name):
+        """The LUN called ``name`` (None: this channel's), or None after answering ERR."""
+        if name is None:
+            return self.lun
+        lun = self.ctl.luns.get(name)
+        if lun is None:
+            self.reply(triggers.reply_error(f"no LUN or group named {name!r}; LUNs: {', '.join(self.ctl.luns)}"))
+        return lun
+
+    def _trigger(self, command):
+        lun = self._named_lun(command.target)
+        if lun is None:
             return
         if self.fe.stopping:
             self.reply("ERR server is shutting down")
             return
-        self.fe.submit(None, self.lun, Op.TRIGGER, 0, 0, None, 0, label, self._triggered)
+        self.fe.submit(None, lun, Op.TRIGGER, 0, 0, None, 0, command.label, self._triggered)
 
-    def _verify(self, args):
-        lun = self.lun
-        if args and not args[0].isdigit():
-            lun = self.ctl.luns.get(args[0])
-            if lun is None:
-                self.reply(f"ERR no LUN named {args[0]!r}; LUNs: {', '.join(self.ctl.luns)}")
-                return
-            args = args[1:]
-        if len(args) > 1 or (args and not args[0].isdigit()):
-            self.reply("ERR usage: VERIFY [lun] [trigger id]")
+    def _verify(self, command):
+        lun = self._named_lun(command.name)
+        if lun is None:
             return
-        trigger_id = int(args[0]) if args else None
         # Frozen copies never change, and Controller.verify is safe off the owner thread (it
         # re-checks each member's generation), so a long digest never stalls the data path.
-        task = asyncio.ensure_future(asyncio.to_thread(self.ctl.verify, lun, trigger_id))
+        task = asyncio.ensure_future(asyncio.to_thread(self.ctl.verify, lun, command.trigger_id))
         task.add_done_callback(self._verified)
 
     def _verified(self, task):
         exc = task.exception()
         if exc is not None:
-            self.reply(f"ERR verify failed: {exc}")
+            self.reply(triggers.reply_error(f"verify failed: {exc}"))
             return
-        self.reply(json.dumps([{"trigger_id": r.trigger_id, "member": r.member, "ok": r.ok,
-                                "expected": None if r.expected is None else f"{r.expected:016x}",
-                                "actual": None if r.actual is None else f"{r.actual:016x}",
-                                "bad_regions": r.bad_regions, "note": r.note} for r in task.result()],
-                              separators=(",", ":")))
+        self.reply(triggers.reply_verified(task.result()))
 
     def _triggered(self, completion):
         if completion.error is not None:
-            self.reply(f"ERR trigger failed: {completion.error}")
+            self.reply(triggers.reply_error(f"trigger failed: {completion.error}"))
             return
         result = completion.trigger
-        self.reply(f"OK {result.id} seq={result.seq}")
+        self.reply(triggers.reply_triggered(result.id, result.seq))
 
 
 class PtyControl:

@@ -9,8 +9,11 @@ Exports, for every LUN ``<lun>`` of the controller (``lun0`` on the default):
 - ``<lun>.latest``: the newest consistent frozen backup, read-only, bound when a client connects.
 - ``<lun>.t<id>``: the backup cut by TRIGGER number ``<id>``, read-only, listed while the pool
   keeps it and gone once it is recycled.
-- ``trigger``: the special LUN of the first LUN: a WRITE at offset 0 is a TRIGGER whose label is
-  the written bytes (up to 64, cut at the first NUL); reads return zeros; other writes are ignored.
+- ``trigger`` and ``trigger.<lun>``: the special LUN of the first LUN (of ``<lun>``): a WRITE at
+  offset 0 is a TRIGGER whose label the written bytes carry (``triggers.special_lun_label``);
+  reads return zeros; other writes are ignored.
+
+Which names are trigger exports, and the label rules, are ``firmware/triggers.py``'s.
 
 An export only queues requests through the front end (``FrontEnd.submit``) or asks the controller
 questions its contract answers (backups, allocation). It never touches the HAL or controller state.
@@ -20,16 +23,10 @@ from __future__ import annotations
 import datetime
 import re
 
+from splitpoint.firmware import triggers
 from splitpoint.firmware.frontend import wire
-from splitpoint.firmware.requests import Op
+from splitpoint.firmware.requests import FLAG_FAST_ZERO, FLAG_FUA, FLAG_NO_HOLE, Op
 
-#: controller request flags (docs/internals.md, ring descriptor `flags`)
-REQ_FUA = 1
-REQ_FAST_ZERO = 2
-REQ_NO_HOLE = 4
-
-#: bytes of a special-LUN write that become the label
-LABEL_MAX = 64
 #: size of the special LUN; large enough for any client's first write
 TRIGGER_LUN_SIZE = 1 << 20
 TRIGGER_LUN_BLOCK = 512
@@ -39,25 +36,15 @@ PREFERRED_BLOCK = 4096
 _BACKUP_NAME = re.compile(r"^(?P<lun>[A-Za-z0-9.]+?)\.(?:t(?P<id>[1-9][0-9]*)|(?P<latest>latest))$")
 
 
-def label_from_bytes(data) -> bytes | None:
-    """The TRIGGER label carried by a special-LUN write: its first 64 bytes up to the first NUL.
-
-    The bytes go to the controller as they are (it shows bytes that are not UTF-8 escaped), so a
-    client writing any pattern still cuts a backup.
-    """
-    raw = bytes(data[:LABEL_MAX]).split(b"\0", 1)[0]
-    return raw or None
-
-
 def request_flags(nbd_flags: int) -> int:
     """Controller request flags for NBD command flags."""
     flags = 0
     if nbd_flags & wire.CMD_FLAG_FUA:
-        flags |= REQ_FUA
+        flags |= FLAG_FUA
     if nbd_flags & wire.CMD_FLAG_FAST_ZERO:
-        flags |= REQ_FAST_ZERO
+        flags |= FLAG_FAST_ZERO
     if nbd_flags & wire.CMD_FLAG_NO_HOLE:
-        flags |= REQ_NO_HOLE
+        flags |= FLAG_NO_HOLE
     return flags
 
 
@@ -183,7 +170,7 @@ class TriggerPathExport(LunExport):
     """The special path: a LUN's blocks, each write followed in sequence by a TRIGGER."""
 
     def __init__(self, frontend, lun):
-        super().__init__(frontend, lun, name=f"{lun.name}.trigger",
+        super().__init__(frontend, lun, name=triggers.special_path_export(lun.name),
                          description=(f"{lun.name} special path: the blocks of {lun.name}; every write "
                                       f"is followed in sequence by a TRIGGER"))
         self.fast_lun = None   # every write needs its TRIGGER behind it
@@ -206,15 +193,15 @@ class TriggerPathExport(LunExport):
 class TriggerLunExport(Export):
     """The special LUN: a write at offset 0 is a TRIGGER of ``lun``, its bytes the label."""
 
-    name = "trigger"
     size = TRIGGER_LUN_SIZE
     block_size = TRIGGER_LUN_BLOCK
 
-    def __init__(self, frontend, lun):
+    def __init__(self, frontend, lun, name: str = triggers.TRIGGER_EXPORT):
         self.fe = frontend
         self.lun = lun
+        self.name = name
         self.description = (f"special LUN: a write at offset 0 is a TRIGGER of {lun.name}, "
-                            f"its first {LABEL_MAX} bytes the label")
+                            f"its bytes up to the first NUL (at most {triggers.LABEL_MAX}) the label")
 
     def read(self, conn, cookie, offset, length, flags):
         conn.reply_data(cookie, offset, bytes(length))
@@ -223,7 +210,8 @@ class TriggerLunExport(Export):
         if offset != 0:
             conn.reply_ok(cookie)
             return
-        self.fe.submit(conn, self.lun, Op.TRIGGER, 0, 0, None, 0, label_from_bytes(data), conn.ok_callback(cookie))
+        self.fe.submit(conn, self.lun, Op.TRIGGER, 0, 0, None, 0, triggers.special_lun_label(data),
+                       conn.ok_callback(cookie))
 
     def flush(self, conn, cookie, flags):
         conn.reply_ok(cookie)
@@ -290,28 +278,43 @@ class ExportTable:
         out = []
         for lun in self.luns:
             out.append((lun.name, LunExport(self.fe, lun).description))
-            out.append((f"{lun.name}.trigger", TriggerPathExport(self.fe, lun).description))
+            path = TriggerPathExport(self.fe, lun)
+            out.append((path.name, path.description))
+            if lun is not self.default_lun:   # the first LUN's special LUN is listed once, as "trigger"
+                special = TriggerLunExport(self.fe, lun, triggers.special_lun_export(lun.name))
+                out.append((special.name, special.description))
             backups = self.ctl.backups(lun)
             if backups:
                 newest = backups[0]   # Controller.backups: newest cut first
                 out.append((f"{lun.name}.latest", BackupExport(self.fe, lun, newest, f"{lun.name}.latest").description))
             for info in sorted(backups, key=lambda b: b.trigger_id):
                 out.append((f"{lun.name}.t{info.trigger_id}", describe_backup(lun.name, info)))
-        out.append(("trigger", TriggerLunExport(self.fe, self.default_lun).description))
+        out.append((triggers.TRIGGER_EXPORT, TriggerLunExport(self.fe, self.default_lun).description))
         return out
+
+    def _trigger_export(self, name: str) -> Export | None:
+        target = triggers.trigger_export(name)
+        if target is None:
+            return None
+        lun = self.default_lun if target.name is None else self._lun(target.name)
+        if lun is None:
+            return None
+        if target.kind == triggers.SPECIAL_LUN:
+            return TriggerLunExport(self.fe, lun, name)
+        return TriggerPathExport(self.fe, lun)
 
     def open(self, name: str) -> Export | None:
         """The export called ``name`` ("" is the default), or None when there is none."""
         if name == "":
             return LunExport(self.fe, self.default_lun)
-        if name == "trigger":
-            return TriggerLunExport(self.fe, self.default_lun)
+        if name == triggers.TRIGGER_EXPORT:   # before the LUNs: a LUN called "trigger" keeps <lun>.t<id> only
+            return self._trigger_export(name)
         lun = self._lun(name)
         if lun is not None:
             return LunExport(self.fe, lun)
-        if name.endswith(".trigger"):
-            lun = self._lun(name[: -len(".trigger")])
-            return TriggerPathExport(self.fe, lun) if lun is not None else None
+        special = self._trigger_export(name)
+        if special is not None:
+            return special
         m = _BACKUP_NAME.match(name)
         if m is None:
             return None

@@ -17,13 +17,15 @@ def command(url, timeout, label):
     Prints the server's answer, `OK <id> seq=<n>`, once the mirror has split; the backup is
     then exported read-only as lun0.t<id> (and lun0.latest).
     """
-    from splitpoint.firmware.frontend.control import MAX_LABEL, ControlError, exchange
+    from splitpoint.firmware.frontend.control import ControlError, exchange
+    from splitpoint.firmware.triggers import label_error
 
     if label is not None:
         if "\n" in label or "\r" in label:
             raise click.BadParameter("a label is one line", param_hint="LABEL")
-        if len(label.encode()) > MAX_LABEL:
-            raise click.BadParameter(f"{len(label.encode())} bytes; at most {MAX_LABEL}", param_hint="LABEL")
+        reason = label_error(label)
+        if reason:
+            raise click.BadParameter(reason, param_hint="LABEL")
     try:
         answer = exchange(url, f"TRIGGER {label}" if label else "TRIGGER", timeout)
     except ControlError as exc:
