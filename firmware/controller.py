@@ -31,7 +31,7 @@ from splitpoint.firmware.metadata import IntentLog, MetadataStore
 from splitpoint.firmware.mirror import MirrorPath
 from splitpoint.firmware.pool import (CUTTING, EMPTY, FROZEN, INCONSISTENT, SYNCING, BackupPool,
                                       PoolMember)
-from splitpoint.firmware.requests import (FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
+from splitpoint.firmware.requests import (FLAG_FUA, FLAG_SUB_BLOCK, FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
                                           Completion, Op, TriggerResult, VerifyResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.resync import Sweep, Throttle
@@ -326,6 +326,8 @@ class Controller:
                 try:
                     if type(lun) is not Lun:
                         result = self._execute_backup(lun, op, offset, length)
+                    elif flags & FLAG_SUB_BLOCK:
+                        self._execute_sub_block(lun, op, offset, length, data, flags & ~FLAG_SUB_BLOCK, refused)
                     elif op == _WRITE:
                         if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
                             self._range_error(lun, offset, length, True)
@@ -424,6 +426,65 @@ class Controller:
         del self._intents[lun]
         wi.log.close()
         return None
+
+    def _execute_sub_block(self, lun: Lun, op: int, offset: int, length: int, data, flags: int, refused) -> None:
+        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK).
+
+        Executed here, in its place in the sequence: the partial blocks at either end are read and
+        rewritten whole, so a request sequenced just before or after it is never lost. A TRIM only
+        trims the whole blocks inside its range (a trim is advisory). What goes down the mirror paths
+        is aligned, as always.
+        """
+        if op not in (_WRITE, _TRIM, _ZEROES):
+            raise E.BadRequestError(f"the sub-block flag applies to WRITE, TRIM and WRITE_ZEROES, not opcode {op}")
+        if not length or offset + length > lun.size:
+            self._range_error(lun, offset, length, True)
+        if lun.read_only:
+            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+        if flags & ~FLAGS_KNOWN:
+            raise E.BadRequestError(f"unknown flags {flags:#x}")
+        if op == _WRITE and (data is None or memoryview(data).nbytes != length):
+            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
+        if refused and lun in refused:
+            raise E.MetadataError(refused[lun])
+        bs = lun.block_size
+        end = offset + length
+        start, stop = offset - offset % bs, -(-end // bs) * bs
+        inner0, inner1 = -(-offset // bs) * bs, end - end % bs   # the whole blocks inside the range
+        if op == _TRIM:
+            if inner0 < inner1:
+                lun.apply(_TRIM, inner0, inner1 - inner0, None, flags, lun.epoch)
+            self.counters["trims"] += 1
+            return
+        if op == _WRITE:
+            self._write_whole_blocks(lun, start, stop, offset, data, flags)
+            self.counters["writes"] += 1
+            self.counters["bytes_written"] += length
+            return
+        if inner0 < inner1:
+            lun.apply(_ZEROES, inner0, inner1 - inner0, None, flags, lun.epoch)
+            if offset < inner0:
+                self._write_whole_blocks(lun, start, inner0, offset, bytes(inner0 - offset), flags)
+            if inner1 < end:
+                self._write_whole_blocks(lun, inner1, stop, inner1, bytes(end - inner1), flags)
+        else:
+            self._write_whole_blocks(lun, start, stop, offset, bytes(length), flags)
+        self.counters["zeroes"] += 1
+
+    @staticmethod
+    def _write_whole_blocks(lun: Lun, start: int, stop: int, offset: int, body, flags: int) -> None:
+        """Write ``body`` at ``offset`` as the whole blocks [start, stop): the bytes around it are read first."""
+        bs = lun.block_size
+        end = offset + memoryview(body).nbytes
+        head = tail = b""
+        if offset > start:
+            first = lun.device.read(start, bs)
+            head = first[:offset - start]
+            if end < stop and stop - start == bs:
+                tail = first[end - start:]
+        if end < stop and not tail:
+            tail = lun.device.read(stop - bs, bs)[end - (stop - bs):]
+        lun.apply(_WRITE, start, stop - start, b"".join((head, body, tail)), flags & FLAG_FUA, lun.epoch)
 
     @staticmethod
     def _range_error(lun, offset: int, length: int, writing: bool):

@@ -29,6 +29,9 @@ FLAG_FUA = 1        # the write is durable before it completes
 FLAG_FAST_ZERO = 2  # WRITE_ZEROES: fail rather than write zeros slowly (never slow here)
 FLAG_NO_HOLE = 4    # WRITE_ZEROES: keep the range allocated
 FLAGS_KNOWN = FLAG_FUA | FLAG_FAST_ZERO | FLAG_NO_HOLE
+#: WRITE, TRIM, WRITE_ZEROES: the range need not be block-aligned; the controller reads, modifies and
+#: writes the partial blocks when it executes the request, so it stays one request in the sequence
+FLAG_SUB_BLOCK = 8
 
 #: ops that change the bytes of a LUN (marked in its epoch map, forwarded on the mirror path)
 DATA_OPS = frozenset((Op.WRITE, Op.TRIM, Op.WRITE_ZEROES))

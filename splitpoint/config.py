@@ -46,6 +46,15 @@ class ResyncConfig:
 
 
 @dataclass(frozen=True)
+class NbdConfig:
+    """What the NBD front end allows its clients (``splitpoint serve``)."""
+
+    handshake_timeout: float = 10.0      # seconds from connecting to transmission (0 = no limit)
+    client_inflight: int = 64 << 20      # bytes one client may hold: requests in flight, replies it has not read
+    total_inflight: int = 256 << 20      # the same, every client together
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """An ordered pool of backup LUNs; the first member starts active."""
 
@@ -80,13 +89,17 @@ class Config:
     async_queue_ops: int = 4096         # asynchronous mirror: queued ops before backpressure
     async_queue_bytes: int = 64 << 20   # asynchronous mirror: queued payload bytes before backpressure
     resync: ResyncConfig = field(default_factory=ResyncConfig)
+    nbd: NbdConfig = field(default_factory=NbdConfig)
     source: str = "<default>"           # where it was loaded from, for messages
 
 
-_TOP_KEYS = {"controller", "resync", "lun"}
+_TOP_KEYS = {"controller", "resync", "nbd", "lun"}
 _CONTROLLER_KEYS = {"chunk_size", "ring_capacity", "metadata_dir", "digest_region",
                     "async_queue_ops", "async_queue_bytes"}
 _RESYNC_KEYS = {"rate", "deadline", "slice"}
+_NBD_KEYS = {"handshake_timeout", "client_inflight", "total_inflight"}
+#: the largest NBD request: a client budget must hold one
+_MAX_REQUEST = 64 << 20
 _LUN_KEYS = {"name", "url", "pool", "backup"}
 _POOL_KEYS = {"members", "mirror"}
 _BACKUP_KEYS = {"url", "mirror", "pool"}
@@ -219,6 +232,7 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
     _check_keys(ctl, _CONTROLLER_KEYS, "controller", source)
     rs = doc.get("resync", {})
     _check_keys(rs, _RESYNC_KEYS, "resync", source)
+    nbd = _nbd(doc.get("nbd", {}), source)
     luns_doc = doc.get("lun")
     if isinstance(luns_doc, dict):
         raise ConfigError(f"{source}: 'lun' must be an array of tables: write each LUN as [[lun]] with "
@@ -261,7 +275,26 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
         rkw["deadline"] = float(d)
     if "slice" in rs:
         rkw["slice"] = _size(rs["slice"], "slice", "resync", source, minimum=512)
-    return Config(luns=luns, resync=ResyncConfig(**rkw), source=source, **kw)
+    return Config(luns=luns, resync=ResyncConfig(**rkw), nbd=nbd, source=source, **kw)
+
+
+def _nbd(table, source: str) -> NbdConfig:
+    _check_keys(table, _NBD_KEYS, "nbd", source)
+    kw = {}
+    if "handshake_timeout" in table:
+        t = table["handshake_timeout"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+            raise ConfigError(f"{source}: [nbd] handshake_timeout must be a number of seconds >= 0 (0: no limit), "
+                              f"got {t!r}")
+        kw["handshake_timeout"] = float(t)
+    for key in ("client_inflight", "total_inflight"):
+        if key in table:
+            kw[key] = _size(table[key], key, "nbd", source, minimum=_MAX_REQUEST)
+    cfg = NbdConfig(**kw)
+    if cfg.total_inflight < cfg.client_inflight:
+        raise ConfigError(f"{source}: [nbd] total_inflight ({cfg.total_inflight}) must be at least "
+                          f"client_inflight ({cfg.client_inflight})")
+    return cfg
 
 
 def loads(text: str, source: str = "<string>") -> Config:

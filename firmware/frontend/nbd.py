@@ -7,13 +7,27 @@ otherwise. Replies are gathered per connection and written once per loop turn, a
 end's ``ctl.poll()`` (see ``service.FrontEnd``). A connection never executes I/O itself and
 never blocks the loop.
 
+Memory: every request is charged, from the moment it is parsed until its reply has left the
+transport's buffer, against the connection's budget and the front end's total (a READ or WRITE
+its length, anything else ``_SMALL_COST`` or its reply's size). A request that does not fit stays
+unparsed in the receive buffer and the connection stops reading until enough is released; a
+client that does not read its replies keeps them charged, so it stops itself and no one else. A
+connection holding nothing may always take one request (up to the 64 MiB maximum) if the total
+allows it, or if nothing at all is charged.
+
 Protocol notes (doc/proto.md):
 - the server offers NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES and drops a client that sets
   unknown client flags;
 - options: EXPORT_NAME, ABORT, LIST, INFO, GO (INFO_EXPORT, INFO_BLOCK_SIZE always; INFO_NAME and
   INFO_DESCRIPTION when asked), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT for
   ``base:allocation``; anything else gets NBD_REP_ERR_UNSUP and the handshake goes on;
-- errors: unknown command or flag and unaligned I/O -> EINVAL; past the end -> ENOSPC for writes,
+- a client that negotiated no block size (NBD_OPT_EXPORT_NAME, or NBD_OPT_GO without asking for
+  NBD_INFO_BLOCK_SIZE) may send requests of any alignment: READ, CACHE and BLOCK_STATUS are
+  widened to whole blocks here, WRITE, TRIM and WRITE_ZEROES go to the controller as sub-block
+  requests (it reads, modifies and writes the partial blocks in sequence); for a client that did
+  ask, unaligned I/O is EINVAL;
+- a handshake that has not reached transmission after the front end's handshake timeout is closed;
+- errors: unknown command or flag and unaligned I/O (see above) -> EINVAL; past the end -> ENOSPC for writes,
   EINVAL otherwise; writes to a read-only export -> EPERM; while stopping -> ESHUTDOWN; a READ
   above 64 MiB -> EOVERFLOW with structured replies (EINVAL without); a WRITE above 64 MiB has
   its payload skipped and gets EINVAL;
@@ -45,6 +59,8 @@ _CLIENT_FLAGS, _OPTIONS, _TRANSMISSION, _CLOSED = range(4)
 #: requests in flight on one connection before it stops reading (and resumes below _RESUME)
 _PAUSE_INFLIGHT = 1024
 _RESUME_INFLIGHT = 256
+#: what a request other than READ or WRITE is charged until its reply is out (or its reply's size)
+_SMALL_COST = 4096
 #: reply pieces at least this large are written on their own instead of being joined
 _WRITE_ALONE = 64 << 10
 #: receive buffer per connection, and the free room below which it is compacted before a recv
@@ -99,6 +115,9 @@ _WRITE_CMDS = (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES)
 class NbdConnection(asyncio.BufferedProtocol):
     """One NBD client, from greeting to disconnect."""
 
+    #: what the front end asks the controller for this connection's writes: aligned requests only
+    sub_block = False
+
     def __init__(self, frontend):
         self.fe = frontend
         self.transport = None
@@ -127,6 +146,13 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._disc = False
         self._paused = set()
         self.closed = False
+        self._any_alignment = False    # negotiated no block size: requests of any alignment are served
+        self._held = 0                 # bytes charged (see the module docstring): in flight, queued, unsent
+        self._costs = {}               # cookie -> its charge (a list when a client reuses a cookie in flight)
+        self._out_cost = 0             # the charge of the replies in _out
+        self._unsent = 0               # the charge of replies written while the transport was full
+        self._blocked = None           # the charge of the request waiting for room, while reading is stopped
+        self._handshake_timer = None
 
     # --- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport):
@@ -137,6 +163,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.fe.connections.add(self)
         transport.write(wire.GREETING.pack(wire.NBDMAGIC, wire.IHAVEOPT,
                                            wire.FLAG_FIXED_NEWSTYLE | wire.FLAG_NO_ZEROES))
+        if self.fe.handshake_timeout:
+            self._handshake_timer = self.fe.loop.call_later(self.fe.handshake_timeout, self._handshake_expired)
         log.debug("%s: connected", self.peer)
 
     def connection_lost(self, exc):
@@ -145,6 +173,13 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._fast = None
         self._out.clear()
         self.fe.connections.discard(self)
+        self._stop_handshake_timer()
+        self._blocked = None
+        self.fe.waiting.discard(self)
+        self._costs.clear()
+        held, self._held, self._out_cost, self._unsent = self._held, 0, 0, 0
+        if held:
+            self.fe.release(held)
         if self._inflight:
             log.info("%s: client went away with %d request(s) in flight", self.peer, self._inflight)
         log.debug("%s: disconnected (%s)", self.peer, exc or "clean")
@@ -153,7 +188,11 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._pause("writing")
 
     def resume_writing(self):
+        """The client drained its replies below the low-water mark: their charge is released."""
+        unsent, self._unsent = self._unsent, 0
         self._resume("writing")
+        if unsent:
+            self._release(unsent)
 
     def get_buffer(self, sizehint):
         """Where the transport's next recv_into lands.
@@ -170,7 +209,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self._want >= _LEND_MIN:
             return self._view[self._end:need]
         if len(self._view) - self._end < _MIN_FREE:
-            self._move(len(self._view))
+            # grows only for a transport that delivers while reading is stopped (data_received)
+            self._move(max(len(self._view), self._end - self._start + _MIN_FREE))
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes):
@@ -181,8 +221,12 @@ class NbdConnection(asyncio.BufferedProtocol):
                 done()
             return
         self._end += nbytes
-        if self._end - self._start < self._want:
+        if self._end - self._start < self._want or self._blocked is not None:
             return
+        self._process()
+
+    def _process(self):
+        """Parse what ``[_start, _end)`` holds, then retire or compact the receive buffer."""
         if self._phase == _TRANSMISSION:
             start = self._parse_requests(self._view, self._start, self._end)
         else:
@@ -198,8 +242,6 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._start = self._end = 0
         else:
             self._start = start
-        if self._inflight >= _PAUSE_INFLIGHT:
-            self._pause("inflight")
 
     def data_received(self, data):
         """The same input through the non-buffered interface (any transport, tests)."""
@@ -219,10 +261,6 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._view = _new_buffer(size)
         self._view[:end - start] = left
         self._start, self._end = 0, end - start
-
-    def _check_inflight(self):
-        if self._inflight >= _PAUSE_INFLIGHT:
-            self._pause("inflight")
 
     def eof_received(self):
         return False
@@ -274,14 +312,16 @@ class NbdConnection(asyncio.BufferedProtocol):
             return n  # closed or disconnecting: ignore whatever follows
 
     def _parse_requests(self, buf, pos, n):
-        """Every complete request in ``buf[pos:n]``; READ and WRITE of a LUN take a fast path.
+        """Every complete request in ``buf[pos:n]`` that the memory budget admits; READ and WRITE
+        of a LUN take a fast path.
 
         ``nbdwire.scan`` cuts the complete requests out of the buffer in one call (small WRITE
         payloads copied, large ones lent as slices of the buffer, which is then retired); what
         it leaves to this method is a bad magic or an oversized WRITE at the position it stopped.
-        The fast path is the generic one with the dispatch layers folded in: the same checks
-        (flags, alignment, bounds, not stopping, nothing held back by a full ring), then straight
-        to ``ctl.submit``. Anything it does not take goes through ``_request``.
+        A request the budget does not admit ends parsing at its own position (it is scanned again
+        once room frees). The fast path is the generic one with the dispatch layers folded in: the
+        same checks (flags, alignment, bounds, not stopping, nothing held back by a full ring),
+        then straight to ``ctl.submit``. Anything it does not take goes through ``_request``.
         """
         request = self._request
         fast = self._fast
@@ -291,9 +331,26 @@ class NbdConnection(asyncio.BufferedProtocol):
             partial = functools.partial
         else:
             lun = None
+        costs = self._costs
+        client_bytes, total_bytes = fe.client_bytes, fe.total_bytes
         while True:
-            requests, pos, want = _scan(buf, pos, n, _LEND_MIN, MAX_REQUEST)
+            requests, _stop, want = _scan(buf, pos, n, _LEND_MIN, MAX_REQUEST)
             for cmd, flags, cookie, offset, length, payload in requests:
+                here = pos
+                pos += 28 + length if cmd == CMD_WRITE else 28
+                if cmd != CMD_DISC:     # DISC gets no reply and holds nothing
+                    cost = length if cmd <= CMD_WRITE else _SMALL_COST
+                    held = self._held
+                    if (held and (held + cost > client_bytes or self._inflight >= _PAUSE_INFLIGHT)
+                            or fe.held and fe.held + cost > total_bytes):
+                        self._block(cost)
+                        return here
+                    self._held = held + cost
+                    fe.held += cost
+                    if cookie in costs:
+                        self._charge_again(cookie, cost)
+                    else:
+                        costs[cookie] = cost
                 if (lun is not None and cmd <= CMD_WRITE and not (offset | length) & bsmask and length
                         and offset + length <= size):
                     if cmd == CMD_WRITE:
@@ -330,6 +387,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                 return n
             start = pos + 28
             self._inflight += 1
+            self._charge(cookie, _SMALL_COST)   # its payload is skipped, never held
             skip = min(length, n - start)
             done = functools.partial(self.reply_error, cookie, EINVAL,
                                      f"WRITE of {length} bytes is over the {MAX_REQUEST}-byte limit")
@@ -338,6 +396,87 @@ class NbdConnection(asyncio.BufferedProtocol):
                 return n
             done()
             pos = start + length
+
+    # --- memory budget -------------------------------------------------------------------
+    def _charge(self, cookie, cost):
+        self._held += cost
+        self.fe.held += cost
+        if cookie in self._costs:
+            self._charge_again(cookie, cost)
+        else:
+            self._costs[cookie] = cost
+
+    def _charge_again(self, cookie, cost):
+        """A cookie already in flight (the client breaks the protocol's rule): keep every charge."""
+        prior = self._costs[cookie]
+        self._costs[cookie] = prior + [cost] if type(prior) is list else [prior, cost]
+
+    def _replied(self, cookie, size):
+        """The final reply of ``cookie`` (``size`` bytes) is queued: its charge moves to the output.
+
+        A reply larger than its request's charge is charged the difference. For a reused cookie the
+        smallest of its charges goes, so what stays charged is never less than what is in flight.
+        """
+        cost = self._costs.pop(cookie, 0)
+        if type(cost) is list:
+            cost.remove(least := min(cost))
+            self._costs[cookie] = cost if len(cost) > 1 else cost[0]
+            cost = least
+        if size > cost:
+            self._held += size - cost
+            self.fe.held += size - cost
+            cost = size
+        self._out_cost += cost
+
+    def _release(self, n):
+        self._held -= n
+        self.fe.release(n)   # tries every connection waiting for room, this one included
+
+    def _block(self, cost):
+        """The next request (charged ``cost``) does not fit: stop reading until room frees."""
+        self._blocked = cost
+        self._want = 28
+        self.fe.waiting.add(self)
+        self._pause("budget")
+
+    def try_unblock(self):
+        """Room was released somewhere: resume reading if the waiting request now fits."""
+        cost = self._blocked
+        if cost is None:
+            return
+        fe = self.fe
+        held = self._held
+        if held and (held + cost > fe.client_bytes or self._inflight >= _RESUME_INFLIGHT):
+            return
+        if fe.held and fe.held + cost > fe.total_bytes:
+            return
+        self._blocked = None
+        fe.waiting.discard(self)
+        self._resume("budget")
+        fe.loop.call_soon(self._parse_buffered)
+
+    def _parse_buffered(self):
+        """Room freed: parse the requests that were already received (no new bytes may come)."""
+        if self.closed or self._blocked is not None or self._discard or self._phase != _TRANSMISSION:
+            return
+        if self._end - self._start >= self._want:
+            self._process()
+
+    # --- handshake timeout -------------------------------------------------------------------
+    def _stop_handshake_timer(self):
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _handshake_expired(self):
+        self._handshake_timer = None
+        if self.closed or self._phase not in (_CLIENT_FLAGS, _OPTIONS):
+            return
+        log.warning("%s: handshake not finished within %g s; closing this connection",
+                    self.peer, self.fe.handshake_timeout)
+        self._phase = _CLOSED
+        self.closed = True
+        self.transport.close()
 
     # --- handshake -----------------------------------------------------------------------
     def _opt_reply(self, opt, reply, payload=b""):
@@ -378,6 +517,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         if not self._no_zeroes:
             reply += bytes(124)
         self.transport.write(reply)
+        self._any_alignment = True   # this client cannot have learnt a block size
         self._enter_transmission(name, export)
 
     def _opt_abort(self, opt, data):
@@ -437,6 +577,8 @@ class NbdConnection(asyncio.BufferedProtocol):
                             + export.description.encode("utf-8", "replace")[: wire.MAX_STRING])
         self._opt_reply(opt, wire.REP_ACK)
         if opt == wire.OPT_GO:
+            # the sizes sent bind only a client that asked for them (doc/proto.md, block size constraints)
+            self._any_alignment = wire.INFO_BLOCK_SIZE not in requests
             self._enter_transmission(name, export)
 
     def _parse_meta(self, opt, data):
@@ -497,6 +639,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._opt_reply(opt, wire.REP_ACK)
 
     def _enter_transmission(self, name, export):
+        self._stop_handshake_timer()
         self.export = export
         self._meta_ok = self._meta_ok and self._meta_export == name
         fua = 0 if export.read_only else wire.CMD_FLAG_FUA
@@ -557,7 +700,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                                           f"{export.name!r} ({size} bytes)")
             return
         bs = export.block_size
-        if offset % bs or length % bs:
+        if (offset % bs or length % bs) and not self._any_alignment:
             self.reply_error(cookie, EINVAL, f"{name} [{offset}, +{length}) is not aligned to the "
                                              f"minimum block size {bs}")
             return
@@ -569,7 +712,9 @@ class NbdConnection(asyncio.BufferedProtocol):
             else:
                 self.reply_ok(cookie)
             return
-        if cmd == CMD_READ:
+        if (offset | length) & (bs - 1):
+            self._sub_block(cmd, flags, cookie, offset, length, payload)
+        elif cmd == CMD_READ:
             export.read(self, cookie, offset, length, flags)
         elif cmd == CMD_WRITE:
             export.write(self, cookie, offset, payload, flags)
@@ -582,15 +727,45 @@ class NbdConnection(asyncio.BufferedProtocol):
         else:
             self._block_status(cookie, offset, length, flags)
 
+    def _sub_block(self, cmd, flags, cookie, offset, length, payload):
+        """A request not aligned to the export's block size, from a client that negotiated none."""
+        export = self.export
+        bs = export.block_size
+        start, stop = offset - offset % bs, -(-(offset + length) // bs) * bs
+        if cmd == CMD_READ:
+            export.read(_SubBlock(self, offset, offset - start, length), cookie, start, stop - start, flags)
+        elif cmd == CMD_CACHE:
+            export.cache(self, cookie, start, stop - start, flags)
+        elif cmd == CMD_BLOCK_STATUS:
+            self._block_status(cookie, offset, length, flags)
+        elif cmd == CMD_WRITE:
+            export.write(_SubBlock(self), cookie, offset, payload, flags)
+        elif cmd == CMD_WRITE_ZEROES:
+            export.write_zeroes(_SubBlock(self), cookie, offset, length, flags)
+        else:
+            export.trim(_SubBlock(self), cookie, offset, length, flags)
+
     def _block_status(self, cookie, offset, length, flags):
         if not self._meta_ok:
             self.reply_error(cookie, EINVAL, "BLOCK_STATUS without a metadata context (select base:allocation)")
             return
+        bs = self.export.block_size
+        start = offset - offset % bs       # asked of the export in whole blocks, the head cut off below
         try:
-            extents = self.export.block_status(offset, length)
+            extents = self.export.block_status(start, -(-(offset + length) // bs) * bs - start)
         except Exception as exc:  # a controller error is this request's error, never the loop's
             self.reply_exception(cookie, exc)
             return
+        skip = offset - start
+        while skip and extents:
+            first_len, first_flags = extents[0]
+            if first_len > skip:
+                extents = [(first_len - skip, first_flags)] + extents[1:]
+                break
+            skip -= first_len
+            extents = extents[1:]
+        if not extents:
+            extents = [(length, 0)]
         if flags & wire.CMD_FLAG_REQ_ONE:
             extents = [(min(extents[0][0], length), extents[0][1])]
         else:
@@ -602,7 +777,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                 clipped.append((ext_len, ext_flags))
                 covered += ext_len
             extents = clipped[: 1 << 20]
-        self._send(wire.block_status_chunk(cookie, _META_CONTEXT_ID, extents))
+        self._send(cookie, wire.block_status_chunk(cookie, _META_CONTEXT_ID, extents))
 
     def _disconnect(self):
         """NBD_CMD_DISC: serve what is in flight, then close."""
@@ -620,11 +795,15 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport.close()
 
     # --- replies ------------------------------------------------------------------------------
-    def _send(self, *pieces):
-        """Queue a reply (the final one for its request); the front end writes it this loop turn."""
+    def _send(self, cookie, *pieces):
+        """Queue the final reply of ``cookie``; the front end writes it this loop turn."""
         self._inflight -= 1
         if self.closed:
             return
+        size = 0
+        for piece in pieces:
+            size += len(piece)
+        self._replied(cookie, size)
         out = self._out
         if not out:
             self.fe.mark_dirty(self)
@@ -633,17 +812,15 @@ class NbdConnection(asyncio.BufferedProtocol):
             for piece in pieces:
                 if len(piece) >= _WRITE_ALONE:
                     self._out_big = True
-        if self._paused and self._inflight < _RESUME_INFLIGHT and "inflight" in self._paused:
-            self._resume("inflight")
 
     def reply_ok(self, cookie):
-        self._send(_SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
+        self._send(cookie, _SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
 
     def reply_error(self, cookie, error, message=""):
         if self._structured:
-            self._send(wire.error_chunk(cookie, error, message))
+            self._send(cookie, wire.error_chunk(cookie, error, message))
         else:
-            self._send(wire.simple_reply(cookie, error))
+            self._send(cookie, wire.simple_reply(cookie, error))
         log.debug("%s: cookie %#x: %s %s", self.peer, cookie, wire.ERROR_NAMES.get(error, error), message)
 
     def reply_exception(self, cookie, exc, message=None):
@@ -652,13 +829,13 @@ class NbdConnection(asyncio.BufferedProtocol):
     def reply_data(self, cookie, offset, data):
         if self._structured:
             if not data:
-                self._send(wire.done_chunk(cookie))
+                self._send(cookie, wire.done_chunk(cookie))
                 return
             head = wire.OFFSET_DATA_HEAD.pack(wire.STRUCTURED_REPLY_MAGIC, wire.REPLY_FLAG_DONE,
                                               wire.REPLY_TYPE_OFFSET_DATA, cookie, 8 + len(data), offset)
         else:
             head = _SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie)
-        self._send(head, data)
+        self._send(cookie, head, data)
 
     def _on_ok(self, cookie, completion):
         if completion.error is None:
@@ -668,10 +845,16 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def _on_write(self, cookie, completion):
         """Completion of a fast-path WRITE: the common case without a call per layer."""
-        if completion.error is not None or self.closed or self._paused:
+        if completion.error is not None or self.closed:
             self._on_ok(cookie, completion)
             return
         self._inflight -= 1
+        cost = self._costs.pop(cookie, 0)
+        if type(cost) is list:           # a reused cookie: the general bookkeeping
+            self._costs[cookie] = cost
+            self._replied(cookie, 16)
+        else:
+            self._out_cost += cost
         out = self._out
         if not out:
             self.fe.mark_dirty(self)
@@ -680,14 +863,15 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _on_read(self, cookie, offset, completion):
         if completion.error is not None:
             self.reply_exception(cookie, completion.error)
-        elif self._structured or self.closed or self._paused:
+        elif self._structured or self.closed:
             self.reply_data(cookie, offset, completion.data)
         else:
             self._inflight -= 1
+            data = completion.data
+            self._replied(cookie, len(data))
             out = self._out
             if not out:
                 self.fe.mark_dirty(self)
-            data = completion.data
             out.append(_SIMPLE_OK.pack(_SIMPLE_MAGIC, 0, cookie))
             out.append(data)
             if len(data) >= _WRITE_ALONE:
@@ -705,7 +889,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         """Write every queued reply; called by the front end once per loop turn.
 
         Small pieces are joined into one write; a large one (READ data) is written on its own,
-        so it is never copied into a join.
+        so it is never copied into a join. The replies' charge is released once the transport
+        takes them below its high-water mark, or later, when it drains (``resume_writing``).
         """
         out = self._out
         if not out or self.closed:
@@ -729,7 +914,11 @@ class NbdConnection(asyncio.BufferedProtocol):
                 write(b"".join(small) if len(small) > 1 else small[0])
             self._out_big = False
         out.clear()
-        self._check_inflight()
+        cost, self._out_cost = self._out_cost, 0
+        if "writing" in self._paused:
+            self._unsent += cost
+        elif cost:
+            self._release(cost)
         if self._disc and not self._inflight:
             self.transport.close()
 
@@ -753,6 +942,53 @@ class NbdConnection(asyncio.BufferedProtocol):
                 self.transport.close()
         else:
             self._disc = True
+
+
+class _SubBlock:
+    """The connection as an export sees it for one request that is not aligned to the export's block.
+
+    A READ is asked of the export in whole blocks and its reply cut to the bytes the client asked
+    for (``offset``, ``skip`` bytes into the blocks, ``length`` bytes). A WRITE, TRIM or
+    WRITE_ZEROES goes to the export as it came: ``sub_block`` makes the front end submit it to the
+    controller as a sub-block request, which reads, modifies and writes the partial blocks in
+    sequence. Every reply goes to the connection under the client's cookie.
+    """
+
+    __slots__ = ("conn", "offset", "skip", "length")
+    sub_block = True
+
+    def __init__(self, conn, offset=0, skip=0, length=0):
+        self.conn, self.offset, self.skip, self.length = conn, offset, skip, length
+
+    def _pause(self, why):
+        self.conn._pause(why)
+
+    def _resume(self, why):
+        self.conn._resume(why)
+
+    def ok_callback(self, cookie):
+        return self.conn.ok_callback(cookie)
+
+    def read_callback(self, cookie, offset):
+        return functools.partial(self._on_read, cookie)
+
+    def _on_read(self, cookie, completion):
+        if completion.error is not None:
+            self.conn.reply_exception(cookie, completion.error)
+        else:
+            self.reply_data(cookie, self.offset, completion.data)
+
+    def reply_data(self, cookie, offset, data):
+        self.conn.reply_data(cookie, self.offset, bytes(memoryview(data)[self.skip:self.skip + self.length]))
+
+    def reply_ok(self, cookie):
+        self.conn.reply_ok(cookie)
+
+    def reply_error(self, cookie, error, message=""):
+        self.conn.reply_error(cookie, error, message)
+
+    def reply_exception(self, cookie, exc, message=None):
+        self.conn.reply_exception(cookie, exc, message)
 
 
 _OPTION_HANDLERS = {

@@ -7,6 +7,10 @@ executes the batch and runs the completion callbacks, which queue replies on the
 then every connection with replies writes them in one go. Submissions from other threads (an API
 user, a serial reader) reach the loop through ``ctl.wakeup`` -> ``call_soon_threadsafe``.
 
+The front end also keeps the NBD clients' memory budget: the bytes every connection holds
+(requests in flight, replies not yet drained; see ``nbd``) against a total, and the connections
+waiting for room. And it gives a handshake a deadline.
+
 The front end only queues and asks the controller what its contract answers; it never reaches
 into controller state.
 """
@@ -21,20 +25,39 @@ import threading
 from splitpoint.firmware.errors import QueueFullError, ShuttingDownError
 from splitpoint.firmware.frontend.exports import ExportTable
 from splitpoint.firmware.frontend.nbd import NbdConnection
-from splitpoint.firmware.requests import Completion
+from splitpoint.firmware.requests import FLAG_SUB_BLOCK, Completion, Op
 
 log = logging.getLogger("splitpoint.frontend")
 
 #: descriptors drained per ctl.poll(); a full batch means "poll again next turn"
 POLL_BATCH = 256
+#: bytes one NBD connection may hold (requests in flight and replies its client has not read)
+CLIENT_BYTES = 64 << 20
+#: ... and all of them together
+TOTAL_BYTES = 256 << 20
+#: seconds a client has from connecting to the end of its handshake (0: no limit)
+HANDSHAKE_TIMEOUT = 10.0
+
+_SUB_BLOCK_OPS = (Op.WRITE, Op.TRIM, Op.WRITE_ZEROES)
 
 
 class FrontEnd:
     """Runs the controller on the asyncio loop thread and serves NBD clients from it."""
 
-    def __init__(self, ctl, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, ctl, loop: asyncio.AbstractEventLoop | None = None, *, client_bytes: int = CLIENT_BYTES,
+                 total_bytes: int = TOTAL_BYTES, handshake_timeout: float = HANDSHAKE_TIMEOUT):
+        if client_bytes < 1 or total_bytes < client_bytes:
+            raise ValueError(f"NBD memory budget: {client_bytes} bytes per client and {total_bytes} in total; "
+                             f"each must be positive and the total at least the per-client budget")
+        if handshake_timeout < 0:
+            raise ValueError(f"handshake timeout {handshake_timeout} s: use 0 for none or a positive number")
         self.ctl = ctl
         self.loop = loop or asyncio.get_running_loop()
+        self.client_bytes = client_bytes
+        self.total_bytes = total_bytes
+        self.handshake_timeout = handshake_timeout
+        self.held = 0                                  # bytes every connection holds, together
+        self.waiting: set[NbdConnection] = set()       # connections stopped until room frees
         self.connections: set[NbdConnection] = set()
         self.stopping = False
         self.exports = ExportTable(self)
@@ -111,13 +134,26 @@ class FrontEnd:
         self._background = None
         self.kick()
 
+    def release(self, n: int):
+        """``n`` charged bytes left the front end: the connections waiting for room try again."""
+        self.held -= n
+        if self.waiting:
+            for conn in list(self.waiting):
+                conn.try_unblock()
+
     def backlogged(self) -> bool:
         """Requests are held back because the ring was full: new ones must queue behind them."""
         return bool(self._backlog)
 
     # --- submissions --------------------------------------------------------------------------
     def submit(self, conn, lun, op, offset, length, data, flags, label, callback):
-        """Queue one request on the controller; when its ring is full, hold it (in order) and pause ``conn``."""
+        """Queue one request on the controller; when its ring is full, hold it (in order) and pause ``conn``.
+
+        A ``conn`` that is ``sub_block`` (a request not aligned to its block, see ``nbd``) has its
+        WRITE, TRIM and WRITE_ZEROES executed by the controller as sub-block requests.
+        """
+        if conn is not None and conn.sub_block and op in _SUB_BLOCK_OPS:
+            flags |= FLAG_SUB_BLOCK
         if not self._backlog:
             try:
                 self.ctl.submit(lun, op, offset, length, data, flags, label, callback)
@@ -218,10 +254,12 @@ class Service:
 
     @classmethod
     async def start(cls, ctl, listen: tuple[str, int] | None = ("127.0.0.1", 10809), socket_path: str | None = None,
-                    control_url: str | None = None, control_link: str | None = None, control: bool = True):
+                    control_url: str | None = None, control_link: str | None = None, control: bool = True,
+                    client_bytes: int = CLIENT_BYTES, total_bytes: int = TOTAL_BYTES,
+                    handshake_timeout: float = HANDSHAKE_TIMEOUT):
         from splitpoint.firmware.frontend.control import open_channel
 
-        fe = FrontEnd(ctl)
+        fe = FrontEnd(ctl, client_bytes=client_bytes, total_bytes=total_bytes, handshake_timeout=handshake_timeout)
         endpoints = []
         try:
             if listen is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,11 +28,13 @@ def _banner(ctl, service) -> list[str]:
     return lines
 
 
-async def _serve(ctl, listen, socket_path, control_url, control_link):
+async def _serve(ctl, listen, socket_path, control_url, control_link, nbd):
     from splitpoint.firmware.frontend.service import Service
 
     service = await Service.start(ctl, listen=listen, socket_path=socket_path,
-                                  control_url=control_url, control_link=control_link)
+                                  control_url=control_url, control_link=control_link,
+                                  handshake_timeout=nbd.handshake_timeout, client_bytes=nbd.client_inflight,
+                                  total_bytes=nbd.total_inflight)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,8 +95,11 @@ def _run_loop(main):
               help="Also make PATH a symlink to the new control pty.")
 @click.option("--control", "control_url", default=None, metavar="URL",
               help="Use this pyserial URL or device as the control channel instead of a new pty.")
+@click.option("--handshake-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Close an NBD connection whose handshake has not finished after SECONDS "
+                   "(default 10, or [nbd] handshake_timeout; 0: no limit).")
 @click.option("-v", "--verbose", count=True, help="Log more (-v: connections, -vv: every error reply).")
-def command(config_path, listen, socket_path, control_link, control_url, verbose):
+def command(config_path, listen, socket_path, control_link, control_url, handshake_timeout, verbose):
     """Serve LUNs over NBD with a TRIGGER control channel, until SIGINT or SIGTERM.
 
     \b
@@ -120,9 +126,12 @@ def command(config_path, listen, socket_path, control_link, control_url, verbose
         ctl = Controller.from_config(cfg)
     except Exception as exc:  # a backend that cannot open, metadata from another config...
         raise click.ClickException(f"cannot start the controller: {exc}") from None
+    nbd = cfg.nbd
+    if handshake_timeout is not None:
+        nbd = dataclasses.replace(nbd, handshake_timeout=handshake_timeout)
     _keep_large_buffers_on_the_heap()
     try:
-        _run_loop(_serve(ctl, address, socket_path, control_url, control_link))
+        _run_loop(_serve(ctl, address, socket_path, control_url, control_link, nbd))
     except OSError as exc:
         ctl.close()
         raise click.ClickException(f"cannot serve: {exc}") from None
