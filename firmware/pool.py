@@ -16,9 +16,17 @@ Member states:
   cutting       frozen at a TRIGGER while it was still syncing: pending chunks are copied from the
                 source before any later write overwrites them (copy-on-write) and by the background
                 sweep; becomes frozen when none are left. Never reported as a backup before that.
-  inconsistent  contents unknown (crash, device error, a TRIGGER that could not be cut exactly)
+  inconsistent  contents unknown (crash, device error, a TRIGGER that could not be cut exactly, a board
+                that lost its medium)
+
+Each member remembers its device's ``incarnation`` when its bytes became what the pool
+believes them to be (activation, resync, cut). A device whose incarnation moved on lost
+its medium (a board that restarted): a frozen or cutting member is demoted, an active one
+starts a full resync, a spare one resyncs in full at its next activation.
 """
 from __future__ import annotations
+
+import logging
 
 from splitpoint.firmware.lun import ram_buffer
 from splitpoint.firmware.manifest import Manifest, RegionHasher
@@ -34,6 +42,8 @@ CUTTING = "cutting"
 INCONSISTENT = "inconsistent"
 STATES = (EMPTY, ACTIVE, SYNCING, FROZEN, CUTTING, INCONSISTENT)
 
+log = logging.getLogger("splitpoint.pool")
+
 _WRITE = int(Op.WRITE)
 _TRIM = int(Op.TRIM)
 
@@ -42,7 +52,7 @@ class PoolMember:
     """One backup LUN of a pool."""
 
     __slots__ = ("pool", "index", "url", "device", "buf", "state", "since", "sweep", "manifest", "hasher",
-                 "last_active", "generation", "proven", "error")
+                 "last_active", "generation", "proven", "error", "incarnation")
 
     def __init__(self, pool, index: int, url: str, device, since: int = 0):
         self.pool = pool
@@ -59,6 +69,7 @@ class PoolMember:
         self.generation = 0             # +1 each time it is recycled, so readers notice
         self.proven = False             # manifest with digest persisted after the data was flushed
         self.error: str | None = None
+        self.incarnation = device.incarnation   # the device's incarnation the pool's view of its bytes holds for
 
     @property
     def name(self) -> str:
@@ -88,6 +99,8 @@ class PoolMember:
             doc["resync"] = self.sweep.progress()
         if self.error:
             doc["error"] = self.error
+        if self.device.link_down:
+            doc["link_down"] = True
         return doc
 
 
@@ -165,6 +178,7 @@ class BackupPool:
 
     def trigger(self, event) -> None:
         """The TRIGGER reached the backup side: freeze the active member, rotate to the LRU one."""
+        self.check_devices(cutting=True)
         a = self.active
         if a is not None:
             self.active = None
@@ -196,6 +210,9 @@ class BackupPool:
             since = m.since
         else:
             since = 0
+        if m.device.incarnation != m.incarnation:
+            since = 0           # its medium was lost since the pool last knew its bytes: copy everything
+        m.incarnation = m.device.incarnation
         m.generation += 1
         m.manifest = None
         m.hasher = None
@@ -256,6 +273,36 @@ class BackupPool:
     def _member_failed(self, m: PoolMember, exc) -> None:
         self.demote(m, f"device error: {exc}")
 
+    def check_devices(self, cutting: bool = False) -> None:
+        """Act on every member whose device lost its medium since the pool last knew its bytes.
+
+        ``cutting``: a TRIGGER is about to freeze the active member. It can still be cut (as a member
+        mid-resync is) when the source sits exactly at the TRIGGER; otherwise that cut is not a backup."""
+        for m in self.members:
+            inc = m.device.incarnation
+            if inc == m.incarnation:
+                continue
+            why = f"its device lost its medium (board reset: incarnation {m.incarnation} -> {inc})"
+            m.incarnation = inc
+            if m is self.active:
+                if cutting and self.upstream is not None and not self.upstream.sync and len(self.upstream):
+                    # the source already applied writes queued after this TRIGGER: it cannot be rebuilt
+                    self._make_inconsistent(m, why)
+                    log.warning("%s: %s; the next cut is not a backup", m.name, why)
+                else:
+                    log.warning("%s: %s; full resync", m.name, why)
+                m.since = 0
+                m.sweep = Sweep(self.source.epochs, 0, deadline=self.throttle.deadline)
+                if m.state != INCONSISTENT:
+                    m.state = SYNCING
+                self.on_change(self, True)
+            elif m.state in (FROZEN, CUTTING):
+                log.warning("%s: backup t%s demoted: %s", m.name, m.manifest.trigger_id, why)
+                self.demote(m, why)
+            else:
+                m.since = 0     # a spare: its next activation copies everything
+                self.on_change(self, False)
+
     # -- background work -----------------------------------------------------------------
     def has_background(self) -> bool:
         if self.active is not None and self.active.sweep is not None:
@@ -266,6 +313,7 @@ class BackupPool:
         """One bounded slice of resync, cut completion and digest work; returns bytes moved or hashed.
 
         ``force`` ignores the throttle (finishing everything now, e.g. before a test compares)."""
+        self.check_devices()
         work = 0
         src = self.source.device
         a = self.active
@@ -329,6 +377,9 @@ class BackupPool:
 
     def _digested(self, m: PoolMember) -> None:
         from splitpoint.firmware.manifest import combine
+        self.check_devices()
+        if m.state != FROZEN:
+            return      # demoted while it was hashed: those bytes are not the cut's
         m.manifest.regions = m.hasher.regions
         m.manifest.digest = combine(m.hasher.regions)
         m.hasher = None
@@ -350,8 +401,9 @@ class BackupPool:
 
     # -- reporting -------------------------------------------------------------------------
     def backups(self) -> list[PoolMember]:
-        """Consistent frozen members, newest TRIGGER first."""
-        out = [m for m in self.members if m.state == FROZEN]
+        """Consistent frozen members, newest TRIGGER first. Safe off the owner thread (verify): a member
+        whose device lost its medium is left out here and demoted by the owner's next check_devices()."""
+        out = [m for m in self.members if m.state == FROZEN and m.device.incarnation == m.incarnation]
         out.sort(key=lambda m: m.manifest.trigger_id, reverse=True)
         return out
 
@@ -362,6 +414,7 @@ class BackupPool:
         return "syncing" if a.sweep is not None else "mirroring"
 
     def status(self, now: float) -> dict:
+        self.check_devices()
         return {"name": self.name, "source": self.source.name, "state": self.state(),
                 "mirror": None if self.upstream is None else self.upstream.mode,
                 "queue_depth": 0 if self.upstream is None else len(self.upstream),

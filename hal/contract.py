@@ -63,6 +63,10 @@ class BlockDevice:
     block_size: int = 512
     #: True when writes, trims and zeroing are refused
     read_only: bool = False
+    #: grows each time the medium may have lost its contents (a board reset); constant for ram:// and file://
+    incarnation: int = 0
+    #: True while the device cannot be reached (a board unplugged or restarting); I/O waits or fails meanwhile
+    link_down: bool = False
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset``."""

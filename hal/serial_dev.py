@@ -467,6 +467,7 @@ class SerialDevice(BlockDevice):
             return
         self.stats["reconnects"] += 1
         if not resumed:
+            self.incarnation += 1  # a new session: the board may have lost its medium (the pool re-checks it)
             err = BoardResetError(f"board on {self.port_url!r} lost its session (reset or power loss): this "
                                   f"request may or may not have been applied")
             self._fail_all(lambda req: err)
@@ -639,6 +640,11 @@ class SerialDevice(BlockDevice):
                 port.close()
             except Exception:
                 pass
+
+    @property
+    def link_down(self) -> bool:
+        """True from a lost link until the next handshake (the board unplugged, restarting or silent)."""
+        return not self._up and not self._closed
 
     def describe(self):
         board = f"{self.info.board_id} " if self.info else ""

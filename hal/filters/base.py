@@ -85,6 +85,14 @@ class DeviceFilter(BlockDevice):
         self.read_only = next_device.read_only
         self.count = 0  # I/Os this filter acted on
 
+    @property
+    def incarnation(self) -> int:
+        return self.next.incarnation   # a filter never hides that the medium below was reset
+
+    @property
+    def link_down(self) -> bool:
+        return self.next.link_down
+
     def read(self, offset, length):
         return self.next.read(offset, length)
 
