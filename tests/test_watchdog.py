@@ -11,13 +11,13 @@ from tests.watchdog import in_child
 
 
 def test_a_nogil_loop_that_never_ends_is_killed_at_the_deadline():
-    ring_mod = pyx.select("ring")
-    ring = ring_mod.MPSCRing(4)
+    ring = pyx.select("ring").MPSCRing(4)
+    load = pyx.select("ringload")
 
     @in_child(deadline=2)
     def stuck():
         # a consumer thread spinning (without the GIL when compiled) on a ring nobody fills
-        t = threading.Thread(target=ring_mod.consume, args=(ring, 1, 1, 1, 1e9))
+        t = threading.Thread(target=load.consume, args=(ring, 1, 1, 1, 1e9))
         t.start()
         t.join()
     with pytest.raises(pytest.fail.Exception, match="did not end within 2 s"):
