@@ -131,8 +131,12 @@ def test_each_chunks_intent_is_durable_before_its_data_is_written(tmp_path, monk
     ctl = settled_controller(tmp_path)
     try:
         lun = ctl.luns["lun0"]
-        check = IntentOnDiskCheck(lun.device, ctl, lun, SyncLedger(monkeypatch))
+        ledger = SyncLedger(monkeypatch)
+        check = IntentOnDiskCheck(lun.device, ctl, lun, ledger)
         lun.device = check
+        active = lun.pools[0].active
+        mirror_check = IntentOnDiskCheck(active.device, ctl, lun, ledger)   # and before the mirror write
+        active.device = mirror_check
         # single requests, then one batch holding several (one intent update covers the batch)
         for i, (off, ln) in enumerate(SPANS[:2]):
             ctl.write("lun0", off, bytes([0x40 + i]) * ln)
@@ -145,8 +149,11 @@ def test_each_chunks_intent_is_durable_before_its_data_is_written(tmp_path, monk
         while len(done) < 3:
             ctl.poll()
         assert all(c.error is None for c in done)
-        assert check.checked == sum(len(chunks_of(o, n)) for o, n in SPANS[:2] + SPANS[1:])
+        expect = sum(len(chunks_of(o, n)) for o, n in SPANS[:2] + SPANS[1:])
+        assert check.checked == expect and mirror_check.checked == expect
         assert check.undeclared == [], f"data written before its chunk's intent was durable: {check.undeclared}"
+        assert mirror_check.undeclared == [], \
+            f"mirror written before the chunk's intent was durable: {mirror_check.undeclared}"
     finally:
         ctl.close()
 
