@@ -9,7 +9,9 @@ while a member is still resyncing). Checked after every step:
 - every extent `allocation()` reports zero reads as zeros in the reference;
 - every backup the controller reports as consistent equals the reference
   snapshot of exactly the prefix before its TRIGGER (no false backups);
-and at the end, after the background work settles:
+A rare example also carries a long stream (over a thousand writes, checked pass by pass), so an
+event of one in a thousand (a mirror write lost) happens within one example. And at the end,
+after the background work settles:
 - each pool holds the newest TRIGGERs it should (its rotation is LRU);
 - each active member and the primary backup LUN equal their source.
 """
@@ -31,6 +33,10 @@ SIZE = 64 << 10
 BLOCK = 512
 NBLOCKS = SIZE // BLOCK
 EXAMPLES = int(os.environ.get("SPLITPOINT_MODEL_EXAMPLES", "1000"))
+#: writes in a long stream (over a thousand: rare events such as one op in 1000 lost must show) ...
+LONG_WRITES = 1024
+#: ... carried by about one example in this many (they cost ~50 ms each)
+LONG_ODDS = 25
 
 
 def model_config(pool_size: int, chunk: int, mirror: str, layout: str, pool_mirror: str, slice_chunks: int,
@@ -84,8 +90,9 @@ class ControllerModel(RuleBasedStateMachine):
     @initialize(pool_size=st.integers(1, 4), chunk=st.sampled_from([512, 1024, 4096, 16384]),
                 mirror=st.sampled_from(["sync", "async"]), pool_mirror=st.sampled_from(["sync", "async"]),
                 layout=st.sampled_from(["local", "local", "cascade", "both"]),
-                slice_chunks=st.integers(1, 4), queue_ops=st.sampled_from([2, 8, 1024]))
-    def setup(self, pool_size, chunk, mirror, pool_mirror, layout, slice_chunks, queue_ops):
+                slice_chunks=st.integers(1, 4), queue_ops=st.sampled_from([2, 8, 1024]),
+                long_stream=st.integers(0, LONG_ODDS - 1))
+    def setup(self, pool_size, chunk, mirror, pool_mirror, layout, slice_chunks, queue_ops, long_stream):
         self.ctl = Controller.from_config(model_config(pool_size, chunk, mirror, layout, pool_mirror,
                                                        slice_chunks, queue_ops))
         self.ref = ReferenceLun(SIZE)
@@ -94,6 +101,7 @@ class ControllerModel(RuleBasedStateMachine):
         self.seen_consistent: set[int] = set()
         self.states_seen: set[str] = set()
         self.steps = 0
+        self.long_stream_due = long_stream == 0   # about one example in LONG_ODDS carries a long stream
 
     def _clip(self, block, nblocks):
         nblocks = min(nblocks, NBLOCKS - block)
@@ -165,6 +173,32 @@ class ControllerModel(RuleBasedStateMachine):
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
         ids = [c.trigger.id for c in done if c.trigger is not None]
         assert ids == list(range(self.ref.triggers - len(ids) + 1, self.ref.triggers + 1))
+
+    # -- a rare long stream: enough writes that an event of one in a thousand happens ---------------
+    @precondition(lambda self: self.ctl is not None and self.long_stream_due)
+    @rule(seed=st.integers(0, 1 << 30), passes=st.integers(LONG_WRITES // NBLOCKS, LONG_WRITES // NBLOCKS + 2))
+    def long_stream(self, seed, passes):
+        """At least LONG_WRITES one-block writes from a seed (cheap to draw), in bursts drained in
+        batches; each pass writes every block once, so nothing in a pass overwrites a write lost on a
+        mirror path, and each pass ends with the settled checks (members equal their source)."""
+        self.long_stream_due = False
+        rng = random.Random(seed)
+        self.ctl.settle()
+        done = []
+        for _ in range(passes):
+            order = list(range(NBLOCKS))
+            rng.shuffle(order)
+            for i in range(0, NBLOCKS, 48):   # a burst fits in the ring (capacity 64)
+                want = len(done) + len(order[i:i + 48])
+                for block in order[i:i + 48]:
+                    data = rng.randbytes(BLOCK)
+                    self.ctl.submit("lun0", Op.WRITE, block * BLOCK, data=data, callback=done.append)
+                    self.ref.apply(WRITE, block * BLOCK, data)
+                while len(done) < want:
+                    self.ctl.poll(rng.randint(1, 64))
+            assert all(c.error is None for c in done), [c.error for c in done if c.error]
+            self._settled_checks()
+        event("long stream")
 
     # -- invariants ------------------------------------------------------------------------------
     @invariant()

@@ -2,7 +2,7 @@
 every chunk a write touches, and a crash between the two leaves a restart that resyncs it.
 
 - in process: a filter on the primary reads the intent log from disk at every data write and
-  records each chunk written that the durable set does not name;
+  records each chunk written that the durable set does not name (or whose record is not synced);
 - in process: multi-chunk writes that start off a chunk boundary, a crash (nothing persisted)
   with the member missing them, a restart: the member equals the primary;
 - real processes: `splitpoint serve` with a file primary armed with ``faults=kill=1`` dies by
@@ -56,18 +56,43 @@ def chunks_of(offset: int, length: int) -> range:
     return range(offset // CHUNK, (offset + length - 1) // CHUNK + 1)
 
 
+class SyncLedger:
+    """Descriptors written with pwrite and not synced since (fdatasync or fsync)."""
+
+    def __init__(self, monkeypatch):
+        self.unsynced: set[int] = set()
+        real_pwrite, real_fdatasync, real_fsync = os.pwrite, os.fdatasync, os.fsync
+
+        def pwrite(fd, data, offset):
+            self.unsynced.add(fd)
+            return real_pwrite(fd, data, offset)
+
+        def synced(real):
+            def sync(fd):
+                real(fd)
+                self.unsynced.discard(fd)
+            return sync
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        monkeypatch.setattr(os, "fdatasync", synced(real_fdatasync))
+        monkeypatch.setattr(os, "fsync", synced(real_fsync))
+
+
 class IntentOnDiskCheck(DeviceFilter):
     """At each data write, the durable intent record must already name every chunk written."""
 
-    def __init__(self, next_device, ctl, lun):
+    def __init__(self, next_device, ctl, lun, ledger: SyncLedger):
         super().__init__(next_device, None)
         self.ctl = ctl
         self.lun = lun
+        self.ledger = ledger
         self.undeclared: list[tuple[str, int]] = []   # (op, chunk) written before its intent was durable
+                                                        # (chunk -1: the record was not synced yet)
         self.checked = 0
 
     def _check(self, what, offset, length):
         wi = self.ctl._intents[self.lun]
+        if wi.log._fd in self.ledger.unsynced:   # the record is written but not yet durable
+            self.undeclared.append((what, -1))
         raw = IntentLog(wi.log.path, wi.log.nbytes).read(wi.maps_generation)   # what a restart would read
         bits = None if raw is None else pyx.select("epochmap").ChunkBitmap.from_bytes(SIZE, CHUNK, raw)
         for c in chunks_of(offset, length):
@@ -102,12 +127,16 @@ def settled_controller(d) -> Controller:
     return ctl
 
 
-def test_each_chunks_intent_is_durable_before_its_data_is_written(tmp_path):
+def test_each_chunks_intent_is_durable_before_its_data_is_written(tmp_path, monkeypatch):
     ctl = settled_controller(tmp_path)
     try:
         lun = ctl.luns["lun0"]
-        check = IntentOnDiskCheck(lun.device, ctl, lun)
+        ledger = SyncLedger(monkeypatch)
+        check = IntentOnDiskCheck(lun.device, ctl, lun, ledger)
         lun.device = check
+        active = lun.pools[0].active
+        mirror_check = IntentOnDiskCheck(active.device, ctl, lun, ledger)   # and before the mirror write
+        active.device = mirror_check
         # single requests, then one batch holding several (one intent update covers the batch)
         for i, (off, ln) in enumerate(SPANS[:2]):
             ctl.write("lun0", off, bytes([0x40 + i]) * ln)
@@ -120,8 +149,11 @@ def test_each_chunks_intent_is_durable_before_its_data_is_written(tmp_path):
         while len(done) < 3:
             ctl.poll()
         assert all(c.error is None for c in done)
-        assert check.checked == sum(len(chunks_of(o, n)) for o, n in SPANS[:2] + SPANS[1:])
+        expect = sum(len(chunks_of(o, n)) for o, n in SPANS[:2] + SPANS[1:])
+        assert check.checked == expect and mirror_check.checked == expect
         assert check.undeclared == [], f"data written before its chunk's intent was durable: {check.undeclared}"
+        assert mirror_check.undeclared == [], \
+            f"mirror written before the chunk's intent was durable: {mirror_check.undeclared}"
     finally:
         ctl.close()
 
