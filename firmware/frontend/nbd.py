@@ -333,6 +333,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             lun = None
         costs = self._costs
         client_bytes, total_bytes = fe.client_bytes, fe.total_bytes
+        # the charges, kept in locals over the fast path and written back before anything else runs
+        held, all_held = self._held, fe.held
         while True:
             requests, _stop, want = _scan(buf, pos, n, _LEND_MIN, MAX_REQUEST)
             for cmd, flags, cookie, offset, length, payload in requests:
@@ -340,13 +342,13 @@ class NbdConnection(asyncio.BufferedProtocol):
                 pos += 28 + length if cmd == CMD_WRITE else 28
                 if cmd != CMD_DISC:     # DISC gets no reply and holds nothing
                     cost = length if cmd <= CMD_WRITE else _SMALL_COST
-                    held = self._held
                     if (held and (held + cost > client_bytes or self._inflight >= _PAUSE_INFLIGHT)
-                            or fe.held and fe.held + cost > total_bytes):
+                            or all_held and all_held + cost > total_bytes):
+                        self._held, fe.held = held, all_held
                         self._block(cost)
                         return here
-                    self._held = held + cost
-                    fe.held += cost
+                    held += cost
+                    all_held += cost
                     if cookie in costs:
                         self._charge_again(cookie, cost)
                     else:
@@ -374,9 +376,12 @@ class NbdConnection(asyncio.BufferedProtocol):
                             lun = None
                 elif cmd == CMD_WRITE and length >= _LEND_MIN:
                     self._lent = True
-                request(cmd, flags, cookie, offset, length, payload)
+                self._held, fe.held = held, all_held
+                request(cmd, flags, cookie, offset, length, payload)   # may reply at once (and charge)
+                held, all_held = self._held, fe.held
                 if self._phase != _TRANSMISSION:
                     return n
+            self._held, fe.held = held, all_held
             if want:
                 self._want = want
                 return pos
@@ -396,6 +401,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                 return n
             done()
             pos = start + length
+            held, all_held = self._held, fe.held
 
     # --- memory budget -------------------------------------------------------------------
     def _charge(self, cookie, cost):
@@ -867,8 +873,13 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.reply_data(cookie, offset, completion.data)
         else:
             self._inflight -= 1
+            cost = self._costs.pop(cookie, 0)
+            if type(cost) is list:           # a reused cookie: the general bookkeeping
+                self._costs[cookie] = cost
+                self._replied(cookie, 0)
+            else:
+                self._out_cost += cost
             data = completion.data
-            self._replied(cookie, len(data))
             out = self._out
             if not out:
                 self.fe.mark_dirty(self)
