@@ -234,6 +234,26 @@ def test_the_total_budget_holds_and_frees_when_a_stalled_client_leaves():
     _frontend_scenario(body, client_bytes=8 * MiB, total_bytes=16 * MiB)
 
 
+def test_a_large_write_is_received_only_once_it_fits():
+    async def body(fe, connect):
+        (a, ta), (b, tb), (c, tc) = connect(), connect(), connect()
+        for conn in (a, b):                                       # two stalled clients hold the total
+            conn.data_received(_read_requests(8, MiB, LUN_SIZE))
+            await _settle(fe)
+        c.data_received(struct.pack(">IHHQQI", 0x25609513, 0, 1, 99, 0, 4 * MiB))   # a WRITE's header
+        await _settle(fe)
+        assert not tc.reading and tc.out == b""                   # its 4 MiB payload waits in the socket
+        assert len(_replies(ta.drain())) == 8
+        await _settle(fe)
+        assert tc.reading
+        c.data_received(b"\x77" * (4 * MiB))
+        await _settle(fe)
+        magic, error, cookie = struct.unpack(">IIQ", tc.drain())
+        assert (magic, error, cookie) == (0x67446698, 0, 99)
+        assert fe.ctl.read(fe.ctl.luns["lun0"], 0, 4 * MiB) == b"\x77" * (4 * MiB)
+    _frontend_scenario(body, client_bytes=8 * MiB, total_bytes=16 * MiB)
+
+
 def test_a_single_request_larger_than_the_budget_is_still_served():
     async def body(fe, connect):
         conn, transport = connect()

@@ -383,7 +383,10 @@ class NbdConnection(asyncio.BufferedProtocol):
                     return n
             self._held, fe.held = held, all_held
             if want:
-                self._want = want
+                if want >= _LEND_MIN and not self._fits(want - 28):
+                    self._block(want - 28, want)   # a large WRITE's payload is received once it fits
+                else:
+                    self._want = want
                 return pos
             # a bad magic or an oversized WRITE at pos
             magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(buf, pos)
@@ -438,24 +441,28 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._held -= n
         self.fe.release(n)   # tries every connection waiting for room, this one included
 
-    def _block(self, cost):
-        """The next request (charged ``cost``) does not fit: stop reading until room frees."""
+    def _fits(self, cost, most_inflight=_PAUSE_INFLIGHT) -> bool:
+        """Whether a request charged ``cost`` may be taken now."""
+        fe = self.fe
+        held = self._held
+        if held and (held + cost > fe.client_bytes or self._inflight >= most_inflight):
+            return False
+        return not (fe.held and fe.held + cost > fe.total_bytes)
+
+    def _block(self, cost, want=28):
+        """The next request (charged ``cost``, ``want`` bytes from the parse position) does not
+        fit: stop reading until room frees."""
         self._blocked = cost
-        self._want = 28
+        self._want = want
         self.fe.waiting.add(self)
         self._pause("budget")
 
     def try_unblock(self):
         """Room was released somewhere: resume reading if the waiting request now fits."""
         cost = self._blocked
-        if cost is None:
+        if cost is None or not self._fits(cost, _RESUME_INFLIGHT):
             return
         fe = self.fe
-        held = self._held
-        if held and (held + cost > fe.client_bytes or self._inflight >= _RESUME_INFLIGHT):
-            return
-        if fe.held and fe.held + cost > fe.total_bytes:
-            return
         self._blocked = None
         fe.waiting.discard(self)
         self._resume("budget")
