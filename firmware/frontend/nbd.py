@@ -469,7 +469,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         fe.loop.call_soon(self._parse_buffered)
 
     def _parse_buffered(self):
-        """Room freed: parse the requests that were already received (no new bytes may come)."""
+        """Room freed: parse the requests received before reading stopped (they wait in the buffer)."""
         if self.closed or self._blocked is not None or self._discard or self._phase != _TRANSMISSION:
             return
         if self._end - self._start >= self._want:
