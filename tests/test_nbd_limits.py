@@ -53,9 +53,9 @@ def _read_requests(count: int, length: int, size: int) -> bytes:
 def serve(tmp_path):
     servers = []
 
-    def start(*args):
-        cfg = tmp_path / "sp.toml"
-        cfg.write_text(SERVE_CONFIG)
+    def start(*args, extra=""):
+        cfg = tmp_path / f"sp{len(servers)}.toml"
+        cfg.write_text(SERVE_CONFIG + extra)
         s = ServerProcess(str(tmp_path / f"s{len(servers)}"), config=str(cfg), extra_args=args).start()
         servers.append(s)
         return s
@@ -102,6 +102,17 @@ def test_handshakes_that_never_finish_are_closed_after_the_timeout(serve):
     assert server.log().count("handshake not finished within 2 s") == 2
     for c in (silent, half, ready):
         c.close()
+
+
+def test_the_configuration_sets_the_handshake_timeout_and_the_flag_overrides_it(serve):
+    from_config = serve(extra="[nbd]\nhandshake_timeout = 1\n")
+    overridden = serve("--handshake-timeout", "0", extra="[nbd]\nhandshake_timeout = 1\n")
+    a, b = RawClient(from_config.socket), RawClient(overridden.socket)
+    assert a.is_closed(timeout=30)
+    assert not b.is_closed(timeout=1.5)                  # 0: no limit
+    assert "handshake not finished within 1 s" in from_config.log()
+    a.close()
+    b.close()
 
 
 # --- the budget rules, in-process -----------------------------------------------------------------
