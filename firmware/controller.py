@@ -31,9 +31,10 @@ from splitpoint.firmware.metadata import IntentLog, MetadataStore
 from splitpoint.firmware.mirror import MirrorPath
 from splitpoint.firmware.pool import (CUTTING, EMPTY, FROZEN, INCONSISTENT, SYNCING, BackupPool,
                                       PoolMember)
-from splitpoint.firmware.requests import (FLAG_FUA, FLAG_SUB_BLOCK, FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
+from splitpoint.firmware.requests import (FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
                                           Completion, Op, TriggerResult, VerifyResult, label_bytes,
                                           label_text)
+from splitpoint.firmware.requests import FLAG_FUA, FLAG_SUB_BLOCK
 from splitpoint.firmware.resync import Sweep, Throttle
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
 from splitpoint.hal import HalError, open_device

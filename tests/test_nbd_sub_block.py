@@ -165,8 +165,38 @@ def test_unaligned_writes_reach_the_backup_and_the_special_lun_takes_a_short_lab
     assert trigger.do("WRITE", 0, payload=b"short\0").error == 0      # 6 bytes: a TRIGGER labelled 'short'
     backup = export_name_client(fresh_server, "lun0.t1")
     assert backup.read(1, 2 * MiB) == model[1:2 * MiB + 1]
-    for x in (c, trigger, backup):
+    path = export_name_client(fresh_server, "lun0.trigger")     # the special path: write, then TRIGGER
+    path.write(5, b"xyz")
+    model[5:8] = b"xyz"
+    second = export_name_client(fresh_server, "lun0.t2")
+    assert second.read(0, 4096) == model[:4096] and c.read(0, 4096) == model[:4096]
+    for x in (c, trigger, backup, path, second):
         x.close()
+
+
+def test_block_status_below_the_block_starts_at_the_offset_asked_for(server):
+    c = RawClient(server)
+    c.start()
+    c.option(OPT["STRUCTURED_REPLY"])
+    assert c.opt_replies(OPT["STRUCTURED_REPLY"])[-1][0] == 1
+    c.structured = True
+    c.option(OPT["SET_META_CONTEXT"], c.meta_data("lun0", ["base:allocation"]))
+    assert c.opt_replies(OPT["SET_META_CONTEXT"])[-1][0] == 1
+    assert c.go("lun0")[-1][0] == 1                        # no NBD_INFO_BLOCK_SIZE asked
+    c.write(7 * MiB, b"\x01" * (64 << 10))
+    assert c.do("WRITE_ZEROES", 7 * MiB + (64 << 10), 64 << 10).error == 0
+    for offset, length in (((64 << 10) - 100, 300), (1, 1), (333, 100_000)):
+        reply = c.do("BLOCK_STATUS", 7 * MiB + offset, length)
+        (ctype, payload), = reply.chunks
+        words = struct.unpack(f">{len(payload) // 4}I", payload)[1:]
+        extents = list(zip(words[::2], words[1::2]))
+        if offset == (64 << 10) - 100:
+            extents_of_first = extents
+        assert sum(n for n, _ in extents) == length and extents[0][0] <= length
+        if offset < (64 << 10):
+            assert extents[0][1] & 2 == 0                    # data first: the written chunk
+    assert extents_of_first == [(100, 0), (200, extents_of_first[1][1])] and extents_of_first[1][1] & 2
+    c.close()
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["WRITE", "WRITE", "READ", "WRITE_ZEROES"]),

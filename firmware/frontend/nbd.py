@@ -333,6 +333,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             lun = None
         costs = self._costs
         client_bytes, total_bytes = fe.client_bytes, fe.total_bytes
+        # the charges, kept in locals over the fast path and written back before anything else runs
+        held, all_held = self._held, fe.held
         while True:
             requests, _stop, want = _scan(buf, pos, n, _LEND_MIN, MAX_REQUEST)
             for cmd, flags, cookie, offset, length, payload in requests:
@@ -340,13 +342,13 @@ class NbdConnection(asyncio.BufferedProtocol):
                 pos += 28 + length if cmd == CMD_WRITE else 28
                 if cmd != CMD_DISC:     # DISC gets no reply and holds nothing
                     cost = length if cmd <= CMD_WRITE else _SMALL_COST
-                    held = self._held
                     if (held and (held + cost > client_bytes or self._inflight >= _PAUSE_INFLIGHT)
-                            or fe.held and fe.held + cost > total_bytes):
+                            or all_held and all_held + cost > total_bytes):
+                        self._held, fe.held = held, all_held
                         self._block(cost)
                         return here
-                    self._held = held + cost
-                    fe.held += cost
+                    held += cost
+                    all_held += cost
                     if cookie in costs:
                         self._charge_again(cookie, cost)
                     else:
@@ -374,11 +376,17 @@ class NbdConnection(asyncio.BufferedProtocol):
                             lun = None
                 elif cmd == CMD_WRITE and length >= _LEND_MIN:
                     self._lent = True
-                request(cmd, flags, cookie, offset, length, payload)
+                self._held, fe.held = held, all_held
+                request(cmd, flags, cookie, offset, length, payload)   # may reply at once (and charge)
+                held, all_held = self._held, fe.held
                 if self._phase != _TRANSMISSION:
                     return n
+            self._held, fe.held = held, all_held
             if want:
-                self._want = want
+                if want >= _LEND_MIN and not self._fits(want - 28):
+                    self._block(want - 28, want)   # a large WRITE's payload is received once it fits
+                else:
+                    self._want = want
                 return pos
             # a bad magic or an oversized WRITE at pos
             magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(buf, pos)
@@ -396,6 +404,7 @@ class NbdConnection(asyncio.BufferedProtocol):
                 return n
             done()
             pos = start + length
+            held, all_held = self._held, fe.held
 
     # --- memory budget -------------------------------------------------------------------
     def _charge(self, cookie, cost):
@@ -432,31 +441,35 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._held -= n
         self.fe.release(n)   # tries every connection waiting for room, this one included
 
-    def _block(self, cost):
-        """The next request (charged ``cost``) does not fit: stop reading until room frees."""
+    def _fits(self, cost, most_inflight=_PAUSE_INFLIGHT) -> bool:
+        """Whether a request charged ``cost`` may be taken now."""
+        fe = self.fe
+        held = self._held
+        if held and (held + cost > fe.client_bytes or self._inflight >= most_inflight):
+            return False
+        return not (fe.held and fe.held + cost > fe.total_bytes)
+
+    def _block(self, cost, want=28):
+        """The next request (charged ``cost``, ``want`` bytes from the parse position) does not
+        fit: stop reading until room frees."""
         self._blocked = cost
-        self._want = 28
+        self._want = want
         self.fe.waiting.add(self)
         self._pause("budget")
 
     def try_unblock(self):
         """Room was released somewhere: resume reading if the waiting request now fits."""
         cost = self._blocked
-        if cost is None:
+        if cost is None or not self._fits(cost, _RESUME_INFLIGHT):
             return
         fe = self.fe
-        held = self._held
-        if held and (held + cost > fe.client_bytes or self._inflight >= _RESUME_INFLIGHT):
-            return
-        if fe.held and fe.held + cost > fe.total_bytes:
-            return
         self._blocked = None
         fe.waiting.discard(self)
         self._resume("budget")
         fe.loop.call_soon(self._parse_buffered)
 
     def _parse_buffered(self):
-        """Room freed: parse the requests that were already received (no new bytes may come)."""
+        """Room freed: parse the requests received before reading stopped (they wait in the buffer)."""
         if self.closed or self._blocked is not None or self._discard or self._phase != _TRANSMISSION:
             return
         if self._end - self._start >= self._want:
@@ -867,8 +880,13 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.reply_data(cookie, offset, completion.data)
         else:
             self._inflight -= 1
+            cost = self._costs.pop(cookie, 0)
+            if type(cost) is list:           # a reused cookie: the general bookkeeping
+                self._costs[cookie] = cost
+                self._replied(cookie, 0)
+            else:
+                self._out_cost += cost
             data = completion.data
-            self._replied(cookie, len(data))
             out = self._out
             if not out:
                 self.fe.mark_dirty(self)
