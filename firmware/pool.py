@@ -12,7 +12,8 @@ Member states:
   empty         never held data (fresh; a RAM member next to a fresh RAM source is known to be all zeros)
   active        receives mirror writes, byte-identical to the source at the stream point
   syncing       receives mirror writes, resync sweep still copying older changes
-  frozen        a consistent point-in-time backup (manifest; digest computed in the background)
+  frozen        a consistent point-in-time backup: its data flushed, then its manifest recorded (the digest
+                follows in the background and may be pending, also after a crash)
   cutting       frozen at a TRIGGER while it was still syncing: pending chunks are copied from the
                 source before any later write overwrites them (copy-on-write) and by the background
                 sweep; becomes frozen when none are left. Never reported as a backup before that.
@@ -67,7 +68,7 @@ class PoolMember:
         self.hasher: RegionHasher | None = None
         self.last_active = -1           # rotation clock when it last stopped being active (-1: never)
         self.generation = 0             # +1 each time it is recycled, so readers notice
-        self.proven = False             # manifest with digest persisted after the data was flushed
+        self.proven = False             # frozen, and its data was flushed before the manifest was recorded
         self.error: str | None = None
         self.incarnation = device.incarnation   # the device's incarnation the pool's view of its bytes holds for
 
@@ -238,9 +239,18 @@ class BackupPool:
             self.source.cow.append(m)
 
     def _frozen(self, m: PoolMember) -> None:
+        """``m`` holds its cut exactly: flush it, so the manifest recorded next vouches for durable bytes.
+        From then on it is a consistent backup, also across a crash; its digest follows in the background."""
+        try:
+            m.device.flush()
+        except HalError as exc:
+            self._make_inconsistent(m, f"device error while flushing the cut: {exc}")
+            log.warning("%s: not a backup: %s", m.name, m.error)
+            return
         m.state = FROZEN
         m.sweep = None
         m.since = m.manifest.epoch + 1
+        m.proven = True
         m.hasher = RegionHasher(m.device, self.region_size, self.size)
 
     def _make_inconsistent(self, m: PoolMember, why: str) -> None:
@@ -352,7 +362,7 @@ class BackupPool:
             if m.sweep.done:
                 self._uncow(m)
                 self._frozen(m)
-                self.on_change(self, False)
+                self.on_change(self, True)    # recorded now: from then on a backup across a crash too
                 self.on_backups_changed(self)
         if swept and not force:
             return swept    # redundancy first: digests only record what is already consistent
@@ -383,8 +393,6 @@ class BackupPool:
         m.manifest.regions = m.hasher.regions
         m.manifest.digest = combine(m.hasher.regions)
         m.hasher = None
-        m.device.flush()   # the data is durable before the manifest that vouches for it is written
-        m.proven = True
         self.on_change(self, False)
         self.on_backups_changed(self)
 
