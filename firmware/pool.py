@@ -228,6 +228,9 @@ class BackupPool:
     def _freeze(self, m: PoolMember, event) -> None:
         m.manifest = Manifest(trigger_id=event.id, label=event.label, seq=event.seq, epoch=event.epoch,
                               time=event.time, size=self.size, region_size=self.region_size)
+        if m.state == INCONSISTENT and m.error:
+            self._make_inconsistent(m, f"cut while its contents were unknown: {m.error}")
+            return
         if not event.exact or m.state == INCONSISTENT:
             self._make_inconsistent(m, "cut by a TRIGGER that could not be delivered at its exact point")
             return
