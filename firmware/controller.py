@@ -769,10 +769,12 @@ class Controller:
     def status(self) -> dict:
         """One JSON-able structure: LUNs, mirror paths, pools and members, queue, counters."""
         now = time.time()
+        owner = self._owner
+        mine = owner is None or owner == threading.get_ident()   # only the owner acts on a lost medium
         luns = []
         for lun in self.luns.values():
             doc = lun.status()
-            doc["pools"] = [p.status(now) for p in lun.pools]
+            doc["pools"] = [p.status(now, check=mine) for p in lun.pools]
             wi = self._intents.get(lun)
             doc["write_intent"] = None if wi is None else wi.status()
             doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,

@@ -78,7 +78,7 @@ class PoolMember:
 
     @property
     def consistent(self) -> bool:
-        return self.state == FROZEN
+        return self.state == FROZEN and self.device.incarnation == self.incarnation
 
     def backup_info(self) -> BackupInfo:
         m = self.manifest
@@ -276,6 +276,8 @@ class BackupPool:
         """``m`` no longer holds what it should (a failed verify, a device error): never a backup again
         until it is recycled and resynced in full."""
         was_backup = m.state == FROZEN
+        log.warning("%s demoted%s: %s", m.name,
+                    f" (backup t{m.manifest.trigger_id})" if was_backup and m.manifest else "", why)
         if self.active is m:
             self.active = None
         self._make_inconsistent(m, why)
@@ -310,7 +312,6 @@ class BackupPool:
                     m.state = SYNCING
                 self.on_change(self, True)
             elif m.state in (FROZEN, CUTTING):
-                log.warning("%s: backup t%s demoted: %s", m.name, m.manifest.trigger_id, why)
                 self.demote(m, why)
             else:
                 m.since = 0     # a spare: its next activation copies everything
@@ -414,7 +415,7 @@ class BackupPool:
     def backups(self) -> list[PoolMember]:
         """Consistent frozen members, newest TRIGGER first. Safe off the owner thread (verify): a member
         whose device lost its medium is left out here and demoted by the owner's next check_devices()."""
-        out = [m for m in self.members if m.state == FROZEN and m.device.incarnation == m.incarnation]
+        out = [m for m in self.members if m.consistent]
         out.sort(key=lambda m: m.manifest.trigger_id, reverse=True)
         return out
 
@@ -424,8 +425,10 @@ class BackupPool:
             return "split"
         return "syncing" if a.sweep is not None else "mirroring"
 
-    def status(self, now: float) -> dict:
-        self.check_devices()
+    def status(self, now: float, check: bool = True) -> dict:
+        """``check``: act on lost media first (owner thread only); otherwise only report them."""
+        if check:
+            self.check_devices()
         return {"name": self.name, "source": self.source.name, "state": self.state(),
                 "mirror": None if self.upstream is None else self.upstream.mode,
                 "queue_depth": 0 if self.upstream is None else len(self.upstream),
