@@ -26,7 +26,7 @@ from splitpoint.firmware import errors as E
 from splitpoint.firmware.group import GroupToken
 from splitpoint.firmware.intent import WriteIntent
 from splitpoint.firmware.lun import Lun, LunNode
-from splitpoint.firmware.manifest import Manifest, verify_device
+from splitpoint.firmware.manifest import Manifest, RegionHasher, verify_device
 from splitpoint.firmware.metadata import IntentLog, MetadataStore
 from splitpoint.firmware.mirror import MirrorPath
 from splitpoint.firmware.pool import (CUTTING, EMPTY, FROZEN, INCONSISTENT, SYNCING, BackupPool,
@@ -801,12 +801,17 @@ class Controller:
         out = []
         for m in members:
             note = ""
-            if m.manifest.digest is None:
-                self._await_digest(m)
-                note = "digest was still being computed; it was completed before verifying"
             gen = m.generation
             manifest = m.manifest
-            if manifest is None or manifest.digest is None:
+            if manifest is None:
+                continue
+            if manifest.digest is None:
+                # a digest taken now would only vouch for whatever the member holds now: nothing to compare
+                h = m.hasher
+                done = "" if h is None else f" ({100.0 * h.offset / max(h.size, 1):.0f} % hashed)"
+                out.append(VerifyResult(manifest.trigger_id, m.name, None, None, None,
+                                        note=f"digest pending: still being computed{done}; verify again later",
+                                        pending=True))
                 continue
             outcome = verify_device(m.device, manifest, progress)
             if m.generation != gen:
@@ -823,23 +828,15 @@ class Controller:
                                     outcome.bad_regions, note))
         return out
 
-    def _await_digest(self, m: PoolMember) -> None:
-        owner = self._owner
-        if owner is None or owner == threading.get_ident():
-            with self._inline_lock:
-                m.pool.finish_digest(m)
-            return
-        gen = m.generation
-        while m.generation == gen and m.manifest is not None and m.manifest.digest is None:
-            time.sleep(0.001)
-
     def status(self) -> dict:
         """One JSON-able structure: LUNs, mirror paths, pools and members, queue, counters."""
         now = time.time()
+        owner = self._owner
+        mine = owner is None or owner == threading.get_ident()   # only the owner acts on a lost medium
         luns = []
         for lun in self.luns.values():
             doc = lun.status()
-            doc["pools"] = [p.status(now) for p in lun.pools]
+            doc["pools"] = [p.status(now, check=mine) for p in lun.pools]
             wi = self._intents.get(lun)
             doc["write_intent"] = None if wi is None else wi.status()
             doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
@@ -1092,15 +1089,15 @@ class Controller:
                                     cursor=int(s["cursor"]), until=s["until"])
                 if state == CUTTING:
                     pool.source.cow.append(m)
-                if state == FROZEN and m.manifest is not None and m.manifest.digest is None:
-                    from splitpoint.firmware.manifest import RegionHasher
-                    m.hasher = RegionHasher(m.device, pool.region_size, pool.size)
-            elif state == FROZEN and md["proven"] and m.manifest is not None and m.manifest.digest is not None:
-                # proven before the crash; with trusted maps its next resync is still incremental
+            elif state == FROZEN and md["proven"] and m.manifest is not None:
+                # flushed before its manifest was recorded: a backup (its digest may still be pending);
+                # with trusted maps its next resync is still incremental
                 m.state, m.since, m.proven = FROZEN, int(md["since"]) if incremental else 0, True
             else:
                 m.state, m.since, m.manifest, m.proven = INCONSISTENT, 0, None, False
                 m.error = "not proven consistent before an unclean shutdown"
+            if m.state == FROZEN and m.manifest is not None and m.manifest.digest is None:
+                m.hasher = RegionHasher(m.device, pool.region_size, pool.size)   # the digest still to compute
         idx = pdoc["active"]
         why = {}
         if idx is not None:

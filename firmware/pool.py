@@ -12,7 +12,8 @@ Member states:
   empty         never held data (fresh; a RAM member next to a fresh RAM source is known to be all zeros)
   active        receives mirror writes, byte-identical to the source at the stream point
   syncing       receives mirror writes, resync sweep still copying older changes
-  frozen        a consistent point-in-time backup (manifest; digest computed in the background)
+  frozen        a consistent point-in-time backup: its data flushed, then its manifest recorded (the digest
+                follows in the background and may be pending, also after a crash)
   cutting       frozen at a TRIGGER while it was still syncing: pending chunks are copied from the
                 source before any later write overwrites them (copy-on-write) and by the background
                 sweep; becomes frozen when none are left. Never reported as a backup before that.
@@ -67,7 +68,7 @@ class PoolMember:
         self.hasher: RegionHasher | None = None
         self.last_active = -1           # rotation clock when it last stopped being active (-1: never)
         self.generation = 0             # +1 each time it is recycled, so readers notice
-        self.proven = False             # manifest with digest persisted after the data was flushed
+        self.proven = False             # frozen, and its data was flushed before the manifest was recorded
         self.error: str | None = None
         self.incarnation = device.incarnation   # the device's incarnation the pool's view of its bytes holds for
 
@@ -77,7 +78,7 @@ class PoolMember:
 
     @property
     def consistent(self) -> bool:
-        return self.state == FROZEN
+        return self.state == FROZEN and self.device.incarnation == self.incarnation
 
     def backup_info(self) -> BackupInfo:
         m = self.manifest
@@ -227,6 +228,9 @@ class BackupPool:
     def _freeze(self, m: PoolMember, event) -> None:
         m.manifest = Manifest(trigger_id=event.id, label=event.label, seq=event.seq, epoch=event.epoch,
                               time=event.time, size=self.size, region_size=self.region_size)
+        if m.state == INCONSISTENT and m.error:
+            self._make_inconsistent(m, f"cut while its contents were unknown: {m.error}")
+            return
         if not event.exact or m.state == INCONSISTENT:
             self._make_inconsistent(m, "cut by a TRIGGER that could not be delivered at its exact point")
             return
@@ -238,9 +242,18 @@ class BackupPool:
             self.source.cow.append(m)
 
     def _frozen(self, m: PoolMember) -> None:
+        """``m`` holds its cut exactly: flush it, so the manifest recorded next vouches for durable bytes.
+        From then on it is a consistent backup, also across a crash; its digest follows in the background."""
+        try:
+            m.device.flush()
+        except HalError as exc:
+            self._make_inconsistent(m, f"device error while flushing the cut: {exc}")
+            log.warning("%s: not a backup: %s", m.name, m.error)
+            return
         m.state = FROZEN
         m.sweep = None
         m.since = m.manifest.epoch + 1
+        m.proven = True
         m.hasher = RegionHasher(m.device, self.region_size, self.size)
 
     def _make_inconsistent(self, m: PoolMember, why: str) -> None:
@@ -263,6 +276,8 @@ class BackupPool:
         """``m`` no longer holds what it should (a failed verify, a device error): never a backup again
         until it is recycled and resynced in full."""
         was_backup = m.state == FROZEN
+        log.warning("%s demoted%s: %s", m.name,
+                    f" (backup t{m.manifest.trigger_id})" if was_backup and m.manifest else "", why)
         if self.active is m:
             self.active = None
         self._make_inconsistent(m, why)
@@ -297,7 +312,6 @@ class BackupPool:
                     m.state = SYNCING
                 self.on_change(self, True)
             elif m.state in (FROZEN, CUTTING):
-                log.warning("%s: backup t%s demoted: %s", m.name, m.manifest.trigger_id, why)
                 self.demote(m, why)
             else:
                 m.since = 0     # a spare: its next activation copies everything
@@ -352,7 +366,7 @@ class BackupPool:
             if m.sweep.done:
                 self._uncow(m)
                 self._frozen(m)
-                self.on_change(self, False)
+                self.on_change(self, True)    # recorded now: from then on a backup across a crash too
                 self.on_backups_changed(self)
         if swept and not force:
             return swept    # redundancy first: digests only record what is already consistent
@@ -383,8 +397,6 @@ class BackupPool:
         m.manifest.regions = m.hasher.regions
         m.manifest.digest = combine(m.hasher.regions)
         m.hasher = None
-        m.device.flush()   # the data is durable before the manifest that vouches for it is written
-        m.proven = True
         self.on_change(self, False)
         self.on_backups_changed(self)
 
@@ -403,7 +415,7 @@ class BackupPool:
     def backups(self) -> list[PoolMember]:
         """Consistent frozen members, newest TRIGGER first. Safe off the owner thread (verify): a member
         whose device lost its medium is left out here and demoted by the owner's next check_devices()."""
-        out = [m for m in self.members if m.state == FROZEN and m.device.incarnation == m.incarnation]
+        out = [m for m in self.members if m.consistent]
         out.sort(key=lambda m: m.manifest.trigger_id, reverse=True)
         return out
 
@@ -413,8 +425,10 @@ class BackupPool:
             return "split"
         return "syncing" if a.sweep is not None else "mirroring"
 
-    def status(self, now: float) -> dict:
-        self.check_devices()
+    def status(self, now: float, check: bool = True) -> dict:
+        """``check``: act on lost media first (owner thread only); otherwise only report them."""
+        if check:
+            self.check_devices()
         return {"name": self.name, "source": self.source.name, "state": self.state(),
                 "mirror": None if self.upstream is None else self.upstream.mode,
                 "queue_depth": 0 if self.upstream is None else len(self.upstream),

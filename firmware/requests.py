@@ -102,8 +102,9 @@ class VerifyResult:
 
     trigger_id: int
     member: str
-    ok: bool
+    ok: bool | None                  # None while the digest is pending (nothing to compare yet)
     expected: int | None
     actual: int | None
     bad_regions: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) that differ
     note: str = ""
+    pending: bool = False            # the manifest's digest is still being computed

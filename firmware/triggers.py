@@ -289,7 +289,8 @@ def reply_verified(results) -> str:
     return reply_json([{"trigger_id": r.trigger_id, "member": r.member, "ok": r.ok,
                         "expected": None if r.expected is None else f"{r.expected:016x}",
                         "actual": None if r.actual is None else f"{r.actual:016x}",
-                        "bad_regions": r.bad_regions, "note": r.note} for r in results])
+                        "bad_regions": r.bad_regions, "note": r.note, "pending": r.pending}
+                       for r in results])
 
 
 # ---------------------------------------------------------------- sources (Python API)

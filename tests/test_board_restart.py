@@ -168,6 +168,7 @@ def test_restarted_boards_never_give_a_false_backup(rig, tmp_path):
     assert not member["consistent"] and member["state"] == "inconsistent", member
     assert "medium" in member["error"] or "lost its session" in member["error"], member
     assert not nbdinfo_ok(server, f"lun0.t{t1}"), "the demoted backup is still exported"
+    assert "demoted (backup t1)" in server.log(), "the demotion was not logged"
     assert not nbdinfo_ok(server, "lun0.latest")
 
     # case 2: the idle active member's board restarts; then a write and a TRIGGER

@@ -145,20 +145,49 @@ def test_crash_restart_keeps_proven_backups_and_resyncs_the_rest(tmp_path):
     ctl.trigger("lun0", "proven")
     ctl.settle()                               # digest done, member flushed, manifest persisted
     fill(ctl, 5, range(8))
-    ctl.trigger("lun0", "unproven")            # frozen, but its manifest was never proven
+    ctl.trigger("lun0", "pending")             # in sync at the cut: flushed and recorded, digest not yet
+    image = ctl.read("lun0", 0, SIZE)
+    assert ctl.luns["lun0"].pools[0].members[1].manifest.digest is None
     crash(ctl)
 
     ctl = Controller.from_config(file_config(tmp_path))
     try:
         assert ctl.recovered == "crash"
         pool = ctl.luns["lun0"].pools[0]
-        assert [b.label for b in ctl.backups("lun0")] == ["proven"]
-        assert [m.state for m in pool.members] == ["frozen", "inconsistent", "syncing"]
+        assert [b.label for b in ctl.backups("lun0")] == ["pending", "proven"]
+        assert [m.state for m in pool.members] == ["frozen", "frozen", "syncing"]
         assert pool.active.sweep.since == 0       # the epoch maps cannot be trusted: full resync
+        assert [r.pending for r in ctl.verify("lun0")] == [True, False]   # newest first
+        assert ctl.read_backup("lun0", 2, 0, SIZE) == image
+        ctl.settle()                              # the pending digest is computed after the restart
+        assert pool.members[1].manifest.digest is not None
         assert all(r.ok for r in ctl.verify("lun0"))
         assert ctl.trigger("lun0").id == 3        # ids never repeat
         ctl.settle()
         assert ctl.read_backup("lun0", 3, 0, SIZE) == ctl.luns["lun0"].device.read(0, SIZE)
+    finally:
+        ctl.close()
+
+
+def test_crash_restart_never_trusts_a_cut_still_completing(tmp_path):
+    # in sync at its TRIGGER: a backup at once, across a crash too; mid-resync at its TRIGGER: never
+    slow = 'rate = "4K"'
+    ctl = Controller.from_config(file_config(tmp_path, resync=slow))
+    ctl.settle()
+    fill(ctl, 4)
+    ctl.trigger("lun0", "in-sync")
+    ctl.trigger("lun0", "mid-resync")          # the member activated at the first is still copying
+    assert [m.state for m in ctl.luns["lun0"].pools[0].members] == ["frozen", "cutting", "syncing"]
+    crash(ctl)
+
+    ctl = Controller.from_config(file_config(tmp_path, resync=slow))
+    try:
+        pool = ctl.luns["lun0"].pools[0]
+        assert [b.label for b in ctl.backups("lun0")] == ["in-sync"]
+        assert pool.members[1].state == "inconsistent"
+        ctl.settle()
+        assert ctl.read_backup("lun0", 1, 0, SIZE) == bytes([4]) * SIZE
+        assert all(r.ok for r in ctl.verify("lun0"))
     finally:
         ctl.close()
 

@@ -70,7 +70,7 @@ def command(url, lun_name, as_json, timeout, trigger_id):
         click.echo(json.dumps(results, indent=2))
     else:
         for r in results:
-            verdict = {True: "OK", False: "MISMATCH", None: "SKIPPED"}[r["ok"]]
+            verdict = "PENDING" if r.get("pending") else {True: "OK", False: "MISMATCH", None: "SKIPPED"}[r["ok"]]
             line = f"{r['lun']}.t{r['trigger_id']} ({r['member']}): {verdict}"
             if r.get("actual"):
                 line += f" digest {r['actual']}"
