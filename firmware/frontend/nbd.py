@@ -49,7 +49,7 @@ from splitpoint.firmware.frontend.wire import (
     CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
     EINVAL, ENOSPC, EOVERFLOW, EPERM, ESHUTDOWN, MAX_REQUEST, REQUEST_MAGIC,
 )
-from splitpoint.firmware.requests import Op
+from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.pyx import select as _select_kernel
 
 log = logging.getLogger("splitpoint.nbd")
@@ -110,6 +110,9 @@ _U16 = struct.Struct(">H")
 _META_CONTEXT_ID = 1
 
 _WRITE_CMDS = (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES)
+
+
+_NBD_FUA = wire.CMD_FLAG_FUA   # the only flag a fast-path WRITE may carry (wmask drops the rest)
 
 
 class NbdConnection(asyncio.BufferedProtocol):
@@ -361,7 +364,9 @@ class NbdConnection(asyncio.BufferedProtocol):
                         if not flags & wmask:
                             self._inflight += 1
                             try:
-                                submit(lun, _OP_WRITE, offset, length, payload, flags, None, partial(on_write, cookie))
+                                # NBD flags become the controller's here, never passed through raw
+                                submit(lun, _OP_WRITE, offset, length, payload,
+                                       FLAG_FUA if flags & _NBD_FUA else 0, None, partial(on_write, cookie))
                                 continue
                             except (QueueFullError, ShuttingDownError):
                                 self._inflight -= 1
