@@ -12,6 +12,7 @@ exactly once.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,8 @@ from splitpoint.hal.contract import (BadURLError, BlockDevice, DeviceClosedError
                                      MisalignedError, OutOfRangeError, ReadOnlyError, check_io)
 from splitpoint.hal.url import parse_size
 from splitpoint.wire import ErrorCode, Flag, MsgType
+
+log = logging.getLogger("splitpoint.hal.serial")
 
 # URL grammar:  serial://PORT[?baud=N][&rate=BYTES_PER_S][&window=N][&rto=DURATION][&retries=N][&reconnect=DURATION]
 #   PORT is a device path (serial:///dev/ttyACM0) or any pyserial URL (serial://socket://127.0.0.1:7000,
@@ -136,6 +139,8 @@ class SerialDevice(BlockDevice):
     """A storage bridge board reached through pyserial."""
 
     scheme = "serial"
+    #: every op waits for a link (up to the reconnect timeout): a controller runs it off its loop thread
+    waits_on_link = True
 
     def __init__(self, port: str, baud: int = 115200, rate: int | None = None, window: int = HOST_WINDOW,
                  rto: float = DEFAULT_RTO, retries: int = DEFAULT_RETRIES, reconnect: float = DEFAULT_RECONNECT,
@@ -424,11 +429,15 @@ class SerialDevice(BlockDevice):
                                   f"{gone.seq} got no reply after {gone.tries + 1} tries "
                                   f"(gives up within {self.give_up_after:.1f} s)")
             self.stats["gave_up"] += 1
+            log.error("%s", err)
             self._abandon(err)
             self._drop_link(None)  # reopen and handshake before anything else is sent
 
     def _link_lost(self, exc):
         self.stats["link_lost"] += 1
+        if self._port is not None:
+            log.warning("board on %r: link lost (unplugged?): %s; reconnecting for up to %g s", self.port_url,
+                        exc, self.reconnect_timeout)
         self._drop_link(exc)
 
     def _drop_link(self, exc):
@@ -454,6 +463,7 @@ class SerialDevice(BlockDevice):
             err = DeviceGoneError(f"board on {self.port_url!r} has been gone for {lost_for:.1f} s "
                                   f"(reconnect timeout {self.reconnect_timeout} s); plug it back in or restart "
                                   f"the emulator")
+            log.error("%s", err)
             self._abandon(err)
         port, _exc = self._open_port()
         if port is None:
@@ -466,6 +476,8 @@ class SerialDevice(BlockDevice):
             time.sleep(0.05)
             return
         self.stats["reconnects"] += 1
+        log.warning("board on %r: reconnected, session %s", self.port_url,
+                    "resumed" if resumed else "lost (the board was reset): unanswered requests fail")
         if not resumed:
             err = BoardResetError(f"board on {self.port_url!r} lost its session (reset or power loss): this "
                                   f"request may or may not have been applied")
@@ -639,6 +651,18 @@ class SerialDevice(BlockDevice):
                 port.close()
             except Exception:
                 pass
+
+    #: the host's counters a status report shows per device (retransmission, loss, reconnects)
+    LINK_COUNTERS = ("frames_sent", "retransmits", "naks", "timeouts", "reconnects", "link_lost", "gave_up",
+                     "no_session", "window_errors", "duplicate_replies", "replayed_replies", "bad_replies",
+                     "write_timeouts")
+
+    def link_status(self) -> dict:
+        """The link's state and the host's counters, for ``status``."""
+        doc = {name: self.stats.get(name, 0) for name in self.LINK_COUNTERS}
+        doc.update({"up": self._up, "outstanding": len(self._out), "window": self.window,
+                    "gone": None if self._gone is None else str(self._gone)})
+        return doc
 
     def describe(self):
         board = f"{self.info.board_id} " if self.info else ""
