@@ -106,7 +106,7 @@ class Pending:
     """One request in flight; ``result()`` waits for its reply."""
 
     __slots__ = ("seq", "msg", "wire", "event", "reply", "error", "sent_at", "attempt_at", "tries", "queued",
-                 "reply_bytes")
+                 "reply_bytes", "written")
 
     def __init__(self, msg: wire.Message, reply_bytes: int):
         self.seq = msg.seq
@@ -122,6 +122,7 @@ class Pending:
         self.tries = 0
         self.queued = False
         self.reply_bytes = reply_bytes
+        self.written = False  # its bytes went to the port at least once: the board may have run it
 
     def done(self) -> bool:
         return self.event.is_set()
@@ -257,7 +258,10 @@ class SerialDevice(BlockDevice):
         decoder = wire.frame.FrameDecoder()
         if self._abandoned:  # seqs were given up on: the board would wait for them forever
             self.session = int.from_bytes(os.urandom(4), "little") | 1
-        first_seq = next(iter(self._out), self.next_seq)
+        # A session that starts afresh after a reconnect starts past every seq sent before: a frame of
+        # the old session still on the line (a retransmission in the board's receive path) is then
+        # older than the new session and answered STALE, never executed as the new request of its seq.
+        first_seq = self.next_seq if self.info is None else wire.seq_add(self.next_seq, wire.MAX_WINDOW)
         for attempt in range(self.retries + 1):
             self._nonce = (self._nonce + 1) & 0xFFFFFFFF
             msg = wire.Info(seq=self._nonce, flags=Flag.RETRANSMIT if attempt else 0, session=self.session,
@@ -272,8 +276,9 @@ class SerialDevice(BlockDevice):
                             reply = wire.decode_message(frm)
                         except wire.WireError:
                             continue
-                        if reply.seq != self._nonce or reply.type not in (MsgType.ACK, MsgType.ERROR):
-                            continue
+                        if (reply.seq != self._nonce or reply.type not in (MsgType.ACK, MsgType.ERROR)
+                                or reply.of != MsgType.INFO):
+                            continue   # a late reply to a request whose seq happens to equal the nonce
                         if isinstance(reply, wire.Error):
                             raise WireProtocolError(f"board refused INFO: {ErrorCode(reply.code).name}: "
                                                     f"{reply.message}")
@@ -478,19 +483,32 @@ class SerialDevice(BlockDevice):
         self.stats["reconnects"] += 1
         log.warning("board on %r: reconnected, session %s", self.port_url,
                     "resumed" if resumed else "lost (the board was reset): unanswered requests fail")
-        if not resumed:
-            err = BoardResetError(f"board on {self.port_url!r} lost its session (reset or power loss): this "
-                                  f"request may or may not have been applied")
-            self._fail_all(lambda req: err)
-            self.next_seq = info.next_seq
-        self._gone = None
-        self._abandoned = False
-        with self._cv:
+        with self._cv:   # no submit may take a seq between the failures and the new numbering
+            if not resumed:
+                err = BoardResetError(f"board on {self.port_url!r} lost its session (reset or power loss): "
+                                      f"this request may or may not have been applied")
+                for req in [r for r in self._out.values() if r.written]:
+                    self._complete(req, None, err)
+                self._renumber(info.next_seq)   # the rest never reached the line: they go in the new session
+            self._gone = None
+            self._abandoned = False
             self._adopt(port, info)
             for req in self._out.values():  # resend in seq order; the board replays what it already ran
                 req.tries += 1
                 self._enqueue(req)
             self._cv.notify_all()
+
+    def _renumber(self, first_seq: int) -> None:
+        """Number the requests still outstanding (never written) from ``first_seq`` on (caller holds self._cv)."""
+        reqs = list(self._out.values())
+        self._out.clear()
+        seq = first_seq
+        for req in reqs:
+            req.seq = req.msg.seq = seq
+            req.wire = req.msg.encode()
+            self._out[seq] = req
+            seq = wire.seq_add(seq, 1)
+        self.next_seq = seq
 
     # ---- writer thread ----
     def _enqueue(self, req: Pending):
@@ -513,6 +531,7 @@ class SerialDevice(BlockDevice):
                 req.queued = False
                 continue
             data = req.wire
+            req.written = True   # before the write: a torn write may still reach the board
             try:
                 port.write(data)
             except self._serial_mod.SerialTimeoutException:
