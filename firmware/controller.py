@@ -11,7 +11,10 @@ persistence and crash recovery, and the reports (backups, status, verify).
 Threading: producers on any thread only ``submit`` (a push into the MPSC ring
 and a dict insert); everything else runs on the one owner thread, the thread
 ``start()`` creates or the front end's event loop thread (``claim_owner``).
-Nothing here ever hops a request between Python threads.
+Nothing here ever hops a request between Python threads, with one exception: the
+I/O of a pool member behind a link (a board) runs on its DeviceQueue
+(``firmware/devio.py``), in stream order, so a slow or unplugged board never
+blocks the loop.
 """
 from __future__ import annotations
 

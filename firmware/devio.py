@@ -4,8 +4,9 @@ Owns ``DeviceQueue``, which stands in front of one member's device: writes,
 trims, write-zeroes and flushes are queued in stream order and run by one
 worker thread, so the controller loop hands them over and goes on; reads
 queue behind the writes before them (they see every earlier write) and either
-wait (a bounded digest slice, sized by ``read_budget``) or complete through a
-callback (an NBD read of a backup). It keeps a per-device rate estimate
+complete through a callback (an NBD read of a backup) or are read ahead: a
+digest reads a member front to back, so the queue fetches the next slice while
+the loop hashes this one, and ``read_budget`` offers only what has arrived. It keeps a per-device rate estimate
 (bytes/s the device actually moved), and the controller sizes background
 slices by it (``write_budget``), so no slice ever queues more than a bounded
 time of work. A device error fails the op and every op queued after it (they
@@ -29,6 +30,8 @@ log = logging.getLogger("splitpoint.devio")
 
 #: seconds of device work a background slice may queue (so a slice takes a bounded time)
 SLICE_TIME = 0.25
+#: seconds of device work one read-ahead fetches
+READ_TIME = 0.1
 #: seconds of queued mirror writes after which the device is reported as unable to keep up
 BACKLOG_TIME = 8.0
 #: ... but never fewer bytes than this (a short burst on an idle board is normal)
@@ -70,12 +73,16 @@ class DeviceQueue:
         self._error: HalError | None = None      # a failure not yet reported to the loop
         self._failing: HalError | None = None    # ops queued before the report fail with it too
         self._closed = False
+        self._ahead: list | None = None          # [offset, length, data, error, done]: the read-ahead slice
         self._worker = threading.Thread(target=self._run, name=f"devio {name}", daemon=True)
         self._worker.start()
 
     def __getattr__(self, name):
         # everything else (describe, link_status, info, stats of the backend...) is the device's
-        return getattr(self.__dict__["device"], name)
+        device = self.__dict__.get("device")
+        if device is None:
+            raise AttributeError(name)
+        return getattr(device, name)
 
     # -- what the loop calls ------------------------------------------------------------------------
     def buffer(self):
@@ -95,7 +102,31 @@ class DeviceQueue:
         self._put(_FLUSH, 0, 0, None, False)
 
     def read(self, offset: int, length: int) -> bytes:
-        """Blocking read behind every queued op: callers size it with ``read_budget``."""
+        """Read behind every queued op: at once when the read-ahead holds exactly it, else blocking.
+        Either way the next slice of the same size is fetched ahead."""
+        ahead = self._ahead
+        if ahead is not None and ahead[4] and ahead[0] == offset and ahead[1] == length:
+            self._ahead = None
+            self._read_ahead(offset + length, length)
+            if ahead[3] is not None:
+                raise ahead[3]
+            return ahead[2]
+        data = self._read_now(offset, length)
+        self._read_ahead(offset + length, length)
+        return data
+
+    def _read_ahead(self, offset: int, length: int) -> None:
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return
+        slot = [offset, length, None, None, False]
+        self._ahead = slot
+
+        def done(data, error, slot=slot):
+            slot[2], slot[3], slot[4] = data, error, True
+        self.read_async(offset, length, done)
+
+    def _read_now(self, offset: int, length: int) -> bytes:
         box: list = []
         done = threading.Event()
 
@@ -118,15 +149,23 @@ class DeviceQueue:
             self._cv.notify()
 
     def write_budget(self, seconds: float = SLICE_TIME) -> int:
-        """Bytes a background slice may queue now: what the device moves in ``seconds``, less the backlog."""
-        return max(int(self.rate * seconds) - self.queued_bytes, 0)
+        """Bytes a background slice may queue now: what the device moves in ``seconds``, while at most
+        one more such slice is queued ahead of it (so the device never idles between two slices)."""
+        one = int(self.rate * seconds)
+        return max(min(one, 2 * one - self.queued_bytes), 0)
 
-    def read_budget(self, seconds: float = SLICE_TIME) -> int:
-        """Bytes a blocking read may ask for now (0 while writes are still queued ahead of it)."""
+    def read_budget(self, seconds: float = READ_TIME) -> int:
+        """Bytes a read may ask for without waiting: the read-ahead slice once it has arrived, 0 while it
+        (or a write before it) is on its way; with no read-ahead, what a bounded blocking read moves."""
+        ahead = self._ahead
+        if ahead is not None:
+            return ahead[1] if ahead[4] else 0
         with self._cv:
             if self._q or self._busy:
                 return 0
-        return max(int(self.rate * seconds), self.block_size)
+        # a power of two: it divides a digest region, so every read of a region has the read-ahead's size
+        want = max(int(self.rate * seconds), self.block_size)
+        return 1 << (want.bit_length() - 1)
 
     def backlog_limit(self) -> int:
         return max(int(self.rate * BACKLOG_TIME), BACKLOG_MIN)
@@ -190,6 +229,8 @@ class DeviceQueue:
                     f"{self.rate:.0f} bytes/s ({self.describe()})")
             if op == _WRITE:
                 self.queued_bytes += length
+            if op != _FLUSH:
+                self._ahead = None   # the read-ahead ran before this write: it may be stale now
             self._q.append((op, offset, length, data, fua))
             self._cv.notify()
 

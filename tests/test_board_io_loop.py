@@ -61,13 +61,15 @@ def test_resync_over_a_slow_board_never_stalls_ping_or_primary_reads(tmp_path, b
                     pings.append(timed(lambda: control.ask("PING") == "PONG" or pytest.fail("no PONG")))
                     reads.append(timed(lambda: nbd.read(0, 4096)))
                     time.sleep(0.02)
+                trigger = timed(lambda: control.ask("TRIGGER").startswith("OK 1 ") or pytest.fail("no OK"))
                 pool = control.status()["luns"][0]["pools"][0]
         except (ControlError, TimeoutError) as exc:
             pytest.fail(f"a probe stalled beyond {DEADLINE} s during the resync: {exc} "
                         f"(pings so far {pings}, reads {reads})")
-        print(f"max PING {max(pings):.3f} s, max primary READ {max(reads):.3f} s over {len(pings)} probes")
+        print(f"max PING {max(pings):.3f} s, max primary READ {max(reads):.3f} s over {len(pings)} probes, "
+              f"TRIGGER {trigger:.3f} s")
         member = pool["members"][0]
-        assert member["state"] == "syncing" and member["resync"]["copied"] > 0, member   # it was under way
+        assert member["state"] == "cutting" and member["resync"]["copied"] > 0, member   # cut while resyncing
         assert nbd.read(0, 65536) == image.read_bytes()[:65536]
         nbd.disconnect()
 
@@ -106,3 +108,25 @@ def test_a_killed_board_never_blocks_primary_writes_and_is_logged(tmp_path, boar
     assert "link lost" in log and "demoted" in log, log[-3000:]
     member = status["luns"][0]["pools"][0]["members"][0]
     assert member["error"].startswith("device error: board on"), json.dumps(member)
+
+
+def test_a_backup_on_a_board_reads_back_through_its_queue(tmp_path, boards):
+    members = [boards(size="1M").url(), boards(size="1M").url()]
+    cfg = tmp_path / "pool.toml"
+    cfg.write_text(pool_config("ram://lun0?size=1M&block=512", members))
+    with ServerProcess(str(tmp_path / "serve"), config=str(cfg)) as server:
+        nbd = RawClient(server.socket, timeout=30).connect("lun0")
+        image = os.urandom(1 << 20)
+        for off in range(0, 1 << 20, 64 << 10):
+            nbd.write(off, image[off:off + (64 << 10)])
+        with ControlClient(server.control, 30) as control:
+            assert control.ask("TRIGGER").startswith("OK 1 ")
+            nbd.write(0, b"\x01" * 4096)        # after the cut: never in t1
+            deadline = time.monotonic() + 60
+            while not control.status()["luns"][0]["backups"]:
+                assert time.monotonic() < deadline, control.status()
+                time.sleep(0.05)
+        nbd.disconnect()
+        backup = RawClient(server.socket, timeout=30).connect("lun0.t1")
+        assert backup.read(0, 1 << 20) == image
+        backup.disconnect()
