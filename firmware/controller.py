@@ -11,11 +11,16 @@ persistence and crash recovery, and the reports (backups, status, verify).
 Threading: producers on any thread only ``submit`` (a push into the MPSC ring
 and a dict insert); everything else runs on the one owner thread, the thread
 ``start()`` creates or the front end's event loop thread (``claim_owner``).
-Nothing here ever hops a request between Python threads.
+Nothing here ever hops a request between Python threads, with one exception: the
+I/O of a pool member behind a link (a board) runs on its DeviceQueue
+(``firmware/devio.py``), in stream order, so a slow or unplugged board never
+blocks the loop.
 """
 from __future__ import annotations
 
+import collections
 import itertools
+import logging
 import threading
 import time
 
@@ -23,6 +28,7 @@ import numpy as np
 
 from splitpoint import pyx
 from splitpoint.firmware import errors as E
+from splitpoint.firmware.devio import DeviceQueue
 from splitpoint.firmware.group import GroupToken
 from splitpoint.firmware.intent import WriteIntent
 from splitpoint.firmware.lun import Lun, LunNode
@@ -52,6 +58,13 @@ _U32 = 1 << 32
 
 #: sequence numbers reserved per persisted limit (a restart skips what was left of the reserve)
 SEQ_RESERVE = 1 << 20
+log = logging.getLogger("splitpoint.controller")
+
+#: seconds the loop waits for the device queues of pool members before persisting the epoch maps (else later)
+QUEUE_SETTLE = 0.2
+#: seconds between background polls while every background slice waits for a device queue to drain
+QUEUE_POLL = 0.005
+
 #: seconds a lazily persisted state change may wait for an idle moment
 PERSIST_LAG = 0.5
 #: seconds a write-intent set waits for an idle moment before the epoch maps are persisted (clearing it)
@@ -63,6 +76,19 @@ INTENT_MAX_AGE = 5.0
 def _persistent(device) -> bool:
     """Whether a device keeps its bytes across a restart (RAM does not)."""
     return getattr(device, "scheme", "") != "ram"
+
+
+class _LateRead:
+    """A backup READ that its member's DeviceQueue runs; the completion waits for it."""
+
+    __slots__ = ("target", "member", "generation", "offset", "length")
+
+    def __init__(self, target, member, generation: int, offset: int, length: int):
+        self.target = target
+        self.member = member
+        self.generation = generation
+        self.offset = offset
+        self.length = length
 
 
 class BackupTarget:
@@ -98,6 +124,10 @@ class Controller:
         self._paths: list[MirrorPath] = []
         self._async_paths: list[MirrorPath] = []
         self._devices = []
+        self._roles: list[tuple[str, str, object]] = []   # (what, url, device) of every device opened
+        self._queues: dict = {}                   # DeviceQueue -> PoolMember: members behind a slow link
+        self._late: collections.deque = collections.deque()   # completions of reads a DeviceQueue ran
+        self._demotions: dict = {}                # PoolMember -> the error last logged for it
         self.wakeup = None                        # called from any thread by a submit while the owner may be idle
         self.on_backups_changed = None            # called on the owner thread when a backup appears or goes
         self._bg = True                           # background work may be pending
@@ -150,6 +180,7 @@ class Controller:
         except HalError as exc:
             raise E.DeviceOpenError(f"{what}: cannot open {url!r}: {exc}") from None
         self._devices.append(dev)
+        self._roles.append((what, url, dev))
         if like is not None and (dev.size != like.size or dev.block_size != like.block_size):
             raise E.GeometryError(
                 f"{what} {url!r} is {dev.size} bytes with block {dev.block_size}, but it must match its source: "
@@ -179,6 +210,21 @@ class Controller:
                 if lc.backup.pool is not None:
                     self._add_pool(lun, node, lc.backup.pool, f"{lc.name}.backup.pool")
 
+    def _queued(self, dev, what: str):
+        """A pool member whose every op waits on a link runs its I/O on a DeviceQueue, off this thread."""
+        if not getattr(dev, "waits_on_link", False):
+            return dev
+        dq = DeviceQueue(dev, what, wakeup=self._queue_event)
+        self._devices[self._devices.index(dev)] = dq   # closing the queue drains it, then closes the device
+        return dq
+
+    def _queue_event(self) -> None:
+        """Any thread: a DeviceQueue finished a read or failed an op; the owner looks at the next poll."""
+        self._idle = False
+        wake = self.wakeup
+        if wake is not None:
+            wake()
+
     def _add_path(self, source, target, mode: str) -> MirrorPath:
         path = MirrorPath(source, target, mode, self.config.async_queue_ops, self.config.async_queue_bytes)
         source.add_path(path)
@@ -188,7 +234,8 @@ class Controller:
         return path
 
     def _add_pool(self, lun: Lun, source: LunNode, pc, name: str) -> None:
-        devs = [(url, self._open(url, f"pool {name} member {i}", like=source.device))
+        devs = [(url, self._queued(self._open(url, f"pool {name} member {i}", like=source.device),
+                                   f"pool {name} member {i}"))
                 for i, url in enumerate(pc.members)]
         rs = self.config.resync
         known_zero = (not _persistent(source.device) and source.zeros.count() == source.zeros.nchunks
@@ -201,6 +248,9 @@ class Controller:
         if known_zero:
             first = pool.members[0]
             first.sweep, first.state = None, "active"   # both sides are fresh RAM: identical zeros
+        for m in pool.members:
+            if isinstance(m.device, DeviceQueue):
+                self._queues[m.device] = m
         lun.pools.append(pool)
         self._pools.append(pool)
         self._add_path(source, pool, pc.mirror)
@@ -289,6 +339,8 @@ class Controller:
         try:
             if self._released:
                 self._apply_releases()
+            if self._late:
+                self._deliver_late()
             if max_batch > len(self._batch):
                 self._batch = np.zeros(max_batch, dtype=self._dtype)
             batch = self._batch if max_batch == len(self._batch) else self._batch[:max_batch]
@@ -297,7 +349,7 @@ class Controller:
                 self._reserve_seqs()   # before any of these seqs is executed and so can be reported
             if n:
                 self._execute_batch(batch[:n].tolist())
-            if self._bg or self._async_paths or self._dirty or self._intents:
+            if self._bg or self._async_paths or self._dirty or self._intents or self._queues:
                 self._background(n > 0)
             if self._maps_due:
                 self._persist_due_maps()
@@ -327,6 +379,9 @@ class Controller:
                 try:
                     if type(lun) is not Lun:
                         result = self._execute_backup(lun, op, offset, length)
+                        if type(result) is _LateRead:
+                            self._read_late(result, seq, op, cb)
+                            continue
                     elif flags & FLAG_SUB_BLOCK:
                         self._execute_sub_block(lun, op, offset, length, data, flags & ~FLAG_SUB_BLOCK, refused)
                     elif op == _WRITE:
@@ -556,13 +611,52 @@ class Controller:
         lun = target.lun
         if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
             self._range_error(lun, offset, length, False)
+        if isinstance(member.device, DeviceQueue):
+            return _LateRead(target, member, member.generation, offset, length)
         return member.device.read(offset, length)
+
+    def _read_late(self, late: "_LateRead", seq: int, op: int, cb) -> None:
+        """Queue a backup read on its member's DeviceQueue; it completes at a later poll."""
+        def done(data, error, late=late, seq=seq, op=op, cb=cb):
+            self._late.append((late, seq, op, cb, data, error))
+            self._queue_event()
+        try:
+            late.member.device.read_async(late.offset, late.length, done)
+        except HalError as exc:
+            done(None, exc)
+
+    def _deliver_late(self) -> None:
+        late_q = self._late
+        while late_q:
+            late, seq, op, cb, data, error = late_q.popleft()
+            err = None
+            m = late.member
+            if error is not None:
+                err = E.DeviceIOError(f"{late.target.name}: {error}")
+            elif m.generation != late.generation or m.state != FROZEN:
+                err = E.NoSuchBackupError(f"{late.target.name} was recycled or demoted while it was read")
+                data = None
+            if err is not None:
+                self.counters["errors"] += 1
+            if cb is not None:
+                try:
+                    cb(Completion(seq, op, err, data if err is None else None, None))
+                except Exception:
+                    self.counters["callback_errors"] += 1
 
     # -- background ------------------------------------------------------------------------
     def _background(self, busy: bool) -> None:
         for path in self._async_paths:
             if path.queue:
                 path.drain(64 if busy else None)
+        gated = False
+        for dq, m in self._queues.items():
+            exc = dq.failed()
+            if exc is not None:
+                m.pool.device_failed_member(m, exc)
+                self._log_demotions(m.pool)
+            if dq.queued_bytes and not dq.write_budget():
+                gated = True
         if self._bg:
             now = time.monotonic()
             if now >= self._bg_at:   # throttled work waits for its tokens without costing each poll
@@ -575,6 +669,8 @@ class Controller:
                 pending = [p for p in self._pools if p.has_background()]
                 if pending or any(n.sweep for n in self._nodes):
                     wait = min((p.throttle.delay() for p in pending), default=0.0)
+                    if gated:
+                        wait = max(wait, QUEUE_POLL)   # a slice waits for a device queue: no busy polling
                     self._bg_at = now + (wait if work else max(wait, 0.0005))
                 else:
                     self._bg = False
@@ -596,7 +692,7 @@ class Controller:
 
     def next_background(self) -> float | None:
         """Seconds until background work wants a poll (0: now), or None when there is none."""
-        if any(p.queue for p in self._async_paths) or self._dirty or self._released or self._maps_due:
+        if any(p.queue for p in self._async_paths) or self._dirty or self._released or self._maps_due or self._late:
             return 0.0
         now = time.monotonic()
         wait = None
@@ -608,7 +704,17 @@ class Controller:
                 wait = due if wait is None else min(wait, due)
         return wait
 
+    def _log_demotions(self, pool: BackupPool) -> None:
+        """Log each member that became inconsistent with a new reason (status shows it too)."""
+        for m in pool.members:
+            if m.state == INCONSISTENT and m.error and self._demotions.get(m) != m.error:
+                self._demotions[m] = m.error
+                log.warning("pool %s: member %s (%s) demoted: %s", pool.name, m.name, m.url, m.error)
+            elif m.state != INCONSISTENT:
+                self._demotions.pop(m, None)
+
     def _pool_changed(self, pool: BackupPool, urgent: bool) -> None:
+        self._log_demotions(pool)
         self._wake_background()
         if self.store is None:
             return
@@ -739,6 +845,8 @@ class Controller:
                     pool.finish()
                 if not any(p.has_background() for p in self._pools) and not any(n.sweep for n in self._nodes):
                     break
+            for dq in self._queues:
+                dq.drain()
             self._bg = False
 
     # -- reports -----------------------------------------------------------------------------------
@@ -846,10 +954,23 @@ class Controller:
                 "queue": {"depth": len(self._ring), "capacity": self._ring.capacity, "next_seq": self._ring.next_seq,
                           "async_mirror_ops": sum(len(p) for p in self._async_paths)},
                 "counters": dict(self.counters),
+                "devices": self._device_status(),
                 "kernels": pyx.implementations(),
                 "metadata": None if self.store is None else {
                     "dir": self.store.directory, "generation": self.store.generation,
                     "recovered": self.recovered, "recovery": self.recovery, "error": self.metadata_error}}
+
+    def _device_status(self) -> list[dict]:
+        """Per device behind a link (a board): the host's retransmission and reconnect counters."""
+        queues = {dq.device: dq for dq in self._queues}
+        out = []
+        for what, url, dev in self._roles:
+            link = getattr(dev, "link_status", None)
+            if link is not None:
+                dq = queues.get(dev)
+                out.append({"device": what, "url": url, "link": link(),
+                            "queue": None if dq is None else dq.status()})
+        return out
 
     # -- metadata: persist and restore -------------------------------------------------------------
     def _load_seq_limit(self) -> int:
@@ -931,6 +1052,9 @@ class Controller:
             lun.flush()
             for path in self._async_paths:
                 path.drain()   # the FLUSHes the async hops queued
+            for dq in self._queues:   # members behind a link: their writes and that FLUSH have run
+                if not dq.drain(None if self._closing else QUEUE_SETTLE):
+                    return     # not yet: the intent set stays, and the maps are persisted at a later idle moment
         except HalError as exc:
             self.metadata_error = f"flush before persisting the epoch maps of {lun.name} failed: {exc}"
             return             # the intent set stays: a crash resyncs what it names

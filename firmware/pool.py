@@ -376,6 +376,9 @@ class BackupPool:
             if h is None:
                 continue
             budget = self.throttle.slice if force else self.throttle.budget(None, busy)
+            sized = getattr(m.device, "read_budget", None)
+            if sized is not None and not force:
+                budget = min(budget, sized())   # a slow link: a digest read takes a bounded time
             if budget <= 0:
                 continue
             try:

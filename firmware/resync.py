@@ -146,7 +146,16 @@ class Sweep:
         self._account(copied)
 
     def step(self, src_dev, dst_dev, budget: int, scan_chunks: int = 1 << 16) -> int:
-        """Copy at most ``budget`` bytes of the next pending chunks; return the bytes copied."""
+        """Copy at most ``budget`` bytes of the next pending chunks; return the bytes copied.
+
+        A destination behind a slow link (a DeviceQueue) caps the slice at what it moves in a
+        bounded time at its measured rate; while its queue is that full, nothing is copied."""
+        cap = getattr(dst_dev, "write_budget", None)
+        if cap is not None:
+            room = cap()
+            if room <= 0:
+                return 0
+            budget = min(budget, max(room, self.chunk_size))
         todo, cursor = self.plan(budget, scan_chunks)
         n = copy_between(src_dev, dst_dev, todo) if todo else 0
         self.advance(cursor, n)

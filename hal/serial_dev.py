@@ -12,6 +12,7 @@ exactly once.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,8 @@ from splitpoint.hal.contract import (BadURLError, BlockDevice, DeviceClosedError
                                      MisalignedError, OutOfRangeError, ReadOnlyError, check_io)
 from splitpoint.hal.url import parse_size
 from splitpoint.wire import ErrorCode, Flag, MsgType
+
+log = logging.getLogger("splitpoint.hal.serial")
 
 # URL grammar:  serial://PORT[?baud=N][&rate=BYTES_PER_S][&window=N][&rto=DURATION][&retries=N][&reconnect=DURATION]
 #   PORT is a device path (serial:///dev/ttyACM0) or any pyserial URL (serial://socket://127.0.0.1:7000,
@@ -103,7 +106,7 @@ class Pending:
     """One request in flight; ``result()`` waits for its reply."""
 
     __slots__ = ("seq", "msg", "wire", "event", "reply", "error", "sent_at", "attempt_at", "tries", "queued",
-                 "reply_bytes")
+                 "reply_bytes", "written")
 
     def __init__(self, msg: wire.Message, reply_bytes: int):
         self.seq = msg.seq
@@ -119,6 +122,7 @@ class Pending:
         self.tries = 0
         self.queued = False
         self.reply_bytes = reply_bytes
+        self.written = False  # its bytes went to the port at least once: the board may have run it
 
     def done(self) -> bool:
         return self.event.is_set()
@@ -136,6 +140,8 @@ class SerialDevice(BlockDevice):
     """A storage bridge board reached through pyserial."""
 
     scheme = "serial"
+    #: every op waits for a link (up to the reconnect timeout): a controller runs it off its loop thread
+    waits_on_link = True
 
     def __init__(self, port: str, baud: int = 115200, rate: int | None = None, window: int = HOST_WINDOW,
                  rto: float = DEFAULT_RTO, retries: int = DEFAULT_RETRIES, reconnect: float = DEFAULT_RECONNECT,
@@ -252,7 +258,10 @@ class SerialDevice(BlockDevice):
         decoder = wire.frame.FrameDecoder()
         if self._abandoned:  # seqs were given up on: the board would wait for them forever
             self.session = int.from_bytes(os.urandom(4), "little") | 1
-        first_seq = next(iter(self._out), self.next_seq)
+        # A session that starts afresh after a reconnect starts past every seq sent before: a frame of
+        # the old session still on the line (a retransmission in the board's receive path) is then
+        # older than the new session and answered STALE, never executed as the new request of its seq.
+        first_seq = self.next_seq if self.info is None else wire.seq_add(self.next_seq, wire.MAX_WINDOW)
         for attempt in range(self.retries + 1):
             self._nonce = (self._nonce + 1) & 0xFFFFFFFF
             msg = wire.Info(seq=self._nonce, flags=Flag.RETRANSMIT if attempt else 0, session=self.session,
@@ -267,8 +276,9 @@ class SerialDevice(BlockDevice):
                             reply = wire.decode_message(frm)
                         except wire.WireError:
                             continue
-                        if reply.seq != self._nonce or reply.type not in (MsgType.ACK, MsgType.ERROR):
-                            continue
+                        if (reply.seq != self._nonce or reply.type not in (MsgType.ACK, MsgType.ERROR)
+                                or reply.of != MsgType.INFO):
+                            continue   # a late reply to a request whose seq happens to equal the nonce
                         if isinstance(reply, wire.Error):
                             raise WireProtocolError(f"board refused INFO: {ErrorCode(reply.code).name}: "
                                                     f"{reply.message}")
@@ -424,11 +434,15 @@ class SerialDevice(BlockDevice):
                                   f"{gone.seq} got no reply after {gone.tries + 1} tries "
                                   f"(gives up within {self.give_up_after:.1f} s)")
             self.stats["gave_up"] += 1
+            log.error("%s", err)
             self._abandon(err)
             self._drop_link(None)  # reopen and handshake before anything else is sent
 
     def _link_lost(self, exc):
         self.stats["link_lost"] += 1
+        if self._port is not None:
+            log.warning("board on %r: link lost (unplugged?): %s; reconnecting for up to %g s", self.port_url,
+                        exc, self.reconnect_timeout)
         self._drop_link(exc)
 
     def _drop_link(self, exc):
@@ -454,6 +468,7 @@ class SerialDevice(BlockDevice):
             err = DeviceGoneError(f"board on {self.port_url!r} has been gone for {lost_for:.1f} s "
                                   f"(reconnect timeout {self.reconnect_timeout} s); plug it back in or restart "
                                   f"the emulator")
+            log.error("%s", err)
             self._abandon(err)
         port, _exc = self._open_port()
         if port is None:
@@ -466,20 +481,35 @@ class SerialDevice(BlockDevice):
             time.sleep(0.05)
             return
         self.stats["reconnects"] += 1
-        if not resumed:
-            self.incarnation += 1  # a new session: the board may have lost its medium (the pool re-checks it)
-            err = BoardResetError(f"board on {self.port_url!r} lost its session (reset or power loss): this "
-                                  f"request may or may not have been applied")
-            self._fail_all(lambda req: err)
-            self.next_seq = info.next_seq
-        self._gone = None
-        self._abandoned = False
-        with self._cv:
+        log.warning("board on %r: reconnected, session %s", self.port_url,
+                    "resumed" if resumed else "lost (the board was reset): unanswered requests fail")
+        with self._cv:   # no submit may take a seq between the failures and the new numbering
+            if not resumed:
+                self.incarnation += 1  # a new session: the board may have lost its medium (the pool re-checks it)
+                err = BoardResetError(f"board on {self.port_url!r} lost its session (reset or power loss): "
+                                      f"this request may or may not have been applied")
+                for req in [r for r in self._out.values() if r.written]:
+                    self._complete(req, None, err)
+                self._renumber(info.next_seq)   # the rest never reached the line: they go in the new session
+            self._gone = None
+            self._abandoned = False
             self._adopt(port, info)
             for req in self._out.values():  # resend in seq order; the board replays what it already ran
                 req.tries += 1
                 self._enqueue(req)
             self._cv.notify_all()
+
+    def _renumber(self, first_seq: int) -> None:
+        """Number the requests still outstanding (never written) from ``first_seq`` on (caller holds self._cv)."""
+        reqs = list(self._out.values())
+        self._out.clear()
+        seq = first_seq
+        for req in reqs:
+            req.seq = req.msg.seq = seq
+            req.wire = req.msg.encode()
+            self._out[seq] = req
+            seq = wire.seq_add(seq, 1)
+        self.next_seq = seq
 
     # ---- writer thread ----
     def _enqueue(self, req: Pending):
@@ -502,6 +532,7 @@ class SerialDevice(BlockDevice):
                 req.queued = False
                 continue
             data = req.wire
+            req.written = True   # before the write: a torn write may still reach the board
             try:
                 port.write(data)
             except self._serial_mod.SerialTimeoutException:
@@ -645,6 +676,18 @@ class SerialDevice(BlockDevice):
     def link_down(self) -> bool:
         """True from a lost link until the next handshake (the board unplugged, restarting or silent)."""
         return not self._up and not self._closed
+
+    #: the host's counters a status report shows per device (retransmission, loss, reconnects)
+    LINK_COUNTERS = ("frames_sent", "retransmits", "naks", "timeouts", "reconnects", "link_lost", "gave_up",
+                     "no_session", "window_errors", "duplicate_replies", "replayed_replies", "bad_replies",
+                     "write_timeouts")
+
+    def link_status(self) -> dict:
+        """The link's state and the host's counters, for ``status``."""
+        doc = {name: self.stats.get(name, 0) for name in self.LINK_COUNTERS}
+        doc.update({"up": self._up, "outstanding": len(self._out), "window": self.window,
+                    "gone": None if self._gone is None else str(self._gone)})
+        return doc
 
     def describe(self):
         board = f"{self.info.board_id} " if self.info else ""

@@ -247,6 +247,8 @@ class Emulator:
         self.control_path = os.path.abspath(control_link) if control_link else None
         self.device = device
         self.rate = board.link_rate if rate is None else rate
+        if self.rate < 0:
+            raise ValueError(f"link rate {self.rate} is negative; bytes per second, or 0 for unlimited")
         self.trigger_listener = trigger_listener
         self.triggers: list[tuple[int, str, int]] = []
         self._user_on_trigger = on_trigger

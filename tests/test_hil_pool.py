@@ -47,6 +47,7 @@ def test_pool_on_emulated_boards_cuts_point_in_time_backups(boards):
                 image[off:off + 4096] = data
             result = ctl.trigger(lun, label=f"cut{cut}")
             snapshots[result.id] = bytes(image)
+        ctl.settle()   # board I/O runs off the loop: cuts complete once the boards have taken it
         backups = ctl.backups(lun)
         assert backups, "no consistent backup was reported"
         for info in backups:

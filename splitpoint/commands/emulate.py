@@ -26,11 +26,14 @@ def command(board_id, link, control_link, storage, faults, rate, seed):
     from splitpoint.boards.schema import BoardDefinitionError, load_board
     from splitpoint.emulator import Emulator, open_storage
     from splitpoint.hal import HalError
-    from splitpoint.hal.filters import FaultSpecError, parse_spec
+    from splitpoint.hal.filters import FaultSpecError, frame_chain
 
+    if rate is not None and rate < 0:
+        raise click.ClickException(f"--rate {rate} is negative: give the link rate in bytes per second "
+                                   f"(0 = unlimited)")
     try:
         board = load_board(board_id)
-        parse_spec(faults)
+        frame_chain(faults, "rx")   # the link filters themselves: a device-only filter is refused here
         device = open_storage(storage, board)
     except (BoardDefinitionError, FaultSpecError, HalError) as exc:
         raise click.ClickException(str(exc)) from None
