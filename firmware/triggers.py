@@ -262,6 +262,30 @@ def parse_control_line(line: str):
     return parse(rest.strip())
 
 
+def trigger_line(target: str | None = None, label: str | None = None) -> str:
+    """The control line that asks for a TRIGGER of ``target`` (None: the first LUN) with ``label``.
+
+    Raises ControlSyntaxError for what the grammar cannot carry: a label of more than one line
+    or over LABEL_MAX, and, without a target, a label whose first word is ON.
+    """
+    words = ["TRIGGER"]
+    if target is not None:
+        if not target or len(target.split()) != 1:
+            raise ControlSyntaxError(f"a LUN or group name is one word, got {target!r}")
+        words += ["ON", target]
+    if label and ("\n" in label or "\r" in label):
+        raise ControlSyntaxError("a label is one line")
+    label = label.strip() if label else ""
+    if label:
+        reason = label_error(label)
+        if reason:
+            raise ControlSyntaxError(reason)
+        if target is None and label.split(None, 1)[0] == "ON":
+            raise ControlSyntaxError("a label for the first LUN cannot start with the word ON; name the LUN")
+        words.append(label)
+    return " ".join(words)
+
+
 # ---------------------------------------------------------------- reply lines
 
 def reply_error(reason) -> str:
