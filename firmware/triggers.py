@@ -298,6 +298,11 @@ def reply_unsupported(command, who: str = "this controller") -> str:
     return reply_error(f"{command.verb} is not supported by {who}")
 
 
+def reply_no_target(name: str, luns) -> str:
+    """The answer when ``ON <name>`` (or VERIFY's name) names no LUN or group of this controller."""
+    return reply_error(f"no LUN or group named {name!r}; LUNs: {', '.join(luns)}")
+
+
 def reply_triggered(trigger_id: int, seq: int) -> str:
     """``OK <id> seq=<n>``: sent once the TRIGGER has split the mirror."""
     return f"OK {trigger_id} seq={seq}"
@@ -411,7 +416,7 @@ class ControlLine(TriggerSource):
             return self.lun
         if name in self.controller.luns:
             return name
-        reply(reply_error(f"no LUN or group named {name!r}; LUNs: {', '.join(self.controller.luns)}"))
+        reply(reply_no_target(name, self.controller.luns))
         return None
 
     def _trigger(self, command: TriggerCommand, reply) -> None:
