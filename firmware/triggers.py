@@ -262,6 +262,30 @@ def parse_control_line(line: str):
     return parse(rest.strip())
 
 
+def trigger_line(target: str | None = None, label: str | None = None) -> str:
+    """The control line that asks for a TRIGGER of ``target`` (None: the first LUN) with ``label``.
+
+    Raises ControlSyntaxError for what the grammar cannot carry: a label of more than one line
+    or over LABEL_MAX, and, without a target, a label whose first word is ON.
+    """
+    words = ["TRIGGER"]
+    if target is not None:
+        if not target or len(target.split()) != 1:
+            raise ControlSyntaxError(f"a LUN or group name is one word, got {target!r}")
+        words += ["ON", target]
+    if label and ("\n" in label or "\r" in label):
+        raise ControlSyntaxError("a label is one line")
+    label = label.strip() if label else ""
+    if label:
+        reason = label_error(label)
+        if reason:
+            raise ControlSyntaxError(reason)
+        if target is None and label.split(None, 1)[0] == "ON":
+            raise ControlSyntaxError("a label for the first LUN cannot start with the word ON; name the LUN")
+        words.append(label)
+    return " ".join(words)
+
+
 # ---------------------------------------------------------------- reply lines
 
 def reply_error(reason) -> str:
@@ -272,6 +296,11 @@ def reply_error(reason) -> str:
 def reply_unsupported(command, who: str = "this controller") -> str:
     """The answer to a command of the grammar that ``who`` does not carry out."""
     return reply_error(f"{command.verb} is not supported by {who}")
+
+
+def reply_no_target(name: str, luns) -> str:
+    """The answer when ``ON <name>`` (or VERIFY's name) names no LUN or group of this controller."""
+    return reply_error(f"no LUN or group named {name!r}; LUNs: {', '.join(luns)}")
 
 
 def reply_triggered(trigger_id: int, seq: int) -> str:
@@ -388,7 +417,7 @@ class ControlLine(TriggerSource):
             return self.lun
         if name in self.controller.luns:
             return name
-        reply(reply_error(f"no LUN or group named {name!r}; LUNs: {', '.join(self.controller.luns)}"))
+        reply(reply_no_target(name, self.controller.luns))
         return None
 
     def _trigger(self, command: TriggerCommand, reply) -> None:

@@ -55,7 +55,7 @@ def server(tmp_path_factory):
 
 
 def labels(server, lun: str) -> dict[int, str]:
-    with ControlClient(server.control, 10) as control:
+    with ControlClient(server.control, 60) as control:
         status = json.loads(control.ask("STATUS"))
     (doc,) = [d for d in status["luns"] if d["name"] == lun]
     return {b["trigger_id"]: b["label"] for b in doc["backups"]}
@@ -83,7 +83,7 @@ def test_api_special_lun_label_stops_at_the_first_nul():
 
 @pytest.mark.parametrize("export, lun", [("trigger", "lun0"), ("trigger.lun1", "lun1")])
 def test_special_lun_export_label_stops_at_the_first_nul(server, export, lun):
-    client = RawClient(server.socket).connect(export)
+    client = RawClient(server.socket, timeout=60).connect(export)
     client.write(0, NUL_LABEL)
     client.close()
     assert newest(server, lun)[1] == "nightly"
@@ -106,7 +106,7 @@ def test_special_lun_label_written_with_qemu_io(server, tmp_path):
 # ---------------------------------------------------------------- the control line of `serve`
 
 def ask(server, line: str) -> str:
-    with ControlClient(server.control, 30) as control:
+    with ControlClient(server.control, 60) as control:
         return control.ask(line)
 
 
@@ -149,6 +149,21 @@ def test_serve_verify_names_a_lun(server):
     assert results and all(r["ok"] for r in results)
 
 
+def splitpoint_cli(*args):
+    return subprocess.run([sys.executable, "-m", "splitpoint", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_trigger_on_a_named_lun(server):
+    got = splitpoint_cli("trigger", "--control", server.control, "--on", "lun1", "from-cli")
+    assert got.returncode == 0, got.stderr
+    assert labels(server, "lun1")[int(got.stdout.split()[1])] == "from-cli"
+    # without --on, a label that reads as "ON <name>" would cut another LUN: refused, nothing sent
+    before = labels(server, "lun1")
+    bad = splitpoint_cli("trigger", "--control", server.control, "ON lun1")
+    assert bad.returncode != 0 and "cannot start with the word ON" in bad.stderr
+    assert labels(server, "lun1") == before
+
+
 # ---------------------------------------------------------------- the control line of `emulate`
 
 @pytest.fixture
@@ -163,7 +178,7 @@ def emulated(tmp_path):
         while not ctl.exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.05)
-        port = serial.serial_for_url(str(ctl), timeout=10)
+        port = serial.serial_for_url(str(ctl), timeout=60)
         yield port
         port.close()
     finally:

@@ -111,3 +111,47 @@ def test_replies_are_one_line():
     assert T.reply_triggered(3, 17) == "OK 3 seq=17"
     assert T.reply_json({"a": [1, 2]}) == '{"a":[1,2]}'
     assert T.reply_unsupported(T.PinCommand("x")) == "ERR PIN is not supported by this controller"
+
+
+@pytest.mark.parametrize("target, label", [
+    (None, None), (None, "nightly"), ("lun1", None), ("lun1", "after upgrade"), ("g", "ON call"),
+    (None, "on call"), (None, "  padded  "), (None, "é" * 32),
+])
+def test_trigger_line_round_trips_through_the_grammar(target, label):
+    line = T.trigger_line(target, label)
+    assert T.parse_control_line(line) == T.TriggerCommand(target, label.strip() if label else None)
+
+
+@pytest.mark.parametrize("target, label, reason", [
+    (None, "ON lun1", "cannot start with the word ON"),
+    (None, "x" * 65, "label is 65 bytes; at most 64"),
+    ("lun1", "two\nlines", "a label is one line"),
+    ("two words", None, "a LUN or group name is one word"),
+    ("", None, "a LUN or group name is one word"),
+])
+def test_trigger_line_refuses_what_the_grammar_cannot_carry(target, label, reason):
+    with pytest.raises(T.ControlSyntaxError, match=reason):
+        T.trigger_line(target, label)
+
+
+def test_api_control_line_follows_the_grammar():
+    from splitpoint.firmware.controller import Controller
+
+    ctl = Controller.from_config(None)
+    try:
+        lines = []
+        control = T.ControlLine(ctl, "lun0")
+        control.handle("TRIGGER ON lun0 first", lines.append)
+        ctl.drain()
+        control.handle("VERIFY lun0 1", lines.append)
+        for line in ("TRIGGER ON nolun", "PIN lun0.t1", "RESTORE lun0.t1 ON lun0", "", "VERIFY x y"):
+            control.handle(line, lines.append)
+        assert lines[0].startswith("OK 1 seq=")
+        (result,) = __import__("json").loads(lines[1])
+        assert result["trigger_id"] == 1 and result["ok"]
+        assert lines[2:] == ["ERR no LUN or group named 'nolun'; LUNs: lun0",
+                             "ERR PIN is not supported by this controller",
+                             "ERR RESTORE is not supported by this controller",
+                             "ERR usage: VERIFY [name] [trigger id]"]
+    finally:
+        ctl.close()

@@ -111,7 +111,7 @@ class ControlProtocol:
             return self.lun
         lun = self.ctl.luns.get(name)
         if lun is None:
-            self.reply(triggers.reply_error(f"no LUN or group named {name!r}; LUNs: {', '.join(self.ctl.luns)}"))
+            self.reply(triggers.reply_no_target(name, self.ctl.luns))
         return lun
 
     def _trigger(self, command):

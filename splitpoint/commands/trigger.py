@@ -9,25 +9,24 @@ CONTROL_HELP = ("Control channel of the running server: the pty path `serve` pri
 
 @click.command("trigger")
 @click.option("--control", "url", envvar="SPLITPOINT_CONTROL", required=True, metavar="URL", help=CONTROL_HELP)
+@click.option("--on", "target", metavar="NAME", help="The LUN or group to cut (default: the first LUN).")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the split.")
 @click.argument("label", required=False)
-def command(url, timeout, label):
-    """Cut a point-in-time backup now: TRIGGER [LABEL] on the control channel.
+def command(url, target, timeout, label):
+    """Cut a point-in-time backup now: TRIGGER [ON NAME] [LABEL] on the control channel.
 
     Prints the server's answer, `OK <id> seq=<n>`, once the mirror has split; the backup is
-    then exported read-only as lun0.t<id> (and lun0.latest).
+    then exported read-only as <lun>.t<id> (and <lun>.latest).
     """
     from splitpoint.firmware.frontend.control import ControlError, exchange
-    from splitpoint.firmware.triggers import label_error
+    from splitpoint.firmware.triggers import ControlSyntaxError, trigger_line
 
-    if label is not None:
-        if "\n" in label or "\r" in label:
-            raise click.BadParameter("a label is one line", param_hint="LABEL")
-        reason = label_error(label)
-        if reason:
-            raise click.BadParameter(reason, param_hint="LABEL")
     try:
-        answer = exchange(url, f"TRIGGER {label}" if label else "TRIGGER", timeout)
+        line = trigger_line(target, label)
+    except ControlSyntaxError as exc:
+        raise click.BadParameter(str(exc), param_hint="LABEL" if "label" in str(exc) else "--on") from None
+    try:
+        answer = exchange(url, line, timeout)
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None
     if not answer.startswith("OK "):
