@@ -39,6 +39,10 @@ class EmulatedBoard:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+            # a real unplug removes the device node; a killed emulator leaves its link dangling at a pty
+            # number the system hands to the next pty opened (another test's control channel)
+            if os.path.islink(self.link):
+                os.unlink(self.link)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -48,6 +48,10 @@ class Board:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
+        # a real unplug removes the device node; a killed emulator leaves its link dangling at a pty
+        # number the system hands to the next pty opened (another test's control channel)
+        if os.path.islink(self.link):
+            os.unlink(self.link)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

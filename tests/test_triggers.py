@@ -143,6 +143,7 @@ def test_api_control_line_follows_the_grammar():
         control = T.ControlLine(ctl, "lun0")
         control.handle("TRIGGER ON lun0 first", lines.append)
         ctl.drain()
+        ctl.settle()   # the cut's digest is computed in the background: VERIFY then compares it
         control.handle("VERIFY lun0 1", lines.append)
         for line in ("TRIGGER ON nolun", "PIN lun0.t1", "RESTORE lun0.t1 ON lun0", "", "VERIFY x y"):
             control.handle(line, lines.append)
