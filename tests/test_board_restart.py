@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+from board_procs import EmulatedBoard
 from nbd_raw import RawClient
 from splitpoint.demo import ServerProcess
 
@@ -28,39 +28,9 @@ DEADLINE = 90.0   # ends a hung wait only; every condition below is waited for, 
 pytestmark = pytest.mark.xdist_group("board_restart")
 
 
-class Board:
-    """`splitpoint emulate` as a child process on a fixed link path."""
-
-    def __init__(self, workdir, index: int):
-        self.link = os.path.join(workdir, f"board{index}")
-        self.logpath = os.path.join(workdir, f"emulate{index}.log")
-        self.proc = None
-
-    def start(self) -> "Board":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "splitpoint", "emulate", "emu-usb-fs", "--link", self.link,
-             "--storage", f"ram://?size={SIZE}&block=512", "--rate", "0"],
-            stdout=open(self.logpath, "a"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        until(lambda: os.path.exists(self.link) and os.path.realpath(self.link) != self.link,
-              f"the emulator to link its pty at {self.link}")
-        return self
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        # a real unplug removes the device node; a killed emulator leaves its link dangling at a pty
-        # number the system hands to the next pty opened (another test's control channel)
-        if os.path.islink(self.link):
-            os.unlink(self.link)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def emulated_board(workdir, index: int) -> EmulatedBoard:
+    """`splitpoint emulate` on a fixed link path, started again on the same link after a kill."""
+    return EmulatedBoard(workdir, f"board{index}", size=str(SIZE))
 
 
 def until(cond, what: str):
@@ -133,7 +103,7 @@ def restart(board: Board, server, index: int) -> None:
 
 @pytest.fixture
 def rig(tmp_path):
-    boards = [Board(str(tmp_path), i).start() for i in range(2)]
+    boards = [emulated_board(str(tmp_path), i).start(timeout=DEADLINE) for i in range(2)]
     members = ", ".join(f'"board://emu-usb-fs?port={b.link}&{FAST}"' for b in boards)
     cfg = tmp_path / "boards.toml"
     cfg.write_text(f'[[lun]]\nname = "lun0"\nurl = "ram://lun0?size={SIZE}&block=512"\n'
