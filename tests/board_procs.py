@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 class EmulatedBoard:
     """``splitpoint emulate BOARD --link PATH`` as a child process; kill() is SIGKILL."""
@@ -53,6 +55,21 @@ class EmulatedBoard:
                 self.kill()
         if self.proc is not None:
             self._log.close()
+
+
+@pytest.fixture
+def boards(tmp_path):
+    """boards(**kw) starts an EmulatedBoard named board0, board1, ...; all stopped at teardown."""
+    started = []
+
+    def start(**kw):
+        b = EmulatedBoard(str(tmp_path), f"board{len(started)}", **kw).start()
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
 
 
 def pool_config(lun_url: str, members: list[str], mirror: str = "sync", extra: str = "") -> str:

@@ -11,27 +11,13 @@ import time
 
 import pytest
 
-from board_procs import EmulatedBoard, pool_config
+from board_procs import boards, pool_config  # noqa: F401 (boards is a fixture)
 from nbd_raw import RawClient
 from splitpoint.demo import ServerProcess
 from splitpoint.firmware.frontend.control import ControlClient, ControlError
 
 DEADLINE = 1.5     # seconds a probe may take before it counts as stalled
 PROBE_FOR = 3.0    # seconds of probing while the resync runs
-
-
-@pytest.fixture
-def boards(tmp_path):
-    started = []
-
-    def start(**kw):
-        b = EmulatedBoard(str(tmp_path), f"board{len(started)}", **kw).start()
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        b.stop()
 
 
 def member_states(control) -> list:

@@ -4,23 +4,9 @@ import time
 
 import pytest
 
-from board_procs import EmulatedBoard, pool_config
+from board_procs import boards, pool_config  # noqa: F401 (boards is a fixture)
 from splitpoint.demo import ServerProcess
 from splitpoint.firmware.frontend.control import ControlClient
-
-
-@pytest.fixture
-def boards(tmp_path):
-    started = []
-
-    def start(**kw):
-        b = EmulatedBoard(str(tmp_path), f"board{len(started)}", **kw).start()
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        b.stop()
 
 
 def test_status_reports_retransmission_counters_per_board(tmp_path, boards):
