@@ -33,9 +33,29 @@ def _member_state(m: dict) -> str:
         state += f" {resync.get('percent', 0):.1f}%" + (f" ETA {eta:.1f}s" if eta is not None else "")
     if m.get("digest_progress") is not None:
         state += f" (digest {m['digest_progress']:.0f}%)"
+    elif m.get("consistent") and m.get("digest") is None:
+        state += " (digest pending)"
     if m.get("error"):
         state += f" [{m['error']}]"
+    if m.get("link_down"):
+        state += " LINK DOWN"
     return state
+
+
+def _device_line(dev: dict) -> str:
+    """One board link: up or down, the host's retransmission counters, what its queue holds."""
+    link = dev.get("link") or {}
+    words = ["up" if link.get("up") else "down"]
+    for counter in ("retransmits", "naks", "timeouts", "reconnects"):
+        if link.get(counter):
+            words.append(f"{link[counter]} {counter[:-1]}(s)")
+    words.append(f"{link.get('outstanding', 0)}/{link.get('window', '?')} outstanding")
+    queue = dev.get("queue")
+    if queue:
+        words.append(f"{queue.get('queued_ops', 0)} queued ({_size(queue.get('queued_bytes', 0))})")
+    if link.get("gone"):
+        words.append(f"gone: {link['gone']}")
+    return f"device {dev.get('device')} {dev.get('url')}: " + ", ".join(words)
 
 
 def render(status: dict, console) -> None:
@@ -69,6 +89,8 @@ def render(status: dict, console) -> None:
                   f"{counters.get('requests', 0)} requests, {counters.get('writes', 0)} writes, "
                   f"{counters.get('reads', 0)} reads, {counters.get('triggers', 0)} triggers, "
                   f"{counters.get('errors', 0)} errors")
+    for dev in status.get("devices") or []:
+        console.print(_device_line(dev))
     meta = status.get("metadata")
     if meta:
         console.print(f"metadata {meta.get('dir')}: generation {meta.get('generation')}, "
