@@ -27,6 +27,10 @@ BACKENDS = {
     "file": "splitpoint.hal.file:FileDevice",
     "serial": "splitpoint.hal.serial_dev:SerialDevice",
     "board": "splitpoint.hal.board:BoardDevice",
+    "nbd": "splitpoint.hal.nbd:NbdDevice",
+    "nbds": "splitpoint.hal.nbd:NbdDevice",
+    "nbd+unix": "splitpoint.hal.nbd:NbdDevice",
+    "nbds+unix": "splitpoint.hal.nbd:NbdDevice",
 }
 
 
