@@ -19,6 +19,7 @@ blocks the loop.
 from __future__ import annotations
 
 import collections
+import errno as _errno
 import itertools
 import logging
 import threading
@@ -71,11 +72,6 @@ PERSIST_LAG = 0.5
 INTENT_IDLE_LAG = 0.5
 #: ... and at most, under continuous load, so a crash never has to resync more than this much writing
 INTENT_MAX_AGE = 5.0
-
-
-def _persistent(device) -> bool:
-    """Whether a device keeps its bytes across a restart (RAM does not)."""
-    return getattr(device, "scheme", "") != "ram"
 
 
 class _LateRead:
@@ -157,7 +153,7 @@ class Controller:
             self._build()
             if self.store is not None:
                 for lun in self.luns.values():
-                    if _persistent(lun.device) and not lun.read_only:
+                    if lun.device.persistent and not lun.read_only:
                         log = IntentLog(self.store._path(f"{lun.name}.intent"), len(lun.zeros.to_bytes()))
                         self._intents[lun] = WriteIntent(lun, log)
                 self._restore()
@@ -194,18 +190,18 @@ class Controller:
             if cfg.chunk_size % dev.block_size:
                 raise E.GeometryError(f"chunk_size {cfg.chunk_size} is not a multiple of LUN {lc.name}'s "
                                       f"block size {dev.block_size}")
-            lun = Lun(lc.name, dev, cfg.chunk_size, known_zero=not _persistent(dev))
+            lun = Lun(lc.name, dev, cfg.chunk_size, known_zero=not dev.persistent)
             self.luns[lc.name] = lun
             if lc.pool is not None:
                 self._add_pool(lun, lun, lc.pool, f"{lc.name}.pool")
             if lc.backup is not None:
                 bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
                 node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
-                               known_zero=not _persistent(bdev))
+                               known_zero=not bdev.persistent)
                 lun.backup_node = node
                 self._nodes.append(node)
                 self._add_path(lun, node, lc.backup.mirror)
-                if _persistent(bdev) or _persistent(dev):
+                if bdev.persistent or dev.persistent:
                     node.start_sweep(0)   # nothing says the two hold the same bytes yet
                 if lc.backup.pool is not None:
                     self._add_pool(lun, node, lc.backup.pool, f"{lc.name}.backup.pool")
@@ -238,8 +234,8 @@ class Controller:
                                    f"pool {name} member {i}"))
                 for i, url in enumerate(pc.members)]
         rs = self.config.resync
-        known_zero = (not _persistent(source.device) and source.zeros.count() == source.zeros.nchunks
-                      and not any(_persistent(d) for _, d in devs))
+        known_zero = (not source.device.persistent and source.zeros.count() == source.zeros.nchunks
+                      and not any(d.persistent for _, d in devs))
         pool = BackupPool(name, lun.name, source, devs,
                           region_size=min(self.config.digest_region, max(source.size, 512)),
                           throttle=Throttle(rs.rate, rs.deadline, rs.slice, source.chunk_size),
@@ -276,7 +272,7 @@ class Controller:
             length = len(data) if type(data) is bytes else memoryview(data).nbytes
         if not (0 <= offset < _U64 and 0 <= length < _U32):
             err = E.OutOfRangeError(f"offset {offset} or length {length} cannot be addressed",
-                                    28 if op in (_WRITE, _TRIM, _ZEROES) else 22)
+                                    _errno.ENOSPC if op in (_WRITE, _TRIM, _ZEROES) else _errno.EINVAL)
             offset, length = 0, 0
         if not (0 <= op < 0x10000) or not (0 <= flags < 0x10000):
             err = E.BadRequestError(f"opcode {op} or flags {flags} out of range")
@@ -548,7 +544,7 @@ class Controller:
             raise E.ZeroLengthError(f"zero-length request at offset {offset} on {lun.name}")
         if offset + length > lun.size:
             raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {lun.name} "
-                                    f"({lun.size} bytes)", 28 if writing else 22)
+                                    f"({lun.size} bytes)", _errno.ENOSPC if writing else _errno.EINVAL)
         raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {lun.name}'s "
                                 f"block size {lun.block_size}")
 
@@ -1086,11 +1082,11 @@ class Controller:
             self.recovery["mode"] = self.recovered
             _gen, doc = got
             self._check_doc(lun, doc)
-            lun_clean = bool(clean and doc.get("clean") and _persistent(lun.device))
+            lun_clean = bool(clean and doc.get("clean") and lun.device.persistent)
             rep = {"maps": None, "intent_chunks": None, "members": []}
             self.recovery["luns"][lun.name] = rep
             maps_gen = None
-            if _persistent(lun.device):
+            if lun.device.persistent:
                 try:
                     maps_gen = self._load_maps(lun)
                 except E.MetadataError as exc:
@@ -1128,12 +1124,12 @@ class Controller:
                 node.epoch = lun.epoch
                 bdoc = doc.get("backup") or {}
                 s = bdoc.get("sweep")
-                if lun_clean and _persistent(node.device):
+                if lun_clean and node.device.persistent:
                     node.sweep = None if s is None else Sweep(lun.epochs, s["since"], cursor=s["cursor"])
                 else:
                     node.start_sweep(0)
             for pool, pdoc in zip(lun.pools, doc["pools"]):
-                self._restore_pool(pool, pdoc, lun_clean and _persistent(pool.source.device),
+                self._restore_pool(pool, pdoc, lun_clean and pool.source.device.persistent,
                                    intent if pool.source is lun else None, rep["members"])
         for lun in self.luns.values():
             self._persist(lun)
@@ -1202,7 +1198,7 @@ class Controller:
             m.hasher = None
             m.error = None
             state = md["state"]
-            keeps_bytes = _persistent(m.device)
+            keeps_bytes = m.device.persistent
             if not keeps_bytes:
                 m.state, m.since, m.manifest, m.proven = EMPTY, 0, None, False
             elif clean:
@@ -1330,7 +1326,7 @@ def _newest_first(m: PoolMember) -> tuple:
 
 
 def keeps(m: PoolMember) -> bool:
-    return _persistent(m.device)
+    return m.device.persistent
 
 
 def _pending_chunks(sweep: Sweep) -> int:

@@ -61,7 +61,8 @@ class DeviceQueue:
         self.size = device.size
         self.block_size = device.block_size
         self.read_only = getattr(device, "read_only", False)
-        self.scheme = getattr(device, "scheme", "")
+        self.scheme = device.scheme
+        self.persistent = device.persistent
         self.wakeup = wakeup                # called (any thread) when an async read completed or an op failed
         self.rate = float(rate_hint or START_RATE)   # bytes/s the device moved, smoothed
         self.measured = False

@@ -22,16 +22,6 @@ _WRITE = int(Op.WRITE)
 _TRIM = int(Op.TRIM)
 
 
-def ram_buffer(device):
-    """The memory of a RAM device, written directly on the hot path; None for anything else.
-
-    Only RAM qualifies: its FLUSH and FUA are no-ops, so a direct write loses no
-    durability the HAL would have given."""
-    if getattr(device, "scheme", "") != "ram" or getattr(device, "read_only", False):
-        return None
-    return device.buffer()
-
-
 class LunNode:
     """A LUN that applies data ops in stream order and forwards them down its mirror paths."""
 
@@ -48,7 +38,6 @@ class LunNode:
         self._zeros_any = known_zero
         self.paths: list = []          # MirrorPaths fed by this node, in order
         self._forwards: list = []      # what apply() calls for each path (a sync pool's apply, else path.forward)
-        self._buf = ram_buffer(device)
         self.cow: list = []            # pool members cut at a TRIGGER that still need chunks from here
         self.epoch = 1                 # epoch of the ops applied most recently
         self.upstream = None           # the MirrorPath feeding this node (a primary backup LUN), or None
@@ -62,11 +51,7 @@ class LunNode:
             self._copy_on_write(offset, length)
         dev = self.device
         if op == _WRITE:
-            buf = self._buf
-            if buf is None or type(data) is not bytes:
-                dev.write(offset, data, flags & 1)
-            else:
-                buf[offset:offset + length] = data
+            dev.write(offset, data, flags & 1)   # through the contract: bounds, read-only, filters
             if self._zeros_any:
                 self.zeros.clear_range(offset, length)
         else:

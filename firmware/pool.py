@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 
-from splitpoint.firmware.lun import ram_buffer
 from splitpoint.firmware.manifest import Manifest, RegionHasher
 from splitpoint.firmware.requests import BackupInfo, Op
 from splitpoint.firmware.resync import Sweep, Throttle
@@ -60,7 +59,6 @@ class PoolMember:
         self.index = index
         self.url = url
         self.device = device
-        self.buf = ram_buffer(device)   # direct writes for RAM members
         self.state = EMPTY
         self.since = since              # when (re)activated, chunks with epoch >= since must be copied (0: all)
         self.sweep: Sweep | None = None
@@ -150,11 +148,7 @@ class BackupPool:
             return
         try:
             if op == _WRITE:
-                buf = m.buf
-                if buf is not None and type(data) is bytes:
-                    buf[offset:offset + length] = data
-                else:
-                    m.device.write(offset, data, flags & 1)
+                m.device.write(offset, data, flags & 1)
             elif op == _TRIM:
                 m.device.trim(offset, length)
             else:

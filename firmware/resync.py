@@ -2,8 +2,8 @@
 
 Owns the sweep (which chunks still have to be copied, and copying a slice of
 them), the throttle (rate limit, deadline paced against foreground load) and
-moving bytes between two devices (``blockcopy`` on RAM buffers with the GIL
-released, HAL read/write otherwise). It never decides *when* a member is
+moving bytes between two devices (read zero-copy from a source ``buffer()``
+where it has one, written through the destination's ``write()`` always). It never decides *when* a member is
 recycled or frozen: the pool does.
 
 A sweep is a cursor over the chunk index. Chunks behind the cursor are done;
@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import time
 
-from splitpoint import pyx
-
-_bc = pyx.select("blockcopy")
-
 #: bytes moved per HAL read/write when a device has no buffer()
 IO_STEP = 4 << 20
 
@@ -32,9 +28,7 @@ def copy_between(src_dev, dst_dev, extents) -> int:
     """Copy byte extents from ``src_dev`` to ``dst_dev`` (same offsets); return the bytes copied."""
     if not extents:
         return 0
-    sbuf, dbuf = src_dev.buffer(), dst_dev.buffer()
-    if sbuf is not None and dbuf is not None:
-        return _bc.copy_extents(sbuf, dbuf, extents)
+    sbuf = src_dev.buffer()   # read zero-copy where the source has memory; every write goes through the contract
     total = 0
     for offset, length in extents:
         end = offset + length

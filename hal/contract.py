@@ -67,6 +67,8 @@ class BlockDevice:
     incarnation: int = 0
     #: True while the device cannot be reached (a board unplugged or restarting); I/O waits or fails meanwhile
     link_down: bool = False
+    #: True when the contents outlive the process (file://, boards); False for ram://, which starts zeroed
+    persistent: bool = True
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset``."""
@@ -94,7 +96,10 @@ class BlockDevice:
         raise NotImplementedError
 
     def buffer(self):
-        """A writable memoryview of the whole device for zero-copy kernels, or None."""
+        """A memoryview of the device's bytes where it has one (ram://), else None.
+
+        Callers may READ from it zero-copy; every WRITE still goes through
+        ``write()`` / ``write_zeroes()`` so bounds, read-only and filters apply."""
         return None
 
     def close(self) -> None:

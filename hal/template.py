@@ -12,6 +12,7 @@ from splitpoint.hal.contract import BlockDevice
 
 class TemplateDevice(BlockDevice):
     scheme = "template"
+    persistent = True  # False only when the medium starts empty on every open (like ram://)
 
     def __init__(self, size: int = 0, block_size: int = 512):
         self.size = size  # capacity in bytes

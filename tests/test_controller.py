@@ -330,6 +330,7 @@ class CountingDevice(RamDevice):
     """A RAM disk that counts flushes and FUA writes (registered as counting://)."""
 
     scheme = "counting"
+    persistent = True   # stands for a disk: keeps its bytes across a restart
     instances: list = []
 
     def __init__(self, *a, **kw):
@@ -438,6 +439,7 @@ class FailingDevice(RamDevice):
     """A RAM disk whose writes fail once ``broken`` is set (registered as failing://)."""
 
     scheme = "failing"
+    persistent = True   # stands for a disk: keeps its bytes across a restart
     instances: list = []
 
     def __init__(self, *a, **kw):

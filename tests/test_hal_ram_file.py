@@ -116,3 +116,17 @@ def test_template_shows_every_hook():
     with pytest.raises(NotImplementedError):
         TemplateDevice(4096).read(0, 512)
     assert set(hal.BACKENDS) >= {"ram", "file"}
+
+
+def test_persistent_and_buffer_are_attributes_of_the_contract(tmp_path):
+    ram = open_device("ram://?size=64K")
+    disk = open_device(f"file://{tmp_path}/p.img?size=64K&create=1")
+    wrapped = open_device("ram://?size=64K&faults=drop=1,seed=1")
+    try:
+        assert (ram.persistent, disk.persistent, wrapped.persistent) == (False, True, False)
+        assert ram.buffer() is not None and disk.buffer() is None
+        assert wrapped.buffer() is None   # a filter never lets a kernel bypass it
+        assert bytes(ram.buffer()[0:512]) == bytes(512)
+    finally:
+        for dev in (ram, disk, wrapped):
+            dev.close()

@@ -93,6 +93,10 @@ class DeviceFilter(BlockDevice):
     def link_down(self) -> bool:
         return self.next.link_down
 
+    @property
+    def persistent(self) -> bool:
+        return self.next.persistent   # a filter changes faults, never what the medium keeps
+
     def read(self, offset, length):
         return self.next.read(offset, length)
 
