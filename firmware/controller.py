@@ -74,6 +74,22 @@ INTENT_IDLE_LAG = 0.5
 INTENT_MAX_AGE = 5.0
 
 
+def check_range(lun, offset: int, length: int, writing: bool, aligned: bool = True) -> None:
+    """The one range check of a request on ``lun``: non-empty, inside it and (``aligned``) on its blocks.
+
+    Raises the specific error; a write past the end answers ENOSPC (as NBD asks), a read EINVAL."""
+    if length and 0 <= offset and offset + length <= lun.size:
+        if not (aligned and (offset | length) & (lun.block_size - 1)):
+            return
+    if not length:
+        raise E.ZeroLengthError(f"zero-length request at offset {offset} on {lun.name}")
+    if offset < 0 or offset + length > lun.size:
+        raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {lun.name} "
+                                f"({lun.size} bytes)", _errno.ENOSPC if writing else _errno.EINVAL)
+    raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {lun.name}'s "
+                            f"block size {lun.block_size}")
+
+
 class _LateRead:
     """A backup READ that its member's DeviceQueue runs; the completion waits for it."""
 
@@ -381,8 +397,7 @@ class Controller:
                     elif flags & FLAG_SUB_BLOCK:
                         self._execute_sub_block(lun, op, offset, length, data, flags & ~FLAG_SUB_BLOCK, refused)
                     elif op == _WRITE:
-                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
-                            self._range_error(lun, offset, length, True)
+                        check_range(lun, offset, length, True)
                         if lun.read_only:
                             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
                         if flags & ~FLAGS_KNOWN:
@@ -395,8 +410,7 @@ class Controller:
                         counters["writes"] += 1
                         counters["bytes_written"] += length
                     elif op == _READ:
-                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
-                            self._range_error(lun, offset, length, False)
+                        check_range(lun, offset, length, False)
                         result = lun.device.read(offset, length)
                         counters["reads"] += 1
                         counters["bytes_read"] += length
@@ -406,8 +420,7 @@ class Controller:
                         lun.flush()
                         counters["flushes"] += 1
                     elif op == _TRIM or op == _ZEROES:
-                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
-                            self._range_error(lun, offset, length, True)
+                        check_range(lun, offset, length, True)
                         if lun.read_only:
                             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
                         if refused and lun in refused:
@@ -415,8 +428,7 @@ class Controller:
                         lun.apply(op, offset, length, None, flags, lun.epoch)
                         counters["trims" if op == _TRIM else "zeroes"] += 1
                     elif op == _CACHE:
-                        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
-                            self._range_error(lun, offset, length, False)
+                        check_range(lun, offset, length, False)
                     else:
                         raise E.BadRequestError(f"unknown opcode {op}; opcodes: "
                                                 f"{', '.join(f'{o.name}={o.value}' for o in Op)}")
@@ -489,8 +501,7 @@ class Controller:
         """
         if op not in (_WRITE, _TRIM, _ZEROES):
             raise E.BadRequestError(f"the sub-block flag applies to WRITE, TRIM and WRITE_ZEROES, not opcode {op}")
-        if not length or offset + length > lun.size:
-            self._range_error(lun, offset, length, True)
+        check_range(lun, offset, length, True, aligned=False)
         if lun.read_only:
             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
         if flags & ~FLAGS_KNOWN:
@@ -537,16 +548,6 @@ class Controller:
         if end < stop and not tail:
             tail = lun.device.read(stop - bs, bs)[end - (stop - bs):]
         lun.apply(_WRITE, start, stop - start, b"".join((head, body, tail)), flags & FLAG_FUA, lun.epoch)
-
-    @staticmethod
-    def _range_error(lun, offset: int, length: int, writing: bool):
-        if not length:
-            raise E.ZeroLengthError(f"zero-length request at offset {offset} on {lun.name}")
-        if offset + length > lun.size:
-            raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {lun.name} "
-                                    f"({lun.size} bytes)", _errno.ENOSPC if writing else _errno.EINVAL)
-        raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {lun.name}'s "
-                                f"block size {lun.block_size}")
 
     def _split(self, lun: Lun, seq: int, label, group=None) -> TriggerResult:
         """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path.
@@ -605,8 +606,7 @@ class Controller:
             raise E.BadRequestError(f"{target.name} is a backup: only READ, FLUSH and CACHE apply")
         member = self._find_backup(target.lun, target.which)
         lun = target.lun
-        if (offset | length) & (lun.block_size - 1) or not length or offset + length > lun.size:
-            self._range_error(lun, offset, length, False)
+        check_range(lun, offset, length, False)
         if isinstance(member.device, DeviceQueue):
             return _LateRead(target, member, member.generation, offset, length)
         return member.device.read(offset, length)
@@ -875,8 +875,7 @@ class Controller:
         """Bytes of the backup cut by ``trigger_id`` (or "latest")."""
         lun = self._lun(lun)
         member = self._find_backup(lun, trigger_id)
-        if (offset | length) & (lun.block_size - 1) or not length or offset < 0 or offset + length > lun.size:
-            self._range_error(lun, offset, length, False)
+        check_range(lun, offset, length, False)
         gen = member.generation
         data = member.device.read(offset, length)
         if member.generation != gen or member.state != FROZEN:
@@ -891,8 +890,7 @@ class Controller:
             if target is None:
                 raise E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
         base = target.lun if isinstance(target, BackupTarget) else target
-        if not length or offset < 0 or offset + length > base.size:
-            self._range_error(base, offset, length, False)
+        check_range(base, offset, length, False, aligned=False)
         if isinstance(target, BackupTarget):
             return [(offset, length, 0)]
         return target.allocation(offset, length, STATE_HOLE | STATE_ZERO)
