@@ -170,7 +170,7 @@ class Controller:
             if self.store is not None:
                 for lun in self.luns.values():
                     if lun.device.persistent and not lun.read_only:
-                        log = IntentLog(self.store._path(f"{lun.name}.intent"), len(lun.zeros.to_bytes()))
+                        log = IntentLog(self.store.path(f"{lun.name}.intent"), len(lun.zeros.to_bytes()))
                         self._intents[lun] = WriteIntent(lun, log)
                 self._restore()
         except BaseException:
@@ -1107,14 +1107,14 @@ class Controller:
                 for off, ln in intent.extents():
                     lun.epochs.mark(off, ln, lun.epoch)   # written in the newest epoch, as far as anyone knows
                     lun.zeros.clear_range(off, ln)
-                lun._zeros_any = lun.zeros.count() > 0
+                lun.zeros_restored()
                 rep["maps"] = "restored, with the write-intent set merged"
                 rep["intent_chunks"] = intent.count()
             else:
                 lun.epoch = int(doc["epoch"]) + 1
                 # without trusted maps a crash may have hidden any write: every incremental resync becomes full
                 lun.zeros.clear()
-                lun._zeros_any = False
+                lun.zeros_restored()
                 if rep["maps"] is None:
                     rep["maps"] = "no epoch maps record" if maps_gen is None else "no write-intent log"
             node = lun.backup_node
@@ -1170,7 +1170,7 @@ class Controller:
             pos += ne
             node.zeros = em.ChunkBitmap.from_bytes(node.size, node.chunk_size, body[pos:pos + nb])
             pos += nb
-            node._zeros_any = node.zeros.count() > 0
+            node.zeros_restored()
         for pool in lun.pools:
             for m in pool.members:
                 if m.sweep is not None:
@@ -1231,12 +1231,12 @@ class Controller:
                                 "was resyncing: its pending chunks and the write-intent chunks")
             else:
                 m.state = INCONSISTENT
-                pool._activate(m, notify=False)
+                pool.activate(m, notify=False)
                 why[m.index] = ("the epoch maps cannot be trusted: full resync" if not incremental and not clean
                                 else "contents unknown: full resync")
         elif not clean and len(pool.members) > 1:
             nxt = min(pool.members, key=lambda x: (x.last_active, x.index))
-            pool._activate(nxt, notify=False)
+            pool.activate(nxt, notify=False)
             why[nxt.index] = "reactivated after the crash"
         if report is not None and not clean:
             for m, md in zip(pool.members, pdoc["members"]):
@@ -1291,8 +1291,7 @@ class Controller:
                         for node in [lun.backup_node] if lun.backup_node else []:
                             node.device.flush()
                         for pool in lun.pools:
-                            for m in pool.members:
-                                m.device.flush()
+                            pool.flush_members()
                     except HalError as exc:
                         self.metadata_error = f"flush at close failed: {exc}"
                     self._persist(lun, clean=True)

@@ -86,6 +86,10 @@ class LunNode:
         for path in self.paths:
             path.trigger(event)
 
+    def zeros_restored(self) -> None:
+        """The zero bitmap was replaced or edited wholesale (a restore): recount whether any chunk is known zero."""
+        self._zeros_any = self.zeros.count() > 0
+
     def _mark_zero(self, offset: int, length: int) -> None:
         cs = self.chunk_size
         first = -(-offset // cs)

@@ -59,7 +59,7 @@ class MetadataStore:
 
     def _probe(self) -> None:
         """Create, fsync and remove a file, so a store that cannot be written fails now, not at a crash."""
-        path = self._path(".probe.tmp")
+        path = self.path(".probe.tmp")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, b"probe")
@@ -68,7 +68,8 @@ class MetadataStore:
             os.close(fd)
         os.unlink(path)
 
-    def _path(self, name: str) -> str:
+    def path(self, name: str) -> str:
+        """Where the store keeps the file ``name`` (the write-intent log lives beside the records)."""
         return os.path.join(self.directory, name)
 
     def _fsync_dir(self) -> None:
@@ -83,7 +84,7 @@ class MetadataStore:
         self.generation += 1
         k = kind.encode()
         head = _HEAD.pack(MAGIC, VERSION, len(k), self.generation, len(body), crc32c.crc32c(body))
-        tmp = self._path(name + ".tmp")
+        tmp = self.path(name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(head + k + body)
@@ -92,7 +93,7 @@ class MetadataStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, self._path(name))
+        os.replace(tmp, self.path(name))
         self._fsync_dir()
         self.writes += 1
         return self.generation
@@ -115,7 +116,7 @@ class MetadataStore:
 
     def read(self, name: str) -> tuple[int, bytes] | None:
         """(generation, body) of record ``name``, None when absent; MetadataError when corrupt."""
-        path = self._path(name)
+        path = self.path(name)
         if not os.path.exists(path):
             return None
         gen, _kind, body = self._read_file(path)
@@ -136,7 +137,7 @@ class MetadataStore:
 
     def remove(self, name: str) -> None:
         try:
-            os.unlink(self._path(name))
+            os.unlink(self.path(name))
         except FileNotFoundError:
             return
         self._fsync_dir()

@@ -128,7 +128,7 @@ class BackupPool:
         self.on_change = on_change or (lambda pool, urgent: None)          # persist pool state
         self.on_backups_changed = on_backups_changed or (lambda pool: None)
         first = self.members[0]
-        self._activate(first, notify=False)
+        self.activate(first, notify=False)
 
     # -- mirror target ---------------------------------------------------------------------
     def attach_upstream(self, path) -> None:
@@ -155,6 +155,11 @@ class BackupPool:
                 m.device.write_zeroes(offset, length, flags & 1)
         except HalError as exc:
             self._member_failed(m, exc)
+
+    def flush_members(self) -> None:
+        """Flush every member's device (a clean close); a HalError reaches the caller."""
+        for m in self.members:
+            m.device.flush()
 
     def flush(self) -> None:
         m = self.active
@@ -185,18 +190,19 @@ class BackupPool:
             if a is None:
                 # a pool of one: the member frozen at the previous TRIGGER is refreshed and cut here
                 m = self.members[0]
-                self._activate(m)
+                self.activate(m)
                 self.active = None
                 self._freeze(m, event)
                 m.last_active = self.clock
         else:
             nxt = min((m for m in self.members if m is not a), key=lambda m: (m.last_active, m.index))
-            self._activate(nxt)
+            self.activate(nxt)
         self.on_change(self, True)
         self.on_backups_changed(self)
 
     # -- transitions ---------------------------------------------------------------------
-    def _activate(self, m: PoolMember, notify: bool = True) -> None:
+    def activate(self, m: PoolMember, notify: bool = True) -> None:
+        """Make ``m`` the member that mirrors the source from now on (at start, on a TRIGGER or after a restore)."""
         was_backup = m.state == FROZEN
         if m.state == CUTTING:
             self._uncow(m)
