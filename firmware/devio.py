@@ -102,6 +102,20 @@ class DeviceQueue:
         """Queued behind every earlier write (``drain`` waits for it)."""
         self._put(_FLUSH, 0, 0, None, False)
 
+    def flush_and_wait(self) -> None:
+        """Flush behind every queued op and wait until the device did it: what was queued is durable.
+
+        A TRIGGER's cut on this device counts as a backup only after this returned (the device takes
+        no in-band TRIGGER, so the cut is a drain barrier). Raises the failure of any op up to the
+        flush, or DeviceBackloggedError when the queue did not drain within the time it should take."""
+        self.flush()
+        limit = self.queued_bytes / max(self.rate, 1.0) + 10.0
+        if not self.drain(timeout=limit):
+            raise DeviceBackloggedError(f"{self.name}: queued writes did not reach the device within {limit:.1f} s")
+        err = self.failed()
+        if err is not None:
+            raise err
+
     def read(self, offset: int, length: int) -> bytes:
         """Read behind every queued op: at once when the read-ahead holds exactly it, else blocking.
         Either way the next slice of the same size is fetched ahead."""

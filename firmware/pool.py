@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 
+from splitpoint.firmware.devio import DeviceQueue
 from splitpoint.firmware.manifest import Manifest, RegionHasher
 from splitpoint.firmware.requests import BackupInfo, Op
 from splitpoint.firmware.resync import Sweep, Throttle
@@ -245,7 +246,10 @@ class BackupPool:
         """``m`` holds its cut exactly: flush it, so the manifest recorded next vouches for durable bytes.
         From then on it is a consistent backup, also across a crash; its digest follows in the background."""
         try:
-            m.device.flush()
+            if isinstance(m.device, DeviceQueue):
+                m.device.flush_and_wait()   # its writes are still queued: durable first, then a backup
+            else:
+                m.device.flush()
         except HalError as exc:
             self._make_inconsistent(m, f"device error while flushing the cut: {exc}")
             log.warning("%s: not a backup: %s", m.name, m.error)

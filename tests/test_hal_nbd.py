@@ -235,6 +235,15 @@ def test_a_pool_of_nbd_members_rotates_cuts_exactly_and_verifies(servers):
                 model[off:off + n] = data
             res = ctl.trigger("lun0", f"cut{t}")
             cuts[res.id] = bytes(model)
+            # a plain NBD target takes no in-band TRIGGER: the cut is a drain barrier, so another
+            # client of the frozen member's server already reads exactly the cut
+            frozen = next(b for b in ctl.backups("lun0") if b.trigger_id == res.id)
+            index = int(frozen.member.rsplit("[", 1)[1].rstrip("]"))
+            other = open_device(urls[index] + "&block=4096")
+            try:
+                assert other.read(0, size) == cuts[res.id], f"member {index} behind its cut t{res.id}"
+            finally:
+                other.close()
         ctl.settle()
         kept = ctl.backups("lun0")
         assert len(kept) == 2 and {b.trigger_id for b in kept} == {5, 6}   # rotated: the oldest recycled
