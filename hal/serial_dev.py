@@ -18,11 +18,11 @@ import threading
 import time
 from urllib.parse import parse_qsl, unquote
 
-from splitpoint import wire
+from splitpoint.hal import wire
 from splitpoint.hal.contract import (BadURLError, BlockDevice, DeviceClosedError, DeviceGoneError, HalError,
                                      MisalignedError, OutOfRangeError, ReadOnlyError, check_io)
 from splitpoint.hal.url import parse_size
-from splitpoint.wire import ErrorCode, Flag, MsgType
+from splitpoint.hal.wire import ErrorCode, Flag, MsgType
 
 log = logging.getLogger("splitpoint.hal.serial")
 

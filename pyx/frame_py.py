@@ -3,7 +3,7 @@
 Owns the lowest layer of docs/wire-protocol.md: COBS stuffing, the 12-byte
 header, the CRC32C trailer and a streaming decoder that resynchronises on the
 0x00 delimiter. It knows nothing of message types or sessions: that is
-``splitpoint.wire``. It never raises out of ``FrameDecoder.feed``: a bad frame
+``splitpoint.hal.wire``. It never raises out of ``FrameDecoder.feed``: a bad frame
 is counted and kept in ``pop_errors()``, so garbage on a line can never crash
 the side that reads it.
 

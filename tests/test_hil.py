@@ -18,7 +18,7 @@ import serial
 import xxhash
 
 from splitpoint.boards.schema import load_board
-from splitpoint.emulator import Emulator
+from splitpoint.boards.emulator import Emulator
 from splitpoint.hal import BadURLError, DeviceGoneError, ReadOnlyError, open_device
 from splitpoint.hal.filters import FrameChain, wrap_device
 from splitpoint.hal.filters.stall import StallFrames

@@ -5,7 +5,7 @@ import pytest
 
 from splitpoint.boards.schema import load_board
 from splitpoint.config import loads
-from splitpoint.emulator import Emulator
+from splitpoint.boards.emulator import Emulator
 from splitpoint.firmware.controller import Controller
 from splitpoint.hal import open_device
 

@@ -11,9 +11,9 @@ import time
 import pytest
 import serial
 
-from splitpoint import wire
+from splitpoint.hal import wire
 from splitpoint.boards.schema import load_board
-from splitpoint.emulator import Emulator
+from splitpoint.boards.emulator import Emulator
 from splitpoint.hal import open_device
 from splitpoint.hal.filters import FrameChain
 from splitpoint.hal.filters.base import FrameFilter

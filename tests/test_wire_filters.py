@@ -6,7 +6,7 @@ import pytest
 from splitpoint.hal import DeviceGoneError, open_device
 from splitpoint.hal.filters import FaultSpecError, FrameChain, frame_chain, parse_spec, wrap_device
 from splitpoint.hal.filters.error import InjectedIOError
-from splitpoint.wire import frame as fr
+from splitpoint.hal.wire import frame as fr
 
 FRAMES = [fr.encode_frame(3, 0, i, bytes([i % 251 + 1]) * 40) for i in range(400)]
 

@@ -1,11 +1,11 @@
 """The board side of a session (BoardEngine) without a pty: ordering, duplicates, NAKs, errors."""
 import pytest
 
-from splitpoint import wire
-from splitpoint.emulator import BoardEngine
+from splitpoint.hal import wire
+from splitpoint.boards.emulator import BoardEngine
 from splitpoint.hal import open_device
 from splitpoint.hal.filters import wrap_device
-from splitpoint.wire import ErrorCode, Flag, MsgType
+from splitpoint.hal.wire import ErrorCode, Flag, MsgType
 
 fr = wire.frame
 
@@ -189,7 +189,7 @@ def test_any_frame_or_noise_gets_an_answer_never_a_crash(frames, noise):
 
 def test_a_duplicate_whose_reply_is_still_queued_is_not_answered_twice(tmp_path):
     from splitpoint.boards.schema import load_board
-    from splitpoint.emulator import Emulator
+    from splitpoint.boards.emulator import Emulator
 
     emu = Emulator(load_board("emu-usb-fs"), str(tmp_path / "link"), open_device("ram://?size=1M&block=512"),
                    rate=0)  # not started: the test plays the tx thread

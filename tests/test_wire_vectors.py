@@ -1,4 +1,4 @@
-"""splitpoint.wire: every message type against the v1 vectors, round trips, and rejections."""
+"""splitpoint.hal.wire.messages: every message type against the v1 vectors, round trips, and rejections."""
 import json
 import os
 
@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitpoint import pyx, wire
-from splitpoint.wire import ErrorCode, Flag, MsgType
+from splitpoint import pyx
+from splitpoint.hal import wire
+from splitpoint.hal.wire import ErrorCode, Flag, MsgType
 
 VECTORS = json.load(open(os.path.join(os.path.dirname(__file__), "vectors", "wire_v1.json")))
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -124,3 +125,9 @@ def test_serial_arithmetic_wraps():
     assert wire.version_string(wire.pack_version("1.2.3")) == "1.2.3"
     with pytest.raises(ValueError):
         wire.pack_version("1.256.0")
+
+
+def test_frames_carry_the_labels_the_trigger_rules_allow():
+    from splitpoint.firmware import triggers
+
+    assert wire.MAX_LABEL == triggers.LABEL_MAX

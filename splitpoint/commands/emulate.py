@@ -24,7 +24,7 @@ def command(board_id, link, control_link, storage, faults, rate, seed):
     answered `OK <id> seq=<n>`; TRIGGERs on the data link are printed as they run.
     """
     from splitpoint.boards.schema import BoardDefinitionError, load_board
-    from splitpoint.emulator import Emulator, open_storage
+    from splitpoint.boards.emulator import Emulator, open_storage
     from splitpoint.hal import HalError
     from splitpoint.hal.filters import FaultSpecError, frame_chain
 

@@ -10,7 +10,7 @@ one frame worked out by hand, so a bug here cannot silently define the protocol.
 import json
 import os
 
-from splitpoint import wire as w
+from splitpoint.hal import wire as w
 from splitpoint.pyx import frame_py as f
 
 HERE = os.path.dirname(os.path.abspath(__file__))

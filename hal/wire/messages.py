@@ -1,11 +1,10 @@
-"""Typed messages of the wire protocol (docs/wire-protocol.md).
+"""Typed messages of the wire protocol (docs/wire-protocol.md, section 2).
 
 Owns message types, flags, error codes, payload layouts and their checks, on
 top of the frame codec kernel (``splitpoint.pyx.select("frame")``). Both ends
 use it: the serial/board HAL backends (host side) and the emulated board.
 It never does I/O and holds no session state: windows, retransmission and
-duplicate detection belong to the ends (``hal/serial_dev.py``,
-``splitpoint/emulator.py``).
+duplicate detection belong to ``hal/wire/session.py``.
 """
 from __future__ import annotations
 
@@ -14,15 +13,23 @@ import struct
 from dataclasses import dataclass
 
 from splitpoint import pyx
-from splitpoint.firmware.triggers import LABEL_MAX as MAX_LABEL  # noqa: F401  (frames carry the labels a TRIGGER may have)
 
 frame = pyx.select("frame")
+
+__all__ = ["PROTOCOL_VERSION", "PROTOCOL_MIN", "MAX_WINDOW", "MAX_ERROR_TEXT", "MAX_BOARD_ID", "MAX_LABEL",
+           "MsgType", "REQUEST_TYPES", "Flag", "ALLOWED_FLAGS", "ErrorCode", "Feature", "WireError",
+           "UnsupportedVersionError", "UnknownTypeError", "BadPayloadError", "version_string", "pack_version",
+           "BoardInfo", "Message", "Info", "Read", "Write", "Flush", "Trim", "Trigger", "Ack", "Error", "Nak",
+           "decode_message", "decode_wire", "seq_after", "seq_add", "to_json", "from_json"]
 
 PROTOCOL_VERSION = 1  # the version this implementation speaks
 PROTOCOL_MIN = 1  # the oldest version it still accepts
 MAX_WINDOW = 32  # NAK's bitmap covers 32 sequence numbers past `expected`
 MAX_ERROR_TEXT = 128  # ERROR message bytes (UTF-8)
 MAX_BOARD_ID = 32  # board id bytes in INFO's reply
+# TRIGGER label bytes: the controller's trigger rules allow the same (firmware.triggers.LABEL_MAX, checked by
+# tests/test_wire_vectors.py); the HAL sits below the controller and does not import it
+MAX_LABEL = 64
 
 
 class MsgType(enum.IntEnum):

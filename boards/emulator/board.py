@@ -1,30 +1,26 @@
-"""Emulated storage bridge boards: the board side of the wire protocol behind a pty.
+"""An emulated storage bridge board: the wire protocol behind a pty linked at PATH.
 
-Owns ``BoardEngine`` (the board's session: handshake, in-order execution
-within the window, reply cache for duplicate detection, NAKs) and
-``Emulator`` (a pty pair whose slave is linked at PATH, the link rate
+Owns ``Emulator``: the pty whose slave is linked at PATH, the link rate
 modelled in software, fault filters on each direction, unplug/replug, and a
-control-channel pty speaking the controller's line protocol, firmware/triggers.py). It never decides
-what a TRIGGER means: it forwards TRIGGERs to the listener it is given.
+control-channel pty (``control``). The session itself is ``BoardEngine``'s
+(``engine``); this module only moves its bytes. It never decides what a
+TRIGGER means: it forwards TRIGGERs to the listener it is given.
 """
 from __future__ import annotations
 
 import collections
-import errno
-import json
 import os
 import select
-import termios
 import threading
 import time
-import tty
 
-from splitpoint import wire
-from splitpoint.firmware import triggers
-from splitpoint.hal.contract import (BlockDevice, HalError, MisalignedError, OutOfRangeError, ReadOnlyError,
-                                     ZeroLengthError)
+from splitpoint.boards.emulator import control
+from splitpoint.boards.emulator.engine import BoardEngine
+from splitpoint.boards.emulator.pty import Pty
+from splitpoint.hal import wire
+from splitpoint.hal.contract import BlockDevice
 from splitpoint.hal.filters import frame_chain
-from splitpoint.wire import ErrorCode, Feature, Flag, MsgType
+from splitpoint.hal.wire import Feature, Flag, MsgType
 
 frame = wire.frame
 
@@ -32,201 +28,11 @@ PACE_SLACK = 0.002  # seconds a link's virtual clock may run ahead before the em
 
 _FEATURES = {"flush": Feature.FLUSH, "trim": Feature.TRIM, "fua": Feature.FUA, "trigger": Feature.TRIGGER,
              "read-only": Feature.READ_ONLY, "control": Feature.CONTROL}
-_HAL_ERRORS = ((OutOfRangeError, ErrorCode.OUT_OF_RANGE), (MisalignedError, ErrorCode.MISALIGNED),
-               (ZeroLengthError, ErrorCode.MISALIGNED), (ReadOnlyError, ErrorCode.READ_ONLY))
 
 
 def _sequenced_reply(msg) -> bool:
     """An ACK or ERROR answering a sequenced request (not INFO, whose seq is a nonce; not a NAK)."""
     return msg.type in (MsgType.ACK, MsgType.ERROR) and msg.of != MsgType.INFO
-
-
-class BoardEngine:
-    """The board's side of a session, transport-agnostic: frames in, reply messages out.
-
-    Requests execute strictly in seq order. Out-of-order arrivals inside the
-    window wait in ``buffered``; the replies of the last ``window`` executed
-    seqs stay in ``replies`` so a duplicate is answered again, never re-run.
-    """
-
-    def __init__(self, device: BlockDevice, board_id: str, window: int = 8, max_transfer: int = 16384,
-                 features: int = 0, firmware: int = 0, on_trigger=None):
-        if not 1 <= window <= wire.MAX_WINDOW:
-            raise ValueError(f"window {window} must be 1..{wire.MAX_WINDOW}")
-        self.device = device
-        self.board_id = board_id
-        self.window = window
-        self.max_transfer = max_transfer
-        self.features = features | (Feature.READ_ONLY if device.read_only else 0)
-        self.firmware = firmware
-        self.on_trigger = on_trigger  # fn(id, label, seq), called in seq order
-        self.session = None
-        self.expected = 0
-        self.buffered: dict[int, object] = {}
-        self.replies: collections.OrderedDict[int, wire.Message] = collections.OrderedDict()
-        self._nak_for = None
-        self.stats = collections.Counter()
-
-    def info(self) -> wire.BoardInfo:
-        return wire.BoardInfo(self.device.size, self.device.block_size, self.max_transfer, self.window,
-                              self.features, self.firmware, self.session or 0, self.expected, self.board_id)
-
-    def _received_bitmap(self) -> int:
-        bits = 0
-        for seq in self.buffered:
-            d = wire.seq_after(seq, self.expected) - 1
-            if 0 <= d < 32:
-                bits |= 1 << d
-        return bits
-
-    def nak(self) -> wire.Nak:
-        self.stats["naks"] += 1
-        return wire.Nak(seq=0, expected=self.expected, received=self._received_bitmap())
-
-    def on_rejected_frame(self) -> list:
-        """A frame failed its COBS/length/CRC check: ask for a resend of what is missing."""
-        self.stats["rejected_frames"] += 1
-        return [self.nak()] if self.session is not None else []
-
-    def on_frame(self, frm: tuple) -> list:
-        """Replies to send for one decoded frame (version, type, flags, seq, payload)."""
-        try:
-            msg = wire.decode_message(frm)
-        except wire.WireError as exc:
-            self.stats["bad_messages"] += 1
-            if exc.type >= 0x80:
-                return []  # a reply type travelling the wrong way: nothing to answer
-            if exc.type == MsgType.INFO:  # INFO is never sequenced: answer at once
-                return [wire.Error(seq=exc.seq, of=MsgType.INFO, code=exc.code, message=str(exc))]
-            msg = exc  # a malformed or unknown request still takes its turn in seq order
-        if not isinstance(msg, wire.WireError) and msg.type not in wire.REQUEST_TYPES:
-            self.stats["ignored"] += 1
-            return []
-        if isinstance(msg, wire.Info):
-            return [self._handshake(msg)]
-        seq = msg.seq
-        if self.session is None:
-            return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.NO_SESSION,
-                               message="no session: send INFO first")]
-        d = wire.seq_after(seq, self.expected)
-        if d < 0:
-            cached = self.replies.get(seq)
-            if cached is None:
-                self.stats["stale"] += 1
-                return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.STALE, flags=Flag.REPLAY,
-                                   message=f"seq {seq} is older than the reply cache (expected {self.expected})")]
-            self.stats["replays"] += 1
-            cached.flags |= Flag.REPLAY
-            return [cached]
-        if d >= self.window:
-            self.stats["window"] += 1
-            return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.WINDOW,
-                               message=f"seq {seq} is beyond expected {self.expected} + window {self.window}")]
-        if d > 0:
-            if seq in self.buffered:
-                self.stats["duplicates_buffered"] += 1
-                return []
-            self.buffered[seq] = msg
-            if self._nak_for != self.expected:  # one NAK per gap; the host's timer covers the rest
-                self._nak_for = self.expected
-                return [self.nak()]
-            return []
-        out = [self._execute(msg)]
-        while self.expected in self.buffered:
-            out.append(self._execute(self.buffered.pop(self.expected)))
-        return out
-
-    def _handshake(self, msg: wire.Info) -> wire.Ack:
-        if msg.session == 0:
-            return wire.Error(seq=msg.seq, of=MsgType.INFO, code=ErrorCode.BAD_PAYLOAD,
-                              message="session 0 is reserved; pick a random non-zero session")
-        if msg.session != self.session:
-            self.stats["sessions"] += 1
-            self.session = msg.session
-            self.expected = msg.first_seq
-            self.buffered.clear()
-            self.replies.clear()
-            flags = 0
-        else:
-            self.stats["resumes"] += 1
-            flags = Flag.RESUMED
-        self._nak_for = None
-        return wire.Ack(seq=msg.seq, flags=flags, of=MsgType.INFO, info=self.info())
-
-    def _execute(self, msg) -> wire.Message:
-        seq = self.expected
-        reply = self._run(msg)
-        self.expected = wire.seq_add(self.expected, 1)
-        self._nak_for = None
-        self.replies[seq] = reply
-        while len(self.replies) > self.window:
-            self.replies.popitem(last=False)
-        self.stats["executed"] += 1
-        return reply
-
-    def _run(self, msg) -> wire.Message:
-        if isinstance(msg, wire.WireError):
-            return wire.Error(seq=msg.seq, of=msg.type & 0xFF, code=msg.code, message=str(msg))
-        dev = self.device
-        try:
-            if isinstance(msg, wire.Read):
-                if msg.length > self.max_transfer:
-                    return self._too_large(msg, msg.length)
-                return wire.Ack(seq=msg.seq, of=MsgType.READ, data=dev.read(msg.offset, msg.length))
-            if isinstance(msg, wire.Write):
-                if len(msg.data) > self.max_transfer:
-                    return self._too_large(msg, len(msg.data))
-                dev.write(msg.offset, msg.data, fua=bool(msg.flags & Flag.FUA))
-            elif isinstance(msg, wire.Flush):
-                dev.flush()
-            elif isinstance(msg, wire.Trim):
-                if msg.flags & Flag.ZEROES:
-                    dev.write_zeroes(msg.offset, msg.length, fua=bool(msg.flags & Flag.FUA))
-                else:
-                    dev.trim(msg.offset, msg.length)
-                    if msg.flags & Flag.FUA:
-                        dev.flush()
-            elif isinstance(msg, wire.Trigger):
-                self.stats["triggers"] += 1
-                if self.on_trigger is not None:
-                    self.on_trigger(msg.id, msg.label, msg.seq)
-        except HalError as exc:
-            code = next((c for cls, c in _HAL_ERRORS if isinstance(exc, cls)), ErrorCode.IO)
-            return wire.Error(seq=msg.seq, of=msg.type, code=code, message=str(exc))
-        return wire.Ack(seq=msg.seq, of=msg.type)
-
-    def _too_large(self, msg, n):
-        return wire.Error(seq=msg.seq, of=msg.type, code=ErrorCode.TOO_LARGE,
-                          message=f"{n} bytes is above max_transfer {self.max_transfer}")
-
-
-class _Pty:
-    """One pty pair in raw mode; the slave is linked at ``path`` and kept open so the
-    host can close and reopen it without the master seeing a hang-up."""
-
-    def __init__(self, path: str):
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave, termios.TCSANOW)
-        os.set_blocking(self.master, False)
-        self.name = os.ttyname(self.slave)
-        self.path = path
-        tmp = f"{path}.{os.getpid()}.tmp"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(self.name, tmp)
-        os.replace(tmp, path)
-
-    def close(self):
-        try:
-            if os.path.islink(self.path) and os.readlink(self.path) == self.name:
-                os.unlink(self.path)
-        except OSError:
-            pass
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 class Emulator:
@@ -264,10 +70,10 @@ class Emulator:
         self.plug_count = 0
         self._lock = threading.RLock()
         self._plug_changed = threading.Condition(self._lock)
-        self._pty: _Pty | None = None
-        self._retired: list[_Pty] = []  # unplugged ptys the io thread has still to close
+        self._pty: Pty | None = None
+        self._retired: list[Pty] = []  # unplugged ptys the io thread has still to close
         self._generation = 0  # bumped at every unplug, so stale replies never reach a new link
-        self._ctl: _Pty | None = None
+        self._ctl: Pty | None = None
         self._want_plugged = True
         self._replug_at: float | None = None
         self._stop = threading.Event()
@@ -288,17 +94,18 @@ class Emulator:
     # ---- lifecycle ----
     def start(self) -> "Emulator":
         with self._lock:
-            self._pty = _Pty(self.link_path)
+            self._pty = Pty(self.link_path)
             self.plug_count += 1
         if self.control_path:
-            self._ctl = _Pty(self.control_path)
+            self._ctl = Pty(self.control_path)
         name = f"emu-{self.board.id}"
         self._threads = [threading.Thread(target=self._io_loop, name=f"{name}-io", daemon=True),
                          threading.Thread(target=self._data_loop, name=name, daemon=True),
                          threading.Thread(target=self._tx_loop, name=f"{name}-tx", daemon=True)]
         self._io_thread = self._threads[0]
         if self._ctl:
-            self._threads.append(threading.Thread(target=self._control_loop, name=f"{name}-ctl", daemon=True))
+            self._threads.append(threading.Thread(target=control.serve, args=(self, self._ctl.master, self._wake_r, self._stop),
+                                                  name=f"{name}-ctl", daemon=True))
         for t in self._threads:
             t.start()
         return self
@@ -377,7 +184,7 @@ class Emulator:
     def _apply_plug(self):
         """Bring the pty in line with _want_plugged (caller holds self._lock)."""
         if self._want_plugged and self._pty is None:
-            self._pty = _Pty(self.link_path)
+            self._pty = Pty(self.link_path)
             self.plug_count += 1
             with self._rx_cv:
                 self._rxq.append((0.0, None))  # the data thread drops any torn frame of the old link
@@ -560,7 +367,7 @@ class Emulator:
             except OSError:
                 break
 
-    # ---- control channel: the grammar of firmware/triggers.py ----
+    # ---- control channel (control.py) ----
     def status(self) -> dict:
         e = self.engine
         return {"board": self.board.id, "plugged": self.plugged, "session": e.session, "expected": e.expected,
@@ -569,74 +376,8 @@ class Emulator:
                 "stats": dict(e.stats), "faults": {"rx": self.rx_chain.counts(), "tx": self.tx_chain.counts()}}
 
     def control_line(self, line: str) -> str | None:
-        """The one-line answer to one control-channel line (None for a blank line: no answer).
-
-        The grammar is the controller's (firmware/triggers.py); a board carries out TRIGGER,
-        STATUS and PING, and answers the rest of the grammar with ERR.
-        """
-        try:
-            command = triggers.parse_control_line(line)
-        except triggers.ControlSyntaxError as exc:
-            return triggers.reply_error(exc)
-        if command is None:
-            return None
-        if isinstance(command, triggers.PingCommand):
-            return "PONG"
-        if isinstance(command, triggers.StatusCommand):
-            return triggers.reply_json(self.status())
-        if isinstance(command, triggers.TriggerCommand):
-            if command.target is not None:
-                return triggers.reply_error(f"TRIGGER ON is not supported by board {self.board.id}: "
-                                            f"it has one LUN")
-            if self.trigger_listener is None:
-                return "ERR no controller is listening for TRIGGER on this board"
-            try:
-                trigger_id, seq = self.trigger_listener(command.label or "")
-            except Exception as exc:  # the listener's failure is reported on the line, not raised here
-                return triggers.reply_error(f"trigger failed: {exc}")
-            return triggers.reply_triggered(trigger_id, seq)
-        return triggers.reply_unsupported(command, f"board {self.board.id}")
-
-    def _control_loop(self):
-        ctl = self._ctl
-        buf = bytearray()
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([ctl.master, self._wake_r], [], [], 0.1)
-            except (OSError, ValueError):
-                return
-            if ctl.master not in ready:
-                continue
-            try:
-                data = os.read(ctl.master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EIO:
-                    time.sleep(0.05)
-                    continue
-                return
-            buf += data
-            if len(buf) > 4096 and b"\n" not in buf:
-                buf.clear()
-                self._control_write("ERR line too long\n")
-            while b"\n" in buf:
-                raw, _, rest = bytes(buf).partition(b"\n")
-                buf[:] = rest
-                try:
-                    line = raw.decode().rstrip("\r")
-                except UnicodeDecodeError:
-                    self._control_write("ERR line is not UTF-8\n")
-                    continue
-                answer = self.control_line(line)
-                if answer is not None:
-                    self._control_write(answer + "\n")
-
-    def _control_write(self, text: str):
-        try:
-            os.write(self._ctl.master, text.encode())
-        except OSError:
-            pass
+        """The one-line answer to one control-channel line (None for a blank line: no answer)."""
+        return control.answer(self, line)
 
 
 def open_storage(url: str | None, board) -> BlockDevice:
@@ -646,3 +387,4 @@ def open_storage(url: str | None, board) -> BlockDevice:
     if url:
         return open_device(url)
     return open_device(f"ram://{board.id}?size={board.capacity}&block={board.block_size}")
+
