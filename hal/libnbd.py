@@ -18,8 +18,6 @@ struct nbd_handle *nbd_create (void);
 void nbd_close (struct nbd_handle *h);
 const char *nbd_get_error (void);
 int nbd_get_errno (void);
-int nbd_supports_uri (struct nbd_handle *h);
-int nbd_supports_tls (struct nbd_handle *h);
 int nbd_connect_uri (struct nbd_handle *h, const char *uri);
 int nbd_shutdown (struct nbd_handle *h, uint32_t flags);
 int64_t nbd_get_size (struct nbd_handle *h);
@@ -27,7 +25,6 @@ int64_t nbd_get_block_size (struct nbd_handle *h, int size_type);
 int nbd_is_read_only (struct nbd_handle *h);
 int nbd_can_flush (struct nbd_handle *h);
 int nbd_can_fua (struct nbd_handle *h);
-int nbd_can_trim (struct nbd_handle *h);
 int nbd_can_zero (struct nbd_handle *h);
 int nbd_pread (struct nbd_handle *h, void *buf, size_t count, uint64_t offset, uint32_t flags);
 int nbd_pwrite (struct nbd_handle *h, const void *buf, size_t count, uint64_t offset, uint32_t flags);
@@ -38,10 +35,8 @@ int nbd_zero (struct nbd_handle *h, uint64_t count, uint64_t offset, uint32_t fl
 
 #: libnbd's command flags (LIBNBD_CMD_FLAG_*)
 CMD_FLAG_FUA = 1 << 0
-CMD_FLAG_NO_HOLE = 1 << 1
 #: nbd_get_block_size size types (LIBNBD_SIZE_*)
 SIZE_MINIMUM = 0
-SIZE_PREFERRED = 1
 SIZE_MAXIMUM = 2
 
 #: errnos after which the connection is gone, not just the one request refused

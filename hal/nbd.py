@@ -196,7 +196,9 @@ class NbdDevice(BlockDevice):
         if not self._can_zero:
             zeros = bytes(min(length, self._max))
             for at in range(0, length, len(zeros)):
-                self.write(offset + at, zeros[:min(len(zeros), length - at)], fua)
+                self.write(offset + at, zeros[:min(len(zeros), length - at)])
+            if fua:
+                self.flush()   # once for the whole range, not once per piece
             return
         lb = libnbd.lib()
         flags = libnbd.CMD_FLAG_FUA if fua and self._can_fua else 0

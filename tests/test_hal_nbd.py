@@ -255,3 +255,15 @@ def test_a_pool_of_nbd_members_rotates_cuts_exactly_and_verifies(servers):
         assert len(devices) == 3 and all(d["link"]["up"] for d in devices)
     finally:
         ctl.close()
+
+
+def test_a_server_without_write_zeroes_gets_zero_writes(servers):
+    dev = open_device(servers.nbdkit("--filter=nozero", "memory", "1M", "zeromode=none"))
+    try:
+        assert not dev._can_zero
+        dev.write(0, b"z" * 8192)
+        dev.write_zeroes(0, 4096, fua=True)
+        dev.trim(4096, 4096)
+        assert dev.read(0, 8192) == bytes(8192)
+    finally:
+        dev.close()
