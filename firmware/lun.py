@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from splitpoint import pyx
-from splitpoint.firmware.requests import Op
+from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.firmware.resync import Sweep, copy_between
 from splitpoint.hal import HalError
 
@@ -51,14 +51,14 @@ class LunNode:
             self._copy_on_write(offset, length)
         dev = self.device
         if op == _WRITE:
-            dev.write(offset, data, flags & 1)   # through the contract: bounds, read-only, filters
+            dev.write(offset, data, flags & FLAG_FUA)   # through the contract: bounds, read-only, filters
             if self._zeros_any:
                 self.zeros.clear_range(offset, length)
         else:
             if op == _TRIM:
                 dev.trim(offset, length)
             else:
-                dev.write_zeroes(offset, length, flags & 1)
+                dev.write_zeroes(offset, length, flags & FLAG_FUA)
             self._mark_zero(offset, length)
         self.epochs.mark(offset, length, epoch)
         self.epoch = epoch

@@ -31,7 +31,7 @@ import logging
 
 from splitpoint.firmware.devio import DeviceQueue
 from splitpoint.firmware.manifest import Manifest, RegionHasher
-from splitpoint.firmware.requests import BackupInfo, Op
+from splitpoint.firmware.requests import FLAG_FUA, BackupInfo, Op
 from splitpoint.firmware.resync import Sweep, Throttle
 from splitpoint.hal import HalError
 
@@ -149,11 +149,11 @@ class BackupPool:
             return
         try:
             if op == _WRITE:
-                m.device.write(offset, data, flags & 1)
+                m.device.write(offset, data, flags & FLAG_FUA)
             elif op == _TRIM:
                 m.device.trim(offset, length)
             else:
-                m.device.write_zeroes(offset, length, flags & 1)
+                m.device.write_zeroes(offset, length, flags & FLAG_FUA)
         except HalError as exc:
             self._member_failed(m, exc)
 
