@@ -25,6 +25,7 @@ import threading
 import time
 
 from splitpoint.hal import HalError
+from splitpoint.hal.contract import copy_by_steps
 
 log = logging.getLogger("splitpoint.devio")
 
@@ -91,6 +92,10 @@ class DeviceQueue:
 
     def write(self, offset: int, data, fua: bool = False) -> None:
         self._put(_WRITE, offset, len(data), bytes(data), fua)
+
+    def copy_from(self, src, extents) -> int:
+        # through the queue, in order with the writes already queued (never the backend's own copy)
+        return copy_by_steps(src, self, extents)
 
     def trim(self, offset: int, length: int) -> None:
         self._put(_TRIM, offset, length, None, False)

@@ -2,9 +2,9 @@
 
 Owns the sweep (which chunks still have to be copied, and copying a slice of
 them), the throttle (rate limit, deadline paced against foreground load) and
-moving bytes between two devices (read zero-copy from a source ``buffer()``
-where it has one, written through the destination's ``write()`` always). It never decides *when* a member is
-recycled or frozen: the pool does.
+handing each slice to the destination's contract (``copy_from``: the kernel
+copies file to file, anything else goes through ``write()``). It never decides
+*when* a member is recycled or frozen: the pool does.
 
 A sweep is a cursor over the chunk index. Chunks behind the cursor are done;
 a chunk at or after it is pending when its epoch in the source's epoch map is
@@ -20,27 +20,14 @@ from __future__ import annotations
 
 import time
 
-#: bytes moved per HAL read/write when a device has no buffer()
-IO_STEP = 4 << 20
-
-
 def copy_between(src_dev, dst_dev, extents) -> int:
-    """Copy byte extents from ``src_dev`` to ``dst_dev`` (same offsets); return the bytes copied."""
+    """Copy byte extents from ``src_dev`` to ``dst_dev`` (same offsets); return the bytes copied.
+
+    The destination's contract moves them (``copy_from``): file to file in the kernel, anything
+    else read zero-copy from a source ``buffer()`` where there is one and written through ``write()``."""
     if not extents:
         return 0
-    sbuf = src_dev.buffer()   # read zero-copy where the source has memory; every write goes through the contract
-    total = 0
-    for offset, length in extents:
-        end = offset + length
-        while offset < end:
-            n = min(IO_STEP, end - offset)
-            if sbuf is not None:
-                dst_dev.write(offset, sbuf[offset:offset + n])
-            else:
-                dst_dev.write(offset, src_dev.read(offset, n))
-            offset += n
-            total += n
-    return total
+    return dst_dev.copy_from(src_dev, extents)
 
 
 def subtract(extents, holes):

@@ -52,6 +52,27 @@ def check_io(offset: int, length: int, size: int, block_size: int) -> None:
         raise MisalignedError(f"I/O [{offset}, {offset}+{length}) is not aligned to the block size {block_size}")
 
 
+#: bytes moved per read/write by the generic copy between two devices
+COPY_STEP = 4 << 20
+
+
+def copy_by_steps(src, dst, extents) -> int:
+    """Copy byte extents of ``src`` into ``dst`` (same offsets) in COPY_STEP pieces; return the bytes copied.
+
+    Reads zero-copy from ``src.buffer()`` where the source has one; every byte is written
+    through ``dst.write()``, so the destination's bounds, read-only state and filters apply."""
+    sbuf = src.buffer()
+    total = 0
+    for offset, length in extents:
+        end = offset + length
+        while offset < end:
+            n = min(COPY_STEP, end - offset)
+            dst.write(offset, sbuf[offset:offset + n] if sbuf is not None else src.read(offset, n))
+            offset += n
+            total += n
+    return total
+
+
 class BlockDevice:
     """A fixed-size array of blocks. Subclasses override every hook below."""
 
@@ -101,6 +122,14 @@ class BlockDevice:
         Callers may READ from it zero-copy; every WRITE still goes through
         ``write()`` / ``write_zeroes()`` so bounds, read-only and filters apply."""
         return None
+
+    def copy_from(self, src: "BlockDevice", extents) -> int:
+        """Write ``src``'s bytes over each (offset, length) extent, same offsets; return the bytes copied.
+
+        The resync's data mover. A backend overrides it where it can move the bytes
+        itself (file:// to file:// in the kernel); otherwise every byte goes through
+        ``write()``."""
+        return copy_by_steps(src, self, extents)
 
     def close(self) -> None:
         """Release the device; further I/O raises DeviceClosedError."""

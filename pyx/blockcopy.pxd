@@ -24,3 +24,7 @@ cdef uint64_t extents_copy(unsigned char* dst, const unsigned char* src, const s
 # differs[i] = 1 when extent i differs between a and b, else 0; returns how many differ
 cdef Py_ssize_t extents_compare(const unsigned char* a, const unsigned char* b, const sp_extent* ext, Py_ssize_t n,
                                 unsigned char* differs) noexcept nogil
+# copy each extent from file sfd to file dfd at the same offsets: copy_file_range, else pread/pwrite
+# through *bounce (FILE_BOUNCE bytes, malloc'd on first need; the caller frees it); past the source's
+# end, zeros; returns 0, an errno, or -1 when the bounce buffer cannot be allocated
+cdef int files_copy(int sfd, int dfd, const sp_extent* ext, Py_ssize_t n, unsigned char** bounce) noexcept nogil

@@ -15,9 +15,14 @@ from cpython.buffer cimport PyBUF_STRIDES, PyBuffer_IsContiguous, PyBuffer_Relea
 from cpython.long cimport PyLong_Check
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.number cimport PyNumber_Index
+from libc.errno cimport EINTR, EINVAL, ENOSYS, EOPNOTSUPP, ETXTBSY, EXDEV, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memcmp, memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove, memset
+from posix.types cimport off_t
+from posix.unistd cimport pread, pwrite
+
+import os
 
 import numpy as np
 import xxhash
@@ -28,6 +33,8 @@ from splitpoint.pyx.blockcopy_py import (  # noqa: F401  (re-exported: one set o
     ExtentShapeError,
     NonContiguousBufferError,
     ReadOnlyBufferError,
+    FILE_BOUNCE,
+    FILE_STEP,
     check_extents,
     chunk_extents,
     digest_range,
@@ -38,6 +45,10 @@ from splitpoint.pyx.blockcopy_py import (  # noqa: F401  (re-exported: one set o
 cdef extern from "Python.h":
     int PyBUF_READ
 
+cdef extern from "<unistd.h>" nogil:
+    # Linux >= 4.5, glibc >= 2.27 (Python.h defines _GNU_SOURCE, which declares it)
+    ssize_t copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t length, unsigned int flags)
+
 cdef extern from *:
     void __builtin_prefetch(const void* addr, int rw, int locality) nogil
 
@@ -45,6 +56,12 @@ cdef extern from *:
 cdef enum:
     PREFETCH_AHEAD = 2
     PREFETCH_BYTES = 1024
+
+# the twin's FILE_BOUNCE and FILE_STEP as C constants (asserted equal at import)
+cdef enum:
+    FILE_BOUNCE_C = 4 << 20
+    FILE_STEP_C = 1 << 30
+assert FILE_BOUNCE == FILE_BOUNCE_C and FILE_STEP == FILE_STEP_C
 
 cdef object _xxh3 = xxhash.xxh3_64_intdigest
 cdef object _ndarray = np.ndarray
@@ -115,6 +132,71 @@ cdef Py_ssize_t extents_compare(const unsigned char* a, const unsigned char* b, 
         differs[i] = ext[i].length != 0 and memcmp(a + ext[i].offset, b + ext[i].offset, ext[i].length) != 0
         count += differs[i]
     return count
+
+
+cdef int _bounce_copy(int sfd, int dfd, uint64_t pos, uint64_t end, unsigned char* bounce) noexcept nogil:
+    """pread/pwrite [pos, end) through ``bounce`` (FILE_BOUNCE bytes); past the source's end, zeros. 0 or an errno."""
+    cdef ssize_t n, w
+    cdef size_t want, done
+    while pos < end:
+        want = <size_t>(end - pos) if end - pos < <uint64_t>FILE_BOUNCE_C else <size_t>FILE_BOUNCE_C
+        n = pread(sfd, bounce, want, <off_t>pos)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if n == 0:
+            memset(bounce, 0, want)
+            n = <ssize_t>want
+        done = 0
+        while done < <size_t>n:
+            w = pwrite(dfd, bounce + done, <size_t>n - done, <off_t>(pos + done))
+            if w < 0:
+                if errno == EINTR:
+                    continue
+                return errno
+            done += <size_t>w
+        pos += <uint64_t>n
+    return 0
+
+
+cdef int files_copy(int sfd, int dfd, const sp_extent* ext, Py_ssize_t n, unsigned char** bounce) noexcept nogil:
+    """Copy each extent between two files in the kernel, else through a bounce buffer (malloc'd on first need
+    into ``*bounce``, freed by the caller). 0 or an errno."""
+    cdef Py_ssize_t i
+    cdef uint64_t pos, end
+    cdef off_t so, do
+    cdef ssize_t got
+    cdef size_t want
+    cdef bint kernel = True
+    cdef int err
+    for i in range(n):
+        pos = ext[i].offset
+        end = pos + ext[i].length
+        while pos < end and kernel:
+            want = <size_t>(end - pos) if end - pos < <uint64_t>FILE_STEP_C else <size_t>FILE_STEP_C
+            so = <off_t>pos
+            do = <off_t>pos
+            got = copy_file_range(sfd, &so, dfd, &do, want, 0)
+            if got > 0:
+                pos += <uint64_t>got
+            elif got == 0:
+                break                         # the source ends here: the rest is zeros
+            elif errno == EINTR:
+                continue
+            elif errno == EXDEV or errno == ENOSYS or errno == EOPNOTSUPP or errno == EINVAL or errno == ETXTBSY:
+                kernel = False                # two file systems, or no support: pread/pwrite from here on
+            else:
+                return errno
+        if pos < end:
+            if bounce[0] == NULL:
+                bounce[0] = <unsigned char*>malloc(FILE_BOUNCE_C)
+                if bounce[0] == NULL:
+                    return -1
+            err = _bounce_copy(sfd, dfd, pos, end, bounce[0])
+            if err:
+                return err
+    return 0
 
 
 # ---------------------------------------------------------------- buffers and extent lists
@@ -238,6 +320,31 @@ def copy_extents(src, dst, extents):
             PyBuffer_Release(&d)
     finally:
         PyBuffer_Release(&s)
+
+
+def copy_file_extents(int src_fd, int dst_fd, extents, src_size, dst_size):
+    """Copy every extent from file ``src_fd`` to file ``dst_fd`` (same offsets); return the bytes copied."""
+    cdef _Extents ext
+    cdef Py_ssize_t n
+    cdef uint64_t s_size, d_size, total = 0
+    cdef unsigned char* bounce = NULL
+    cdef int err
+    s_size = PyNumber_Index(src_size)
+    d_size = PyNumber_Index(dst_size)
+    ext = _extents(extents, s_size, d_size)
+    n = extents_merge(ext.ext, ext.n)
+    try:
+        with nogil:
+            err = files_copy(src_fd, dst_fd, ext.ext, n, &bounce)
+    finally:
+        free(bounce)
+    if err == -1:
+        raise MemoryError(f"no memory for a {FILE_BOUNCE} byte copy buffer")
+    if err:
+        raise OSError(err, os.strerror(err))
+    for i in range(n):
+        total += ext.ext[i].length
+    return total
 
 
 def copy_chunks(src, dst, chunks, chunk_size):

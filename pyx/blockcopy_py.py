@@ -12,13 +12,20 @@ Rules both implementations share (the tests hold them to it):
 - ``copy_extents`` sorts and merges adjacent or overlapping extents, so the
   count it returns is the bytes of their union.
 - ``compare_extents`` reports the extents as given (not merged), in input order.
+- ``copy_file_extents`` moves the same extents between two open file
+  descriptors in the kernel (``copy_file_range``), falling back to
+  ``pread``/``pwrite`` through one bounce buffer where the kernel refuses (two
+  file systems, no support); bytes past the end of a short source file are
+  written as zeros. An I/O error is raised as ``OSError`` with its errno.
 - ``digest`` is xxh3_64, the value of ``xxhash.xxh3_64_intdigest`` of the same bytes.
 
 The compiled module raises these same exception classes (it imports them from here).
 """
 from __future__ import annotations
 
+import errno
 import operator
+import os
 
 import numpy as np
 import xxhash
@@ -110,6 +117,56 @@ def copy_extents(src, dst, extents) -> int:
     total = 0
     for offset, length in merge_extents(pairs):
         d[offset:offset + length] = s[offset:offset + length]
+        total += length
+    return total
+
+
+#: bytes per pread/pwrite when copy_file_range cannot be used
+FILE_BOUNCE = 4 << 20
+#: the most one copy_file_range call is asked to move
+FILE_STEP = 1 << 30
+#: errnos for which copy_file_range is given up in favour of pread/pwrite
+_NO_KERNEL_COPY = frozenset((errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ETXTBSY))
+
+
+def _bounce_copy(src_fd: int, dst_fd: int, pos: int, end: int) -> None:
+    while pos < end:
+        n = min(FILE_BOUNCE, end - pos)
+        data = os.pread(src_fd, n, pos)
+        if not data:              # past the source's end: zeros, never a short copy
+            data = bytes(n)
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(dst_fd, view[done:], pos + done)
+        pos += len(view)
+
+
+def copy_file_extents(src_fd: int, dst_fd: int, extents, src_size: int, dst_size: int) -> int:
+    """Copy every extent from file ``src_fd`` to file ``dst_fd`` (same offsets); return the bytes copied.
+
+    Every extent is checked against ``src_size`` and ``dst_size`` first; they are merged like
+    ``copy_extents``'s."""
+    pairs = extent_pairs(extents)
+    check_extents(pairs, operator.index(src_size), operator.index(dst_size))
+    kernel = hasattr(os, "copy_file_range")
+    total = 0
+    for offset, length in merge_extents(pairs):
+        pos, end = offset, offset + length
+        while pos < end and kernel:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(FILE_STEP, end - pos), pos, pos)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                kernel = False
+                break
+            if n == 0:            # the source ends here: the rest is zeros
+                break
+            pos += n
+        _bounce_copy(src_fd, dst_fd, pos, end)
         total += length
     return total
 

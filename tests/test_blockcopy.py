@@ -1,7 +1,9 @@
 """Block copy, compare and digest (``splitpoint.pyx.select("blockcopy")``) against slicing and xxhash."""
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 import random
 
 import numpy as np
@@ -293,3 +295,73 @@ def test_compiled_module_is_selected_when_built():
     else:
         assert pyx.select("blockcopy") is mod
         assert mod.__file__.endswith((".so", ".pyd"))
+
+
+# ---------------------------------------------------------------- copy_file_extents
+
+
+def _image(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+    return os.open(path, os.O_RDWR)
+
+
+@pytest.mark.parametrize("dst_dir", ["tmp", "shm"])
+def test_copy_file_extents_copies_only_the_extents(bc, tmp_path, dst_dir):
+    """Same file system (copy_file_range) and tmpfs to disk (EXDEV: the pread/pwrite fallback) give the same bytes."""
+    src_data, dst_data = bytes(pattern(1 << 20, 3)), bytes(pattern(1 << 20, 4))
+    src = _image(tmp_path / "src.img", src_data)
+    if dst_dir == "shm" and os.path.isdir("/dev/shm"):
+        dpath = f"/dev/shm/sp-copy-{os.getpid()}-{bc.__name__}.img"
+    else:
+        dpath = str(tmp_path / "dst.img")
+    dst = _image(dpath, dst_data)
+    try:
+        extents = [(4096, 8192), (0, 4096), (65536, 300000), (70000, 10)]   # overlapping/adjacent: merged
+        assert bc.copy_file_extents(src, dst, extents, 1 << 20, 1 << 20) == 4096 + 8192 + 300000
+        want = bytearray(dst_data)
+        for offset, length in extents:
+            want[offset:offset + length] = src_data[offset:offset + length]
+        assert os.pread(dst, 1 << 20, 0) == bytes(want)
+    finally:
+        os.close(src)
+        os.close(dst)
+        if dpath.startswith("/dev/shm"):
+            os.unlink(dpath)
+
+
+def test_copy_file_extents_writes_zeros_past_a_short_source(bc, tmp_path):
+    src = _image(tmp_path / "src.img", b"\x11" * 5000)      # shrunk behind our back: the rest reads as zeros
+    dst = _image(tmp_path / "dst.img", b"\xee" * 16384)
+    try:
+        assert bc.copy_file_extents(src, dst, [(0, 16384)], 16384, 16384) == 16384
+        assert os.pread(dst, 16384, 0) == b"\x11" * 5000 + bytes(16384 - 5000)
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_copy_file_extents_checks_every_extent_before_moving_a_byte(bc, tmp_path):
+    src = _image(tmp_path / "src.img", b"\x11" * 8192)
+    dst = _image(tmp_path / "dst.img", b"\xee" * 8192)
+    try:
+        with pytest.raises(pyx.twin("blockcopy").ExtentOutOfRangeError):
+            bc.copy_file_extents(src, dst, [(0, 4096), (4096, 8192)], 8192, 8192)
+        with pytest.raises(pyx.twin("blockcopy").ExtentOutOfRangeError):
+            bc.copy_file_extents(src, dst, [(0, 4096)], 8192, 2048)     # the destination is the smaller
+        assert os.pread(dst, 8192, 0) == b"\xee" * 8192
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_copy_file_extents_reports_the_errno(bc, tmp_path):
+    src = _image(tmp_path / "src.img", b"\x11" * 8192)
+    ro = os.open(tmp_path / "src.img", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            bc.copy_file_extents(src, ro, [(0, 4096)], 8192, 8192)   # destination not open for writing
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(src)
+        os.close(ro)

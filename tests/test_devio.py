@@ -138,3 +138,19 @@ def test_a_failed_read_reaches_its_callback(ram):
     assert dq.drain(BOUND)
     assert got[0][0] is None and isinstance(got[0][1], HalError)
     dq.close()
+
+
+def test_a_resync_copy_into_a_queued_member_is_ordered_behind_its_queued_writes(tmp_path):
+    """copy_from goes through the queue: it never reaches the backend's own (kernel) copy past writes still queued."""
+    src = open_device(f"file://{tmp_path}/src.img?size=1M&block=4096&create=1")
+    member = open_device(f"file://{tmp_path}/member.img?size=1M&block=4096&create=1")
+    src.write(0, b"S" * 8192)
+    gate = Gate(member)
+    dq = DeviceQueue(gate, "member")
+    dq.write(0, b"w" * 8192)                 # queued, the device takes nothing yet
+    assert dq.copy_from(src, [(0, 8192)]) == 8192
+    gate.open.set()
+    assert dq.drain(BOUND)
+    assert member.read(0, 8192) == b"S" * 8192   # the copy landed after the write, as sequenced
+    dq.close()
+    src.close()

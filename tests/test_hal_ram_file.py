@@ -130,3 +130,59 @@ def test_persistent_and_buffer_are_attributes_of_the_contract(tmp_path):
     finally:
         for dev in (ram, disk, wrapped):
             dev.close()
+
+
+@pytest.mark.parametrize("src_scheme", ["ram", "file"])
+def test_copy_from_moves_the_extents_and_only_them(tmp_path, src_scheme):
+    """A resync's data mover: file <- file in the kernel, file <- ram through write(); same bytes either way."""
+    src = (open_device("ram://?size=1M&block=4096") if src_scheme == "ram"
+           else open_device(f"file://{tmp_path}/src.img?size=1M&block=4096&create=1"))
+    dst = open_device(f"file://{tmp_path}/dst.img?size=1M&block=4096&create=1")
+    try:
+        src.write(0, os.urandom(1 << 20))
+        dst.write(0, b"\xee" * (1 << 20))
+        assert dst.copy_from(src, [(4096, 8192), (1 << 19, 65536)]) == 8192 + 65536
+        got, want = dst.read(0, 1 << 20), bytearray(b"\xee" * (1 << 20))
+        want[4096:12288] = src.read(4096, 8192)
+        want[1 << 19:(1 << 19) + 65536] = src.read(1 << 19, 65536)
+        assert got == bytes(want)
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_copy_from_keeps_the_destinations_contract(tmp_path):
+    src = open_device(f"file://{tmp_path}/src.img?size=1M&block=4096&create=1")
+    dst = open_device(f"file://{tmp_path}/dst.img?size=1M&block=4096&create=1")
+    small = open_device(f"file://{tmp_path}/small.img?size=64K&block=4096&create=1")
+    try:
+        with pytest.raises(OutOfRangeError):
+            small.copy_from(src, [(0, 131072)])            # past the destination's end
+        with pytest.raises(OutOfRangeError):
+            src.copy_from(small, [(0, 131072)])            # past the source's end
+        with pytest.raises(MisalignedError):
+            dst.copy_from(src, [(100, 4096)])
+        src.close()
+        with pytest.raises(DeviceClosedError):
+            dst.copy_from(src, [(0, 4096)])
+        dst.close()
+        ro = open_device(f"file://{tmp_path}/dst.img?readonly=1")
+        other = open_device(f"file://{tmp_path}/small.img")
+        with pytest.raises(ReadOnlyError):
+            ro.copy_from(other, [(0, 4096)])
+        ro.close()
+        other.close()
+    finally:
+        small.close()
+
+
+def test_copy_from_through_a_filter_goes_through_the_filter(tmp_path):
+    """A fault filter on the destination sees every byte of the copy: no kernel shortcut past it."""
+    src = open_device(f"file://{tmp_path}/src.img?size=1M&block=4096&create=1")
+    dst = open_device(f"file://{tmp_path}/dst.img?size=1M&block=4096&create=1&faults=error=1.0")
+    try:
+        with pytest.raises(hal.HalError):
+            dst.copy_from(src, [(0, 4096)])
+    finally:
+        src.close()
+        dst.close()
