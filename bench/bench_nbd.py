@@ -1,17 +1,22 @@
-"""The NBD front end against `nbdkit memory`, end to end with real clients.
+"""The NBD front end against `nbdkit memory`, end to end with real clients, in two views.
 
-Both servers run as child processes on Unix sockets, pinned to core 0; the client (fio with
-ioengine=nbd, or nbdcopy) is pinned to core 1. Every figure alternates the two servers for
-ROUNDS rounds and reports the median with min and max; `nbdkit null` is measured once per
-workload as the ceiling of what the client can drive. Server CPU per request comes from
-/proc/<pid>/stat (user + system, all threads) over the run. splitpoint serves its embedded
-default: lun0 mirrored synchronously to a pool of 3 RAM backups.
+- **user**: as a new user runs it. Both servers listen on TCP 127.0.0.1, nothing is pinned, nbdkit
+  keeps its default thread pool; the client is fio with ioengine=nbd (or nbdcopy). These are the
+  figures the goals are about.
+- **pinned**: the idealised view. Both servers on Unix sockets, pinned to core 0, the client pinned
+  to core 1 (which takes nbdkit's thread pool away from it).
+
+Every figure alternates the two servers for ROUNDS rounds and reports the median with min and max;
+`nbdkit null` is measured once per workload as the ceiling of what the client can drive. Server CPU
+per request comes from /proc/<pid>/stat (user + system, all threads) over the run. splitpoint serves
+its embedded default: lun0 mirrored synchronously to a pool of 3 RAM backups.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +32,7 @@ ROUNDS = int(os.environ.get("SPLITPOINT_BENCH_ROUNDS", "5"))
 RUNTIME = float(os.environ.get("SPLITPOINT_BENCH_RUNTIME", "3"))
 SERVER_CPU, CLIENT_CPU = ("0", "1") if (os.cpu_count() or 1) > 1 else ("0", "0")
 TICK = os.sysconf("SC_CLK_TCK")
+VIEWS = ("user", "pinned")
 
 pytestmark = pytest.mark.skipif(any(shutil.which(t) is None for t in ("fio", "nbdkit", "nbdcopy", "taskset")),
                                 reason="fio, nbdkit, nbdcopy and taskset are needed (make bench installs them)")
@@ -38,36 +44,65 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-class Nbdkit:
-    """`nbdkit PLUGIN SIZE` on a Unix socket, pinned to the server core."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, workdir, plugin="memory", size="256M"):
-        self.socket = os.path.join(workdir, f"nbdkit-{plugin}.sock")
-        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, "nbdkit", "-f", "-U", self.socket, plugin, size],
+
+def pin(view: str, cpu: str) -> list[str]:
+    """The taskset prefix of a command in ``view`` (nothing in the user's view)."""
+    return ["taskset", "-c", cpu] if view == "pinned" else []
+
+
+class Nbdkit:
+    """`nbdkit PLUGIN SIZE`: on TCP 127.0.0.1 with its own threads (user view) or a pinned Unix socket."""
+
+    def __init__(self, workdir, plugin="memory", size="256M", view="pinned"):
+        self.socket = os.path.join(workdir, f"nbdkit-{plugin}.sock") if view == "pinned" else None
+        self.port = None if self.socket else free_port()
+        where = ["-U", self.socket] if self.socket else ["-i", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(pin(view, SERVER_CPU) + ["nbdkit", "-f", *where, plugin, size],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not os.path.exists(self.socket):
+        while not self._listening():
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"nbdkit {plugin} did not start")
             time.sleep(0.02)
         self.pid = self.proc.pid
 
+    def _listening(self) -> bool:
+        if self.socket:
+            return os.path.exists(self.socket)
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
     def uri(self, export=""):
-        return f"nbd+unix:///{export}?socket={self.socket}"
+        if self.socket:
+            return f"nbd+unix:///{export}?socket={self.socket}"
+        return f"nbd://127.0.0.1:{self.port}/{export}"
 
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
-def splitpoint_server(workdir, config=None):
-    return ServerProcess(os.path.join(workdir, "splitpoint"), config=config, cpu=int(SERVER_CPU)).start()
+def splitpoint_server(workdir, config=None, view="pinned"):
+    if view == "pinned":
+        return ServerProcess(os.path.join(workdir, "splitpoint"), config=config, cpu=int(SERVER_CPU)).start()
+    return ServerProcess(os.path.join(workdir, "splitpoint"), config=config, unix=False,
+                         tcp=f"127.0.0.1:{free_port()}").start()
 
 
-def fio(uri: str, rw: str, bs: str, iodepth: int, runtime: float = RUNTIME, size: str = "256M") -> dict:
+def fio(uri: str, rw: str, bs: str, iodepth: int, runtime: float = RUNTIME, size: str = "256M",
+        view: str = "pinned") -> dict:
     """One fio run with ioengine=nbd; returns iops, bandwidth and completion latency percentiles."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run(["taskset", "-c", CLIENT_CPU, "fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}",
+        subprocess.run(pin(view, CLIENT_CPU) + [
+                        "fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}",
                         f"--rw={rw}", f"--bs={bs}", f"--iodepth={iodepth}", f"--size={size}", "--time_based",
                         f"--runtime={runtime}", "--randrepeat=0", "--output-format=json", f"--output={out.name}"],
                        check=True, capture_output=True, timeout=runtime + 60)
@@ -91,19 +126,20 @@ def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-@pytest.fixture(scope="module")
-def servers():
+@pytest.fixture(scope="module", params=VIEWS)
+def servers(request):
+    view = request.param
     workdir = tempfile.mkdtemp(prefix="splitpoint-bench-")
-    ours = splitpoint_server(workdir)
-    kit = Nbdkit(workdir, "memory", "256M")
-    null = Nbdkit(workdir, "null", "256M")
+    ours = splitpoint_server(workdir, view=view)
+    kit = Nbdkit(workdir, "memory", "256M", view=view)
+    null = Nbdkit(workdir, "null", "256M", view=view)
     try:
         # both servers start with the same bytes written, so reads never hit unallocated shortcuts
         for uri in (ours.uri("lun0"), kit.uri()):
-            subprocess.run(["taskset", "-c", CLIENT_CPU, "fio", "--name=fill", "--ioengine=nbd", f"--uri={uri}",
+            subprocess.run(pin(view, CLIENT_CPU) + ["fio", "--name=fill", "--ioengine=nbd", f"--uri={uri}",
                             "--rw=write", "--bs=1M", "--iodepth=8", "--size=256M", "--output=/dev/null"],
                            check=True, capture_output=True, timeout=300)
-        yield {"ours": ours, "nbdkit": kit, "null": null, "workdir": workdir}
+        yield {"ours": ours, "nbdkit": kit, "null": null, "workdir": workdir, "view": view}
     finally:
         ours.stop()
         kit.stop()
@@ -114,18 +150,19 @@ def servers():
 def alternate(servers, rw, bs, iodepth):
     """ROUNDS alternating runs on both servers; per server the list of results."""
     got = {"ours": [], "nbdkit": []}
+    view = servers["view"]
     for i in range(ROUNDS):
         order = ("ours", "nbdkit") if i % 2 == 0 else ("nbdkit", "ours")
         for name in order:
             srv = servers[name]
             uri = srv.uri("lun0") if name == "ours" else srv.uri()
-            got[name].append(measured(srv.pid, lambda: fio(uri, rw, bs, iodepth)))
-    ceiling = fio(servers["null"].uri(), rw, bs, iodepth)
+            got[name].append(measured(srv.pid, lambda: fio(uri, rw, bs, iodepth, view=view)))
+    ceiling = fio(servers["null"].uri(), rw, bs, iodepth, view=view)
     return got, ceiling
 
 
-def raw_of(got, ceiling, key):
-    out = {}
+def raw_of(got, ceiling, key, view):
+    out = {"view": view}
     for name, results in got.items():
         out[name] = summary([r[key] for r in results])
         out[f"{name}_cpu_us_per_req"] = summary([r["cpu_us_per_req"] for r in results])
@@ -137,26 +174,48 @@ def raw_of(got, ceiling, key):
 @pytest.mark.parametrize("rw", ["randwrite", "randread"])
 def test_4k_qd32_iops_vs_nbdkit_memory(servers, report, rw):
     got, ceiling = alternate(servers, rw, "4k", 32)
-    raw = raw_of(got, ceiling, "iops")
-    report(f"nbd 4k {rw} QD32 IOPS", "nbdkit memory", raw["ours"]["median"] / raw["nbdkit"]["median"], ">= 0.8",
-           **raw)
+    raw = raw_of(got, ceiling, "iops", servers["view"])
+    report(f"nbd 4k {rw} QD32 IOPS ({servers['view']} view)", "nbdkit memory",
+           raw["ours"]["median"] / raw["nbdkit"]["median"], ">= 1.0", **raw)
 
 
 @pytest.mark.parametrize("rw", ["write", "read"])
 def test_256k_sequential_qd8_vs_nbdkit_memory(servers, report, rw):
     got, ceiling = alternate(servers, rw, "256k", 8)
-    raw = raw_of(got, ceiling, "bw")
-    report(f"nbd 256k seq {rw} QD8 bandwidth", "nbdkit memory", raw["ours"]["median"] / raw["nbdkit"]["median"],
-           ">= 0.7", **raw)
+    raw = raw_of(got, ceiling, "bw", servers["view"])
+    report(f"nbd 256k seq {rw} QD8 bandwidth ({servers['view']} view)", "nbdkit memory",
+           raw["ours"]["median"] / raw["nbdkit"]["median"], ">= 0.8" if rw == "write" else ">= 1.0", **raw)
 
 
 @pytest.mark.parametrize("rw", ["randwrite", "randread"])
 def test_4k_qd1_latency_vs_nbdkit_memory(servers, report, rw):
     got, ceiling = alternate(servers, rw, "4k", 1)
-    raw = raw_of(got, ceiling, "p50_us")
+    raw = raw_of(got, ceiling, "p50_us", servers["view"])
     raw["p99_us"] = {name: summary([r["p99_us"] for r in results]) for name, results in got.items()}
-    report(f"nbd 4k {rw} QD1 p50 latency", "nbdkit memory", raw["ours"]["median"] / raw["nbdkit"]["median"],
-           "<= 1.3", **raw)
+    report(f"nbd 4k {rw} QD1 p50 latency ({servers['view']} view)", "nbdkit memory",
+           raw["ours"]["median"] / raw["nbdkit"]["median"], "<= 1.15", **raw)
+
+
+def test_four_clients_read_the_whole_export_in_parallel(servers, report):
+    """Four nbdcopy clients each read all 256 MiB at once (to null:); wall time of the slowest."""
+    view = servers["view"]
+    times = {"ours": [], "nbdkit": []}
+    for i in range(ROUNDS):
+        order = ("ours", "nbdkit") if i % 2 == 0 else ("nbdkit", "ours")
+        for name in order:
+            srv = servers[name]
+            uri = srv.uri("lun0") if name == "ours" else srv.uri()
+            start = time.perf_counter()
+            procs = [subprocess.Popen(pin(view, CLIENT_CPU) + ["nbdcopy", uri, "null:"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(4)]
+            for proc in procs:
+                _out, err = proc.communicate(timeout=600)
+                assert proc.returncode == 0, err
+            times[name].append(time.perf_counter() - start)
+    raw = {name: summary(v) for name, v in times.items()}
+    raw.update(view=view, rounds=ROUNDS)
+    report(f"4 parallel nbdcopy reads of 256 MiB, time ({view} view)", "nbdkit memory",
+           raw["ours"]["median"] / raw["nbdkit"]["median"], "<= 1.0", **raw)
 
 
 def test_nbdcopy_1gib_vs_nbdkit_memory(report, tmp_path):
@@ -209,7 +268,7 @@ def test_trigger_latency_on_the_serial_channel_while_fio_runs(servers, report):
     idle = triggers(40, 0.02)
     loaded: list[float] = []
     runner = threading.Thread(target=lambda: loaded.extend(triggers(60, 0.05)))
-    load = subprocess.Popen(["taskset", "-c", CLIENT_CPU, "fio", "--name=load", "--ioengine=nbd",
+    load = subprocess.Popen(pin(servers["view"], CLIENT_CPU) + ["fio", "--name=load", "--ioengine=nbd",
                              f"--uri={ours.uri('lun0')}", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=256M",
                              "--time_based", "--runtime=60", "--output=/dev/null"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -227,7 +286,8 @@ def test_trigger_latency_on_the_serial_channel_while_fio_runs(servers, report):
            "idle_p50_us": pct(idle, 0.5), "idle_p99_us": pct(idle, 0.99), "triggers": len(loaded)}
     print(f"\nTRIGGER on the serial channel while fio runs: p50 {raw['loaded_p50_us']:.0f} us, "
           f"p99 {raw['loaded_p99_us']:.0f} us (idle p50 {raw['idle_p50_us']:.0f} us)", file=sys.stderr)
-    report("TRIGGER latency (serial) under QD32 fio, p50 vs idle", "same server idle",
+    raw["view"] = servers["view"]
+    report(f"TRIGGER latency (serial) under QD32 fio, p50 vs idle ({servers['view']} view)", "same server idle",
            raw["loaded_p50_us"] / raw["idle_p50_us"], "<= 5", **raw)
 
 
