@@ -6,7 +6,7 @@ import time
 
 from splitpoint import config
 from splitpoint.firmware.controller import Controller
-from splitpoint.firmware.frontend import nbd
+from splitpoint.firmware.frontend.nbd import connection as nbd
 from splitpoint.firmware.frontend.service import ServiceThread
 
 CONFIG = """

@@ -8,8 +8,14 @@ then every connection with replies writes them in one go. Submissions from other
 user, a serial reader) reach the loop through ``ctl.wakeup`` -> ``call_soon_threadsafe``.
 
 The front end also keeps the NBD clients' memory budget: the bytes every connection holds
-(requests in flight, replies not yet drained; see ``nbd``) against a total, and the connections
-waiting for room. And it gives a handshake a deadline.
+(requests in flight, replies not yet drained; see ``nbd.transmission``) against a total, and the
+connections waiting for room. And it gives a handshake a deadline.
+
+A connection and the front end use only each other's public side (``nbd.connection`` lists the
+connection's): a connection calls ``attach``/``detach``, ``submit``, ``backlogged``,
+``mark_dirty``, ``wait_for_room``/``stop_waiting`` and ``release``, reads ``ctl``, ``loop``,
+``exports``, ``stopping``, ``handshake_timeout``, ``client_bytes`` and ``total_bytes``, and adds
+what it charges to ``held`` (the total every connection holds; ``release`` takes it back).
 
 The front end only queues and asks the controller what its contract answers; it never reaches
 into controller state.
@@ -141,6 +147,22 @@ class FrontEnd:
             for conn in list(self.waiting):
                 conn.try_unblock()
 
+    def attach(self, conn: NbdConnection):
+        """A client connected: it is served until ``detach``."""
+        self.connections.add(conn)
+
+    def detach(self, conn: NbdConnection):
+        """A client went away: it no longer waits for room or takes part in shutdown."""
+        self.connections.discard(conn)
+        self.waiting.discard(conn)
+
+    def wait_for_room(self, conn: NbdConnection):
+        """``conn`` stopped reading until charged bytes are released; ``release`` calls its ``try_unblock``."""
+        self.waiting.add(conn)
+
+    def stop_waiting(self, conn: NbdConnection):
+        self.waiting.discard(conn)
+
     def backlogged(self) -> bool:
         """Requests are held back because the ring was full: new ones must queue behind them."""
         return bool(self._backlog)
@@ -166,7 +188,7 @@ class FrontEnd:
         self._backlog.append((lun, op, offset, length, data, flags, label, callback))
         if conn is not None and conn not in self._backlogged:
             self._backlogged.add(conn)
-            conn._pause("backlog")
+            conn.pause("backlog")
         self.kick()
 
     def _drain_backlog(self):
@@ -182,7 +204,7 @@ class FrontEnd:
                 entry[7](Completion(0, entry[1], exc))
             backlog.popleft()
         for conn in self._backlogged:
-            conn._resume("backlog")
+            conn.resume("backlog")
         self._backlogged.clear()
 
     # --- listeners ------------------------------------------------------------------------------
@@ -213,7 +235,7 @@ class FrontEnd:
         for conn in list(self.connections):
             conn.shutdown()
         deadline = self.loop.time() + timeout
-        while (self._backlog or any(c._inflight for c in self.connections)) and self.loop.time() < deadline:
+        while (self._backlog or any(c.inflight for c in self.connections)) and self.loop.time() < deadline:
             self._tick()
             await asyncio.sleep(0.001)
         for conn in list(self.connections):

@@ -1,0 +1,274 @@
+"""The NBD handshake: fixed newstyle negotiation, options, the export list and meta contexts.
+
+Owns everything a connection does between the greeting and the transmission phase, and the
+handshake's deadline. It only answers options and asks the export table which exports exist;
+it never queues a request on the controller.
+
+Protocol notes (doc/proto.md):
+- the server offers NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES and drops a client that sets
+  unknown client flags;
+- options: EXPORT_NAME, ABORT, LIST, INFO, GO (INFO_EXPORT, INFO_BLOCK_SIZE always; INFO_NAME and
+  INFO_DESCRIPTION when asked), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT for
+  ``base:allocation``; anything else gets NBD_REP_ERR_UNSUP and the handshake goes on;
+- a client that negotiated no block size (NBD_OPT_EXPORT_NAME, or NBD_OPT_GO without asking for
+  NBD_INFO_BLOCK_SIZE) may send requests of any alignment (see ``transmission``);
+- a handshake that has not reached transmission after the front end's handshake timeout is closed;
+- a bad option magic is a protocol violation: that client is disconnected.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+
+from splitpoint.firmware.frontend import wire
+
+log = logging.getLogger("splitpoint.nbd")
+
+#: the phases of a connection, in order
+CLIENT_FLAGS, OPTIONS, TRANSMISSION, CLOSED = range(4)
+#: the id of the one meta context served (base:allocation)
+META_CONTEXT_ID = 1
+
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+
+
+class Handshake:
+    """The handshake phase of ``NbdConnection`` (its state lives on the connection)."""
+
+    # --- parsing -------------------------------------------------------------------------
+    def _parse(self, buf, pos: int, n: int) -> int:
+        """Handle every complete message in ``buf[pos:n]``; return where parsing stopped."""
+        while True:
+            phase = self._phase
+            if phase == TRANSMISSION:
+                return self._parse_requests(buf, pos, n)
+            if phase == OPTIONS:
+                if n - pos < 16:
+                    self._want = 16
+                    return pos
+                magic, opt, optlen = wire.OPTION.unpack_from(buf, pos)
+                if magic != wire.IHAVEOPT:
+                    self._violation(f"bad option magic {magic:#x}")
+                    return n
+                start = pos + 16
+                if optlen > wire.MAX_OPTION:
+                    skip = min(optlen, n - start)
+                    done = functools.partial(self._option_too_big, opt, optlen)
+                    if optlen > skip:
+                        self._discard, self._discard_done, self._want = optlen - skip, done, 16
+                        return n
+                    done()
+                    pos = start + skip
+                    continue
+                end = start + optlen
+                if end > n:
+                    self._want = end - pos
+                    return pos
+                self._option(opt, bytes(buf[start:end]))
+                pos = end
+                continue
+            if phase == CLIENT_FLAGS:
+                if n - pos < 4:
+                    self._want = 4
+                    return pos
+                (flags,) = _U32.unpack_from(buf, pos)
+                pos += 4
+                if flags & ~wire.CLIENT_FLAGS_KNOWN:
+                    self._violation(f"unknown client flags {flags:#x}")
+                    return n
+                self._no_zeroes = bool(flags & wire.FLAG_C_NO_ZEROES)
+                self._phase = OPTIONS
+                continue
+            return n  # closed or disconnecting: ignore whatever follows
+
+    # --- handshake timeout -------------------------------------------------------------------
+    def _stop_handshake_timer(self):
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _handshake_expired(self):
+        self._handshake_timer = None
+        if self.closed or self._phase not in (CLIENT_FLAGS, OPTIONS):
+            return
+        log.warning("%s: handshake not finished within %g s; closing this connection",
+                    self.peer, self.fe.handshake_timeout)
+        self._phase = CLOSED
+        self.closed = True
+        self.transport.close()
+
+    # --- handshake -----------------------------------------------------------------------
+    def _opt_reply(self, opt, reply, payload=b""):
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "replace")[: wire.MAX_STRING]
+        self.transport.write(wire.option_reply(opt, reply, payload))
+
+    def _option_too_big(self, opt, optlen):
+        if opt == wire.OPT_EXPORT_NAME:
+            self._violation(f"NBD_OPT_EXPORT_NAME of {optlen} bytes")
+            return
+        known = opt in (wire.OPT_ABORT, wire.OPT_LIST, wire.OPT_STARTTLS, wire.OPT_INFO, wire.OPT_GO,
+                        wire.OPT_STRUCTURED_REPLY, wire.OPT_LIST_META_CONTEXT, wire.OPT_SET_META_CONTEXT)
+        self._opt_reply(opt, wire.REP_ERR_TOO_BIG if known else wire.REP_ERR_UNSUP,
+                        f"option {opt} with {optlen} bytes of data is over the {wire.MAX_OPTION}-byte limit")
+
+    def _option(self, opt, data: bytes):
+        if self.fe.stopping and opt not in (wire.OPT_ABORT, wire.OPT_EXPORT_NAME):
+            self._opt_reply(opt, wire.REP_ERR_SHUTDOWN, "server is shutting down")
+            return
+        handler = _OPTION_HANDLERS.get(opt)
+        if handler is None:
+            self._opt_reply(opt, wire.REP_ERR_UNSUP, f"option {opt} is not supported by this server")
+            return
+        handler(self, opt, data)
+
+    def _opt_export_name(self, opt, data):
+        try:
+            name = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._violation("export name is not UTF-8")
+            return
+        export = None if self.fe.stopping else self.fe.exports.open(name)
+        if export is None:
+            self._violation(f"NBD_OPT_EXPORT_NAME for unknown export {name!r}")
+            return
+        reply = wire.EXPORT_NAME_REPLY.pack(export.size, export.transmission_flags(self._structured))
+        if not self._no_zeroes:
+            reply += bytes(124)
+        self.transport.write(reply)
+        self._any_alignment = True   # this client cannot have learnt a block size
+        self._enter_transmission(name, export)
+
+    def _opt_abort(self, opt, data):
+        self._opt_reply(opt, wire.REP_ACK)
+        self._phase = CLOSED
+        self.transport.close()
+
+    def _opt_list(self, opt, data):
+        if data:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "NBD_OPT_LIST carries no data")
+            return
+        for name, description in self.fe.exports.listing():
+            raw = name.encode()
+            self._opt_reply(opt, wire.REP_SERVER, _U32.pack(len(raw)) + raw + description.encode("utf-8", "replace"))
+        self._opt_reply(opt, wire.REP_ACK)
+
+    def _opt_starttls(self, opt, data):
+        self._opt_reply(opt, wire.REP_ERR_UNSUP, "TLS is not supported by this server")
+
+    def _opt_structured_reply(self, opt, data):
+        if data:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY carries no data")
+            return
+        self._structured = True
+        self._opt_reply(opt, wire.REP_ACK)
+
+    def _opt_info_go(self, opt, data):
+        if len(data) < 6:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "option data shorter than 6 bytes")
+            return
+        (namelen,) = _U32.unpack_from(data, 0)
+        if namelen > len(data) - 6:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "export name length past the option data")
+            return
+        (nreq,) = _U16.unpack_from(data, 4 + namelen)
+        if len(data) != 6 + namelen + 2 * nreq:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "information request list does not match the option length")
+            return
+        try:
+            name = data[4:4 + namelen].decode("utf-8")
+        except UnicodeDecodeError:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "export name is not UTF-8")
+            return
+        requests = struct.unpack_from(f">{nreq}H", data, 6 + namelen)
+        export = self.fe.exports.open(name)
+        if export is None:
+            self._opt_reply(opt, wire.REP_ERR_UNKNOWN, f"no export named {name!r}; list them with NBD_OPT_LIST")
+            return
+        info = wire.INFO_EXPORT_PAYLOAD.pack(wire.INFO_EXPORT, export.size, export.transmission_flags(self._structured))
+        self._opt_reply(opt, wire.REP_INFO, info)
+        sizes = wire.INFO_BLOCK_SIZE_PAYLOAD.pack(wire.INFO_BLOCK_SIZE, *export.block_sizes())
+        self._opt_reply(opt, wire.REP_INFO, sizes)
+        if wire.INFO_NAME in requests:
+            self._opt_reply(opt, wire.REP_INFO, _U16.pack(wire.INFO_NAME) + export.name.encode())
+        if wire.INFO_DESCRIPTION in requests:
+            self._opt_reply(opt, wire.REP_INFO, _U16.pack(wire.INFO_DESCRIPTION)
+                            + export.description.encode("utf-8", "replace")[: wire.MAX_STRING])
+        self._opt_reply(opt, wire.REP_ACK)
+        if opt == wire.OPT_GO:
+            # the sizes sent bind only a client that asked for them (doc/proto.md, block size constraints)
+            self._any_alignment = wire.INFO_BLOCK_SIZE not in requests
+            self._enter_transmission(name, export)
+
+    def _parse_meta(self, opt, data):
+        """(export name, queries) of a LIST/SET_META_CONTEXT option, or None after replying INVALID."""
+        try:
+            if len(data) < 8:
+                raise ValueError("option data shorter than 8 bytes")
+            (namelen,) = _U32.unpack_from(data, 0)
+            if namelen > len(data) - 8:
+                raise ValueError("export name length past the option data")
+            name = data[4:4 + namelen].decode("utf-8")
+            pos = 4 + namelen
+            (count,) = _U32.unpack_from(data, pos)
+            pos += 4
+            queries = []
+            for _ in range(count):
+                if pos + 4 > len(data):
+                    raise ValueError("query count past the option data")
+                (qlen,) = _U32.unpack_from(data, pos)
+                pos += 4
+                if pos + qlen > len(data):
+                    raise ValueError("query length past the option data")
+                query = data[pos:pos + qlen].decode("utf-8")
+                pos += qlen
+                if ":" not in query:
+                    raise ValueError(f"query {query!r} has no namespace (namespace:leaf)")
+                queries.append(query)
+            if pos != len(data):
+                raise ValueError("trailing bytes after the queries")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, str(exc))
+            return None
+        return name, queries
+
+    def _opt_meta_context(self, opt, data):
+        setting = opt == wire.OPT_SET_META_CONTEXT
+        if setting:
+            self._meta_export, self._meta_ok = None, False
+        if not self._structured:
+            self._opt_reply(opt, wire.REP_ERR_INVALID, "negotiate NBD_OPT_STRUCTURED_REPLY first")
+            return
+        parsed = self._parse_meta(opt, data)
+        if parsed is None:
+            return
+        name, queries = parsed
+        if self.fe.exports.open(name) is None:
+            self._opt_reply(opt, wire.REP_ERR_UNKNOWN, f"no export named {name!r}")
+            return
+        if setting:
+            matched = wire.META_BASE_ALLOCATION in queries
+        else:
+            matched = not queries or any(q in ("base:", wire.META_BASE_ALLOCATION) for q in queries)
+        if matched:
+            ctx_id = META_CONTEXT_ID if setting else 0
+            self._opt_reply(opt, wire.REP_META_CONTEXT, _U32.pack(ctx_id) + wire.META_BASE_ALLOCATION.encode())
+            if setting:
+                self._meta_export, self._meta_ok = name, True
+        self._opt_reply(opt, wire.REP_ACK)
+
+
+
+_OPTION_HANDLERS = {
+    wire.OPT_EXPORT_NAME: Handshake._opt_export_name,
+    wire.OPT_ABORT: Handshake._opt_abort,
+    wire.OPT_LIST: Handshake._opt_list,
+    wire.OPT_STARTTLS: Handshake._opt_starttls,
+    wire.OPT_INFO: Handshake._opt_info_go,
+    wire.OPT_GO: Handshake._opt_info_go,
+    wire.OPT_STRUCTURED_REPLY: Handshake._opt_structured_reply,
+    wire.OPT_LIST_META_CONTEXT: Handshake._opt_meta_context,
+    wire.OPT_SET_META_CONTEXT: Handshake._opt_meta_context,
+}

@@ -1,0 +1,158 @@
+"""NBD replies: simple and structured replies, errors, and the per-loop-turn write of them.
+
+Owns what goes back to a client in the transmission phase. Replies are gathered per connection
+and written once per loop turn, after the front end's ``ctl.poll()`` (``flush_output``); every
+reply moves its request's charge from "in flight" to "unsent" (see ``transmission``). Nothing
+here parses, validates or queues a request.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+
+from splitpoint.firmware.frontend import wire
+
+log = logging.getLogger("splitpoint.nbd")
+
+#: reply pieces at least this large are written on their own instead of being joined
+_WRITE_ALONE = 64 << 10
+_SIMPLE_OK = struct.Struct(">IIQ")
+_SIMPLE_MAGIC = wire.SIMPLE_REPLY_MAGIC
+
+
+class Replies:
+    """The replies of ``NbdConnection`` (its state lives on the connection)."""
+
+    # --- replies ------------------------------------------------------------------------------
+    def _send(self, cookie, *pieces):
+        """Queue the final reply of ``cookie``; the front end writes it this loop turn."""
+        self._inflight -= 1
+        if self.closed:
+            return
+        size = 0
+        for piece in pieces:
+            size += len(piece)
+        self._replied(cookie, size)
+        out = self._out
+        if not out:
+            self.fe.mark_dirty(self)
+        out.extend(pieces)
+        if not self._out_big:
+            for piece in pieces:
+                if len(piece) >= _WRITE_ALONE:
+                    self._out_big = True
+
+    def reply_ok(self, cookie):
+        self._send(cookie, _SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
+
+    def reply_error(self, cookie, error, message=""):
+        if self._structured:
+            self._send(cookie, wire.error_chunk(cookie, error, message))
+        else:
+            self._send(cookie, wire.simple_reply(cookie, error))
+        log.debug("%s: cookie %#x: %s %s", self.peer, cookie, wire.ERROR_NAMES.get(error, error), message)
+
+    def reply_exception(self, cookie, exc, message=None):
+        self.reply_error(cookie, wire.nbd_error(getattr(exc, "errno", None)), message or str(exc))
+
+    def reply_data(self, cookie, offset, data):
+        if self._structured:
+            if not data:
+                self._send(cookie, wire.done_chunk(cookie))
+                return
+            head = wire.OFFSET_DATA_HEAD.pack(wire.STRUCTURED_REPLY_MAGIC, wire.REPLY_FLAG_DONE,
+                                              wire.REPLY_TYPE_OFFSET_DATA, cookie, 8 + len(data), offset)
+        else:
+            head = _SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie)
+        self._send(cookie, head, data)
+
+    def _on_ok(self, cookie, completion):
+        if completion.error is None:
+            self.reply_ok(cookie)
+        else:
+            self.reply_exception(cookie, completion.error)
+
+    def _on_write(self, cookie, completion):
+        """Completion of a fast-path WRITE: the common case without a call per layer."""
+        if completion.error is not None or self.closed:
+            self._on_ok(cookie, completion)
+            return
+        self._inflight -= 1
+        cost = self._costs.pop(cookie, 0)
+        if type(cost) is list:           # a reused cookie: the general bookkeeping
+            self._costs[cookie] = cost
+            self._replied(cookie, 16)
+        else:
+            self._out_cost += cost
+        out = self._out
+        if not out:
+            self.fe.mark_dirty(self)
+        out.append(_SIMPLE_OK.pack(_SIMPLE_MAGIC, 0, cookie))
+
+    def _on_read(self, cookie, offset, completion):
+        if completion.error is not None:
+            self.reply_exception(cookie, completion.error)
+        elif self._structured or self.closed:
+            self.reply_data(cookie, offset, completion.data)
+        else:
+            self._inflight -= 1
+            cost = self._costs.pop(cookie, 0)
+            if type(cost) is list:           # a reused cookie: the general bookkeeping
+                self._costs[cookie] = cost
+                self._replied(cookie, 0)
+            else:
+                self._out_cost += cost
+            data = completion.data
+            out = self._out
+            if not out:
+                self.fe.mark_dirty(self)
+            out.append(_SIMPLE_OK.pack(_SIMPLE_MAGIC, 0, cookie))
+            out.append(data)
+            if len(data) >= _WRITE_ALONE:
+                self._out_big = True
+
+    def ok_callback(self, cookie):
+        """A controller completion callback that answers ``cookie`` with success or the error."""
+        return functools.partial(self._on_ok, cookie)
+
+    def read_callback(self, cookie, offset):
+        """A controller completion callback that answers ``cookie`` with the data read."""
+        return functools.partial(self._on_read, cookie, offset)
+
+    def flush_output(self):
+        """Write every queued reply; called by the front end once per loop turn.
+
+        Small pieces are joined into one write; a large one (READ data) is written on its own,
+        so it is never copied into a join. The replies' charge is released once the transport
+        takes them below its high-water mark, or later, when it drains (``resume_writing``).
+        """
+        out = self._out
+        if not out or self.closed:
+            return
+        write = self.transport.write
+        if len(out) == 1:
+            write(out[0])
+        elif not self._out_big:
+            write(b"".join(out))
+        else:
+            small = []
+            for piece in out:
+                if len(piece) >= _WRITE_ALONE:
+                    if small:
+                        write(b"".join(small))
+                        small = []
+                    write(piece)
+                else:
+                    small.append(piece)
+            if small:
+                write(b"".join(small) if len(small) > 1 else small[0])
+            self._out_big = False
+        out.clear()
+        cost, self._out_cost = self._out_cost, 0
+        if "writing" in self._paused:
+            self._unsent += cost
+        elif cost:
+            self._release(cost)
+        if self._disc and not self._inflight:
+            self.transport.close()

@@ -1,0 +1,425 @@
+"""The NBD transmission phase: parse each request, validate it against the export, dispatch it.
+
+Owns what a connection does with requests: cutting them out of the receive buffer (the
+``nbdwire`` kernel), validating each one against the export it negotiated, queueing it on the
+controller (directly for READ/WRITE of a plain LUN export, through its export otherwise), and
+the connection's memory budget. It never executes I/O and never blocks the loop.
+
+Memory: every request is charged, from the moment it is parsed until its reply has left the
+transport's buffer, against the connection's budget and the front end's total (a READ or WRITE
+its length, anything else ``_SMALL_COST`` or its reply's size). A request that does not fit stays
+unparsed in the receive buffer and the connection stops reading until enough is released; a
+client that does not read its replies keeps them charged, so it stops itself and no one else. A
+connection holding nothing may always take one request (up to the 64 MiB maximum) if the total
+allows it, or if nothing at all is charged.
+
+Protocol notes (doc/proto.md):
+- a client that negotiated no block size may send requests of any alignment: READ, CACHE and
+  BLOCK_STATUS are widened to whole blocks here, WRITE, TRIM and WRITE_ZEROES go to the
+  controller as sub-block requests (it reads, modifies and writes the partial blocks in
+  sequence); for a client that did ask, unaligned I/O is EINVAL;
+- errors: unknown command or flag and unaligned I/O (see above) -> EINVAL; past the end -> ENOSPC for writes,
+  EINVAL otherwise; writes to a read-only export -> EPERM; while stopping -> ESHUTDOWN; a READ
+  above 64 MiB -> EOVERFLOW with structured replies (EINVAL without); a WRITE above 64 MiB has
+  its payload skipped and gets EINVAL;
+- a bad request magic is a protocol violation: that client is disconnected.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+from splitpoint.firmware.errors import QueueFullError, ShuttingDownError
+from splitpoint.firmware.frontend import wire
+from splitpoint.firmware.frontend.nbd.handshake import CLOSED, META_CONTEXT_ID, TRANSMISSION
+from splitpoint.firmware.frontend.wire import (
+    CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
+    EINVAL, ENOSPC, EOVERFLOW, EPERM, ESHUTDOWN, MAX_REQUEST, REQUEST_MAGIC,
+)
+from splitpoint.firmware.requests import FLAG_FUA, Op
+from splitpoint.pyx import select as _select_kernel
+
+log = logging.getLogger("splitpoint.nbd")
+
+#: requests in flight on one connection before it stops reading (and resumes below _RESUME)
+_PAUSE_INFLIGHT = 1024
+_RESUME_INFLIGHT = 256
+#: what a request other than READ or WRITE is charged until its reply is out (or its reply's size)
+_SMALL_COST = 4096
+#: WRITE payloads at least this large go to the controller as slices of the receive buffer (no
+#: copy; the buffer is then retired); smaller ones are copied so a long-lived payload (an async
+#: mirror queue) never pins a whole buffer
+LEND_MIN = 128 << 10
+
+_REQUEST = wire.REQUEST
+_scan = _select_kernel("nbdwire").scan
+_OP_READ = int(Op.READ)
+_OP_WRITE = int(Op.WRITE)
+_WRITE_CMDS = (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES)
+_NBD_FUA = wire.CMD_FLAG_FUA   # the only flag a fast-path WRITE may carry (wmask drops the rest)
+
+
+class Transmission:
+    """The transmission phase of ``NbdConnection`` (its state lives on the connection)."""
+
+    def _parse_requests(self, buf, pos, n):
+        """Every complete request in ``buf[pos:n]`` that the memory budget admits; READ and WRITE
+        of a LUN take a fast path.
+
+        ``nbdwire.scan`` cuts the complete requests out of the buffer in one call (small WRITE
+        payloads copied, large ones lent as slices of the buffer, which is then retired); what
+        it leaves to this method is a bad magic or an oversized WRITE at the position it stopped.
+        A request the budget does not admit ends parsing at its own position (it is scanned again
+        once room frees). The fast path is the generic one with the dispatch layers folded in: the
+        same checks (flags, alignment, bounds, not stopping, nothing held back by a full ring),
+        then straight to ``ctl.submit``. Anything it does not take goes through ``_request``.
+        """
+        request = self._request
+        fast = self._fast
+        fe = self.fe
+        if fast is not None and not fe.stopping and not fe.backlogged():
+            lun, submit, on_write, on_read, wmask, rmask, bsmask, size = fast
+            partial = functools.partial
+        else:
+            lun = None
+        costs = self._costs
+        client_bytes, total_bytes = fe.client_bytes, fe.total_bytes
+        # the charges, kept in locals over the fast path and written back before anything else runs
+        held, all_held = self._held, fe.held
+        while True:
+            requests, _stop, want = _scan(buf, pos, n, LEND_MIN, MAX_REQUEST)
+            for cmd, flags, cookie, offset, length, payload in requests:
+                here = pos
+                pos += 28 + length if cmd == CMD_WRITE else 28
+                if cmd != CMD_DISC:     # DISC gets no reply and holds nothing
+                    cost = length if cmd <= CMD_WRITE else _SMALL_COST
+                    if (held and (held + cost > client_bytes or self._inflight >= _PAUSE_INFLIGHT)
+                            or all_held and all_held + cost > total_bytes):
+                        self._held, fe.held = held, all_held
+                        self._block(cost)
+                        return here
+                    held += cost
+                    all_held += cost
+                    if cookie in costs:
+                        self._charge_again(cookie, cost)
+                    else:
+                        costs[cookie] = cost
+                if (lun is not None and cmd <= CMD_WRITE and not (offset | length) & bsmask and length
+                        and offset + length <= size):
+                    if cmd == CMD_WRITE:
+                        if length >= LEND_MIN:
+                            self._lent = True
+                        if not flags & wmask:
+                            self._inflight += 1
+                            try:
+                                # NBD flags become the controller's here, never passed through raw
+                                submit(lun, _OP_WRITE, offset, length, payload,
+                                       FLAG_FUA if flags & _NBD_FUA else 0, None, partial(on_write, cookie))
+                                continue
+                            except (QueueFullError, ShuttingDownError):
+                                self._inflight -= 1
+                                lun = None
+                    elif not flags & rmask and length <= MAX_REQUEST:
+                        self._inflight += 1
+                        try:
+                            submit(lun, _OP_READ, offset, length, None, 0, None, partial(on_read, cookie, offset))
+                            continue
+                        except (QueueFullError, ShuttingDownError):
+                            self._inflight -= 1
+                            lun = None
+                elif cmd == CMD_WRITE and length >= LEND_MIN:
+                    self._lent = True
+                self._held, fe.held = held, all_held
+                request(cmd, flags, cookie, offset, length, payload)   # may reply at once (and charge)
+                held, all_held = self._held, fe.held
+                if self._phase != TRANSMISSION:
+                    return n
+            self._held, fe.held = held, all_held
+            if want:
+                if want >= LEND_MIN and not self._fits(want - 28):
+                    self._block(want - 28, want)   # a large WRITE's payload is received once it fits
+                else:
+                    self._want = want
+                return pos
+            # a bad magic or an oversized WRITE at pos
+            magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(buf, pos)
+            if magic != REQUEST_MAGIC:
+                self._violation(f"bad request magic {magic:#x}")
+                return n
+            start = pos + 28
+            self._inflight += 1
+            self._charge(cookie, _SMALL_COST)   # its payload is skipped, never held
+            skip = min(length, n - start)
+            done = functools.partial(self.reply_error, cookie, EINVAL,
+                                     f"WRITE of {length} bytes is over the {MAX_REQUEST}-byte limit")
+            if length > skip:
+                self._discard, self._discard_done, self._want = length - skip, done, 28
+                return n
+            done()
+            pos = start + length
+            held, all_held = self._held, fe.held
+
+    # --- memory budget -------------------------------------------------------------------
+    def _charge(self, cookie, cost):
+        self._held += cost
+        self.fe.held += cost
+        if cookie in self._costs:
+            self._charge_again(cookie, cost)
+        else:
+            self._costs[cookie] = cost
+
+    def _charge_again(self, cookie, cost):
+        """A cookie already in flight (the client breaks the protocol's rule): keep every charge."""
+        prior = self._costs[cookie]
+        self._costs[cookie] = prior + [cost] if type(prior) is list else [prior, cost]
+
+    def _replied(self, cookie, size):
+        """The final reply of ``cookie`` (``size`` bytes) is queued: its charge moves to the output.
+
+        A reply larger than its request's charge is charged the difference. For a reused cookie the
+        smallest of its charges goes, so what stays charged is never less than what is in flight.
+        """
+        cost = self._costs.pop(cookie, 0)
+        if type(cost) is list:
+            cost.remove(least := min(cost))
+            self._costs[cookie] = cost if len(cost) > 1 else cost[0]
+            cost = least
+        if size > cost:
+            self._held += size - cost
+            self.fe.held += size - cost
+            cost = size
+        self._out_cost += cost
+
+    def _release(self, n):
+        self._held -= n
+        self.fe.release(n)   # tries every connection waiting for room, this one included
+
+    def _fits(self, cost, most_inflight=_PAUSE_INFLIGHT) -> bool:
+        """Whether a request charged ``cost`` may be taken now."""
+        fe = self.fe
+        held = self._held
+        if held and (held + cost > fe.client_bytes or self._inflight >= most_inflight):
+            return False
+        return not (fe.held and fe.held + cost > fe.total_bytes)
+
+    def _block(self, cost, want=28):
+        """The next request (charged ``cost``, ``want`` bytes from the parse position) does not
+        fit: stop reading until room frees."""
+        self._blocked = cost
+        self._want = want
+        self.fe.wait_for_room(self)
+        self.pause("budget")
+
+    def try_unblock(self):
+        """Room was released somewhere: resume reading if the waiting request now fits."""
+        cost = self._blocked
+        if cost is None or not self._fits(cost, _RESUME_INFLIGHT):
+            return
+        fe = self.fe
+        self._blocked = None
+        fe.stop_waiting(self)
+        self.resume("budget")
+        fe.loop.call_soon(self._parse_buffered)
+
+    def _parse_buffered(self):
+        """Room freed: parse the requests received before reading stopped (they wait in the buffer)."""
+        if self.closed or self._blocked is not None or self._discard or self._phase != TRANSMISSION:
+            return
+        if self._end - self._start >= self._want:
+            self._process()
+
+    def _enter_transmission(self, name, export):
+        self._stop_handshake_timer()
+        self.export = export
+        self._meta_ok = self._meta_ok and self._meta_export == name
+        fua = 0 if export.read_only else wire.CMD_FLAG_FUA
+        self._allowed = {
+            CMD_READ: fua | (wire.CMD_FLAG_DF if self._structured else 0),
+            CMD_WRITE: fua,
+            CMD_FLUSH: fua,
+            CMD_TRIM: fua,
+            CMD_CACHE: fua,
+            CMD_WRITE_ZEROES: fua | wire.CMD_FLAG_NO_HOLE | wire.CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS: fua | wire.CMD_FLAG_REQ_ONE,
+        }
+        self._fast_lun = None if export.read_only else getattr(export, "fast_lun", None)
+        self._bsmask = export.block_size - 1
+        self._size = export.size
+        if self._fast_lun is not None:
+            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read, ~self._allowed[CMD_WRITE],
+                          ~self._allowed[CMD_READ], self._bsmask, self._size)
+        self._phase = TRANSMISSION
+        self._want = 28
+        log.debug("%s: transmission on export %r", self.peer, export.name)
+
+    # --- transmission ----------------------------------------------------------------------
+    def _request(self, cmd, flags, cookie, offset, length, payload):
+        if cmd == CMD_DISC:
+            self._disconnect()
+            return
+        self._inflight += 1
+        allowed = self._allowed.get(cmd)
+        if allowed is None:
+            self.reply_error(cookie, EINVAL, f"unknown command {cmd}")
+            return
+        export = self.export
+        name = wire.CMD_NAMES[cmd]
+        if self.fe.stopping:
+            self.reply_error(cookie, ESHUTDOWN, "server is shutting down")
+            return
+        if export.read_only and cmd in _WRITE_CMDS:
+            self.reply_error(cookie, EPERM, f"{name} on read-only export {export.name!r}")
+            return
+        if flags & ~allowed:
+            self.reply_error(cookie, EINVAL, f"command flags {flags & ~allowed:#x} are not valid for {name}")
+            return
+        if cmd == CMD_FLUSH:
+            if offset or length:
+                self.reply_error(cookie, EINVAL, "FLUSH must have offset and length 0")
+                return
+            export.flush(self, cookie, flags)
+            return
+        if cmd == CMD_READ and length > MAX_REQUEST:
+            self.reply_error(cookie, EOVERFLOW if self._structured else EINVAL,
+                             f"READ of {length} bytes is over the {MAX_REQUEST}-byte limit")
+            return
+        size = export.size
+        if offset > size or length > size - offset:
+            err = ENOSPC if cmd in (CMD_WRITE, CMD_WRITE_ZEROES) else EINVAL
+            self.reply_error(cookie, err, f"{name} [{offset}, +{length}) is past the end of "
+                                          f"{export.name!r} ({size} bytes)")
+            return
+        bs = export.block_size
+        if (offset % bs or length % bs) and not self._any_alignment:
+            self.reply_error(cookie, EINVAL, f"{name} [{offset}, +{length}) is not aligned to the "
+                                             f"minimum block size {bs}")
+            return
+        if length == 0:
+            if cmd == CMD_BLOCK_STATUS:
+                self.reply_error(cookie, EINVAL, "BLOCK_STATUS of 0 bytes")
+            elif cmd == CMD_READ:
+                self.reply_data(cookie, offset, b"")
+            else:
+                self.reply_ok(cookie)
+            return
+        if (offset | length) & (bs - 1):
+            self._sub_block(cmd, flags, cookie, offset, length, payload)
+        elif cmd == CMD_READ:
+            export.read(self, cookie, offset, length, flags)
+        elif cmd == CMD_WRITE:
+            export.write(self, cookie, offset, payload, flags)
+        elif cmd == CMD_WRITE_ZEROES:
+            export.write_zeroes(self, cookie, offset, length, flags)
+        elif cmd == CMD_TRIM:
+            export.trim(self, cookie, offset, length, flags)
+        elif cmd == CMD_CACHE:
+            export.cache(self, cookie, offset, length, flags)
+        else:
+            self._block_status(cookie, offset, length, flags)
+
+    def _sub_block(self, cmd, flags, cookie, offset, length, payload):
+        """A request not aligned to the export's block size, from a client that negotiated none."""
+        export = self.export
+        bs = export.block_size
+        start, stop = offset - offset % bs, -(-(offset + length) // bs) * bs
+        if cmd == CMD_READ:
+            export.read(_SubBlock(self, offset, offset - start, length), cookie, start, stop - start, flags)
+        elif cmd == CMD_CACHE:
+            export.cache(self, cookie, start, stop - start, flags)
+        elif cmd == CMD_BLOCK_STATUS:
+            self._block_status(cookie, offset, length, flags)
+        elif cmd == CMD_WRITE:
+            export.write(_SubBlock(self), cookie, offset, payload, flags)
+        elif cmd == CMD_WRITE_ZEROES:
+            export.write_zeroes(_SubBlock(self), cookie, offset, length, flags)
+        else:
+            export.trim(_SubBlock(self), cookie, offset, length, flags)
+
+    def _block_status(self, cookie, offset, length, flags):
+        if not self._meta_ok:
+            self.reply_error(cookie, EINVAL, "BLOCK_STATUS without a metadata context (select base:allocation)")
+            return
+        bs = self.export.block_size
+        start = offset - offset % bs       # asked of the export in whole blocks, the head cut off below
+        try:
+            extents = self.export.block_status(start, -(-(offset + length) // bs) * bs - start)
+        except Exception as exc:  # a controller error is this request's error, never the loop's
+            self.reply_exception(cookie, exc)
+            return
+        skip = offset - start
+        while skip and extents:
+            first_len, first_flags = extents[0]
+            if first_len > skip:
+                extents = [(first_len - skip, first_flags)] + extents[1:]
+                break
+            skip -= first_len
+            extents = extents[1:]
+        if not extents:
+            extents = [(length, 0)]
+        if flags & wire.CMD_FLAG_REQ_ONE:
+            extents = [(min(extents[0][0], length), extents[0][1])]
+        else:
+            clipped, covered = [], 0
+            for ext_len, ext_flags in extents:
+                if covered >= length:
+                    break
+                ext_len = min(ext_len, length - covered)
+                clipped.append((ext_len, ext_flags))
+                covered += ext_len
+            extents = clipped[: 1 << 20]
+        self._send(cookie, wire.block_status_chunk(cookie, META_CONTEXT_ID, extents))
+
+    def _disconnect(self):
+        """NBD_CMD_DISC: serve what is in flight, then close."""
+        self._disc = True
+        self._phase = CLOSED
+        self.transport.pause_reading()
+        if not self._inflight and not self._out:
+            self.transport.close()
+
+class _SubBlock:
+    """The connection as an export sees it for one request that is not aligned to the export's block.
+
+    A READ is asked of the export in whole blocks and its reply cut to the bytes the client asked
+    for (``offset``, ``skip`` bytes into the blocks, ``length`` bytes). A WRITE, TRIM or
+    WRITE_ZEROES goes to the export as it came: ``sub_block`` makes the front end submit it to the
+    controller as a sub-block request, which reads, modifies and writes the partial blocks in
+    sequence. Every reply goes to the connection under the client's cookie.
+    """
+
+    __slots__ = ("conn", "offset", "skip", "length")
+    sub_block = True
+
+    def __init__(self, conn, offset=0, skip=0, length=0):
+        self.conn, self.offset, self.skip, self.length = conn, offset, skip, length
+
+    def pause(self, why):
+        self.conn.pause(why)
+
+    def resume(self, why):
+        self.conn.resume(why)
+
+    def ok_callback(self, cookie):
+        return self.conn.ok_callback(cookie)
+
+    def read_callback(self, cookie, offset):
+        return functools.partial(self._on_read, cookie)
+
+    def _on_read(self, cookie, completion):
+        if completion.error is not None:
+            self.conn.reply_exception(cookie, completion.error)
+        else:
+            self.reply_data(cookie, self.offset, completion.data)
+
+    def reply_data(self, cookie, offset, data):
+        self.conn.reply_data(cookie, self.offset, bytes(memoryview(data)[self.skip:self.skip + self.length]))
+
+    def reply_ok(self, cookie):
+        self.conn.reply_ok(cookie)
+
+    def reply_error(self, cookie, error, message=""):
+        self.conn.reply_error(cookie, error, message)
+
+    def reply_exception(self, cookie, exc, message=None):
+        self.conn.reply_exception(cookie, exc, message)
+
