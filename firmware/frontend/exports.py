@@ -24,7 +24,12 @@ import datetime
 import re
 
 from splitpoint.firmware import triggers
-from splitpoint.firmware.frontend import wire
+from splitpoint.firmware.frontend.nbd.proto import (
+    MAX_REQUEST, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_FLAG_CAN_MULTI_CONN,
+    NBD_FLAG_HAS_FLAGS, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_CACHE, NBD_FLAG_SEND_DF, NBD_FLAG_SEND_FAST_ZERO,
+    NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM, NBD_FLAG_SEND_WRITE_ZEROES,
+    NBD_STATE_ZERO,
+)
 from splitpoint.firmware.requests import FLAG_FAST_ZERO, FLAG_FUA, FLAG_NO_HOLE, Op
 
 #: size of the special LUN; large enough for any client's first write
@@ -39,11 +44,11 @@ _BACKUP_NAME = re.compile(r"^(?P<lun>[A-Za-z0-9.]+?)\.(?:t(?P<id>[1-9][0-9]*)|(?
 def request_flags(nbd_flags: int) -> int:
     """Controller request flags for NBD command flags."""
     flags = 0
-    if nbd_flags & wire.CMD_FLAG_FUA:
+    if nbd_flags & NBD_CMD_FLAG_FUA:
         flags |= FLAG_FUA
-    if nbd_flags & wire.CMD_FLAG_FAST_ZERO:
+    if nbd_flags & NBD_CMD_FLAG_FAST_ZERO:
         flags |= FLAG_FAST_ZERO
-    if nbd_flags & wire.CMD_FLAG_NO_HOLE:
+    if nbd_flags & NBD_CMD_FLAG_NO_HOLE:
         flags |= FLAG_NO_HOLE
     return flags
 
@@ -79,19 +84,19 @@ class Export:
     allocation = False
 
     def transmission_flags(self, structured: bool) -> int:
-        flags = wire.TF_HAS_FLAGS | wire.TF_SEND_FLUSH | wire.TF_CAN_MULTI_CONN | wire.TF_SEND_CACHE
+        flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE
         if structured:
-            flags |= wire.TF_SEND_DF
+            flags |= NBD_FLAG_SEND_DF
         if self.read_only:
-            flags |= wire.TF_READ_ONLY
+            flags |= NBD_FLAG_READ_ONLY
         else:
-            flags |= (wire.TF_SEND_FUA | wire.TF_SEND_TRIM | wire.TF_SEND_WRITE_ZEROES
-                      | wire.TF_SEND_FAST_ZERO)
+            flags |= (NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES
+                      | NBD_FLAG_SEND_FAST_ZERO)
         return flags
 
     def block_sizes(self) -> tuple[int, int, int]:
         """(minimum, preferred, maximum payload) for NBD_INFO_BLOCK_SIZE."""
-        return self.block_size, max(PREFERRED_BLOCK, self.block_size), wire.MAX_REQUEST
+        return self.block_size, max(PREFERRED_BLOCK, self.block_size), MAX_REQUEST
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         """base:allocation extents as (length, flags); the default: all allocated."""
@@ -225,7 +230,7 @@ class TriggerLunExport(Export):
         conn.reply_ok(cookie)
 
     def block_status(self, offset, length):
-        return [(length, wire.STATE_ZERO)]
+        return [(length, NBD_STATE_ZERO)]
 
 
 class BackupExport(Export):

@@ -24,7 +24,9 @@ import socket
 
 import numpy as np
 
-from splitpoint.firmware.frontend import wire
+from splitpoint.firmware.frontend.nbd.proto import (
+    GREETING, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_IHAVEOPT, NBD_MAGIC,
+)
 from splitpoint.firmware.frontend.nbd.handshake import CLIENT_FLAGS, CLOSED, TRANSMISSION, Handshake
 from splitpoint.firmware.frontend.nbd.replies import Replies
 from splitpoint.firmware.frontend.nbd.transmission import LEND_MIN, Transmission
@@ -112,8 +114,8 @@ class NbdConnection(Handshake, Transmission, Replies, asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (peer or "unix")
         self.fe.attach(self)
-        transport.write(wire.GREETING.pack(wire.NBDMAGIC, wire.IHAVEOPT,
-                                           wire.FLAG_FIXED_NEWSTYLE | wire.FLAG_NO_ZEROES))
+        transport.write(GREETING.pack(NBD_MAGIC, NBD_IHAVEOPT,
+                                           NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES))
         if self.fe.handshake_timeout:
             self._handshake_timer = self.fe.loop.call_later(self.fe.handshake_timeout, self._handshake_expired)
         log.debug("%s: connected", self.peer)

@@ -21,7 +21,15 @@ import functools
 import logging
 import struct
 
-from splitpoint.firmware.frontend import wire
+from splitpoint.firmware.frontend.nbd.proto import (
+    EXPORT_NAME_REPLY, INFO_BLOCK_SIZE_PAYLOAD, INFO_EXPORT_PAYLOAD, MAX_OPTION, NBD_FLAG_C_KNOWN,
+    NBD_FLAG_C_NO_ZEROES, NBD_IHAVEOPT, NBD_INFO_BLOCK_SIZE, NBD_INFO_DESCRIPTION, NBD_INFO_EXPORT,
+    NBD_INFO_NAME, NBD_MAX_STRING, NBD_META_BASE_ALLOCATION, NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
+    NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS,
+    NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_INVALID, NBD_REP_ERR_SHUTDOWN, NBD_REP_ERR_TOO_BIG,
+    NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_MAGIC, NBD_REP_META_CONTEXT, NBD_REP_SERVER,
+    OPTION, OPTION_REPLY,
+)
 
 log = logging.getLogger("splitpoint.nbd")
 
@@ -32,6 +40,11 @@ META_CONTEXT_ID = 1
 
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
+
+
+def option_reply(option: int, reply: int, payload: bytes = b"") -> bytes:
+    """One fixed-newstyle option reply."""
+    return OPTION_REPLY.pack(NBD_REP_MAGIC, option, reply, len(payload)) + payload
 
 
 class Handshake:
@@ -48,12 +61,12 @@ class Handshake:
                 if n - pos < 16:
                     self._want = 16
                     return pos
-                magic, opt, optlen = wire.OPTION.unpack_from(buf, pos)
-                if magic != wire.IHAVEOPT:
+                magic, opt, optlen = OPTION.unpack_from(buf, pos)
+                if magic != NBD_IHAVEOPT:
                     self._violation(f"bad option magic {magic:#x}")
                     return n
                 start = pos + 16
-                if optlen > wire.MAX_OPTION:
+                if optlen > MAX_OPTION:
                     skip = min(optlen, n - start)
                     done = functools.partial(self._option_too_big, opt, optlen)
                     if optlen > skip:
@@ -75,10 +88,10 @@ class Handshake:
                     return pos
                 (flags,) = _U32.unpack_from(buf, pos)
                 pos += 4
-                if flags & ~wire.CLIENT_FLAGS_KNOWN:
+                if flags & ~NBD_FLAG_C_KNOWN:
                     self._violation(f"unknown client flags {flags:#x}")
                     return n
-                self._no_zeroes = bool(flags & wire.FLAG_C_NO_ZEROES)
+                self._no_zeroes = bool(flags & NBD_FLAG_C_NO_ZEROES)
                 self._phase = OPTIONS
                 continue
             return n  # closed or disconnecting: ignore whatever follows
@@ -102,25 +115,25 @@ class Handshake:
     # --- handshake -----------------------------------------------------------------------
     def _opt_reply(self, opt, reply, payload=b""):
         if isinstance(payload, str):
-            payload = payload.encode("utf-8", "replace")[: wire.MAX_STRING]
-        self.transport.write(wire.option_reply(opt, reply, payload))
+            payload = payload.encode("utf-8", "replace")[: NBD_MAX_STRING]
+        self.transport.write(option_reply(opt, reply, payload))
 
     def _option_too_big(self, opt, optlen):
-        if opt == wire.OPT_EXPORT_NAME:
+        if opt == NBD_OPT_EXPORT_NAME:
             self._violation(f"NBD_OPT_EXPORT_NAME of {optlen} bytes")
             return
-        known = opt in (wire.OPT_ABORT, wire.OPT_LIST, wire.OPT_STARTTLS, wire.OPT_INFO, wire.OPT_GO,
-                        wire.OPT_STRUCTURED_REPLY, wire.OPT_LIST_META_CONTEXT, wire.OPT_SET_META_CONTEXT)
-        self._opt_reply(opt, wire.REP_ERR_TOO_BIG if known else wire.REP_ERR_UNSUP,
-                        f"option {opt} with {optlen} bytes of data is over the {wire.MAX_OPTION}-byte limit")
+        known = opt in (NBD_OPT_ABORT, NBD_OPT_LIST, NBD_OPT_STARTTLS, NBD_OPT_INFO, NBD_OPT_GO,
+                        NBD_OPT_STRUCTURED_REPLY, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT)
+        self._opt_reply(opt, NBD_REP_ERR_TOO_BIG if known else NBD_REP_ERR_UNSUP,
+                        f"option {opt} with {optlen} bytes of data is over the {MAX_OPTION}-byte limit")
 
     def _option(self, opt, data: bytes):
-        if self.fe.stopping and opt not in (wire.OPT_ABORT, wire.OPT_EXPORT_NAME):
-            self._opt_reply(opt, wire.REP_ERR_SHUTDOWN, "server is shutting down")
+        if self.fe.stopping and opt not in (NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME):
+            self._opt_reply(opt, NBD_REP_ERR_SHUTDOWN, "server is shutting down")
             return
         handler = _OPTION_HANDLERS.get(opt)
         if handler is None:
-            self._opt_reply(opt, wire.REP_ERR_UNSUP, f"option {opt} is not supported by this server")
+            self._opt_reply(opt, NBD_REP_ERR_UNSUP, f"option {opt} is not supported by this server")
             return
         handler(self, opt, data)
 
@@ -134,7 +147,7 @@ class Handshake:
         if export is None:
             self._violation(f"NBD_OPT_EXPORT_NAME for unknown export {name!r}")
             return
-        reply = wire.EXPORT_NAME_REPLY.pack(export.size, export.transmission_flags(self._structured))
+        reply = EXPORT_NAME_REPLY.pack(export.size, export.transmission_flags(self._structured))
         if not self._no_zeroes:
             reply += bytes(124)
         self.transport.write(reply)
@@ -142,64 +155,64 @@ class Handshake:
         self._enter_transmission(name, export)
 
     def _opt_abort(self, opt, data):
-        self._opt_reply(opt, wire.REP_ACK)
+        self._opt_reply(opt, NBD_REP_ACK)
         self._phase = CLOSED
         self.transport.close()
 
     def _opt_list(self, opt, data):
         if data:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, "NBD_OPT_LIST carries no data")
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "NBD_OPT_LIST carries no data")
             return
         for name, description in self.fe.exports.listing():
             raw = name.encode()
-            self._opt_reply(opt, wire.REP_SERVER, _U32.pack(len(raw)) + raw + description.encode("utf-8", "replace"))
-        self._opt_reply(opt, wire.REP_ACK)
+            self._opt_reply(opt, NBD_REP_SERVER, _U32.pack(len(raw)) + raw + description.encode("utf-8", "replace"))
+        self._opt_reply(opt, NBD_REP_ACK)
 
     def _opt_starttls(self, opt, data):
-        self._opt_reply(opt, wire.REP_ERR_UNSUP, "TLS is not supported by this server")
+        self._opt_reply(opt, NBD_REP_ERR_UNSUP, "TLS is not supported by this server")
 
     def _opt_structured_reply(self, opt, data):
         if data:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY carries no data")
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY carries no data")
             return
         self._structured = True
-        self._opt_reply(opt, wire.REP_ACK)
+        self._opt_reply(opt, NBD_REP_ACK)
 
     def _opt_info_go(self, opt, data):
         if len(data) < 6:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, "option data shorter than 6 bytes")
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "option data shorter than 6 bytes")
             return
         (namelen,) = _U32.unpack_from(data, 0)
         if namelen > len(data) - 6:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, "export name length past the option data")
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "export name length past the option data")
             return
         (nreq,) = _U16.unpack_from(data, 4 + namelen)
         if len(data) != 6 + namelen + 2 * nreq:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, "information request list does not match the option length")
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "information request list does not match the option length")
             return
         try:
             name = data[4:4 + namelen].decode("utf-8")
         except UnicodeDecodeError:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, "export name is not UTF-8")
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "export name is not UTF-8")
             return
         requests = struct.unpack_from(f">{nreq}H", data, 6 + namelen)
         export = self.fe.exports.open(name)
         if export is None:
-            self._opt_reply(opt, wire.REP_ERR_UNKNOWN, f"no export named {name!r}; list them with NBD_OPT_LIST")
+            self._opt_reply(opt, NBD_REP_ERR_UNKNOWN, f"no export named {name!r}; list them with NBD_OPT_LIST")
             return
-        info = wire.INFO_EXPORT_PAYLOAD.pack(wire.INFO_EXPORT, export.size, export.transmission_flags(self._structured))
-        self._opt_reply(opt, wire.REP_INFO, info)
-        sizes = wire.INFO_BLOCK_SIZE_PAYLOAD.pack(wire.INFO_BLOCK_SIZE, *export.block_sizes())
-        self._opt_reply(opt, wire.REP_INFO, sizes)
-        if wire.INFO_NAME in requests:
-            self._opt_reply(opt, wire.REP_INFO, _U16.pack(wire.INFO_NAME) + export.name.encode())
-        if wire.INFO_DESCRIPTION in requests:
-            self._opt_reply(opt, wire.REP_INFO, _U16.pack(wire.INFO_DESCRIPTION)
-                            + export.description.encode("utf-8", "replace")[: wire.MAX_STRING])
-        self._opt_reply(opt, wire.REP_ACK)
-        if opt == wire.OPT_GO:
+        info = INFO_EXPORT_PAYLOAD.pack(NBD_INFO_EXPORT, export.size, export.transmission_flags(self._structured))
+        self._opt_reply(opt, NBD_REP_INFO, info)
+        sizes = INFO_BLOCK_SIZE_PAYLOAD.pack(NBD_INFO_BLOCK_SIZE, *export.block_sizes())
+        self._opt_reply(opt, NBD_REP_INFO, sizes)
+        if NBD_INFO_NAME in requests:
+            self._opt_reply(opt, NBD_REP_INFO, _U16.pack(NBD_INFO_NAME) + export.name.encode())
+        if NBD_INFO_DESCRIPTION in requests:
+            self._opt_reply(opt, NBD_REP_INFO, _U16.pack(NBD_INFO_DESCRIPTION)
+                            + export.description.encode("utf-8", "replace")[: NBD_MAX_STRING])
+        self._opt_reply(opt, NBD_REP_ACK)
+        if opt == NBD_OPT_GO:
             # the sizes sent bind only a client that asked for them (doc/proto.md, block size constraints)
-            self._any_alignment = wire.INFO_BLOCK_SIZE not in requests
+            self._any_alignment = NBD_INFO_BLOCK_SIZE not in requests
             self._enter_transmission(name, export)
 
     def _parse_meta(self, opt, data):
@@ -230,45 +243,45 @@ class Handshake:
             if pos != len(data):
                 raise ValueError("trailing bytes after the queries")
         except (ValueError, UnicodeDecodeError) as exc:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, str(exc))
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, str(exc))
             return None
         return name, queries
 
     def _opt_meta_context(self, opt, data):
-        setting = opt == wire.OPT_SET_META_CONTEXT
+        setting = opt == NBD_OPT_SET_META_CONTEXT
         if setting:
             self._meta_export, self._meta_ok = None, False
         if not self._structured:
-            self._opt_reply(opt, wire.REP_ERR_INVALID, "negotiate NBD_OPT_STRUCTURED_REPLY first")
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "negotiate NBD_OPT_STRUCTURED_REPLY first")
             return
         parsed = self._parse_meta(opt, data)
         if parsed is None:
             return
         name, queries = parsed
         if self.fe.exports.open(name) is None:
-            self._opt_reply(opt, wire.REP_ERR_UNKNOWN, f"no export named {name!r}")
+            self._opt_reply(opt, NBD_REP_ERR_UNKNOWN, f"no export named {name!r}")
             return
         if setting:
-            matched = wire.META_BASE_ALLOCATION in queries
+            matched = NBD_META_BASE_ALLOCATION in queries
         else:
-            matched = not queries or any(q in ("base:", wire.META_BASE_ALLOCATION) for q in queries)
+            matched = not queries or any(q in ("base:", NBD_META_BASE_ALLOCATION) for q in queries)
         if matched:
             ctx_id = META_CONTEXT_ID if setting else 0
-            self._opt_reply(opt, wire.REP_META_CONTEXT, _U32.pack(ctx_id) + wire.META_BASE_ALLOCATION.encode())
+            self._opt_reply(opt, NBD_REP_META_CONTEXT, _U32.pack(ctx_id) + NBD_META_BASE_ALLOCATION.encode())
             if setting:
                 self._meta_export, self._meta_ok = name, True
-        self._opt_reply(opt, wire.REP_ACK)
+        self._opt_reply(opt, NBD_REP_ACK)
 
 
 
 _OPTION_HANDLERS = {
-    wire.OPT_EXPORT_NAME: Handshake._opt_export_name,
-    wire.OPT_ABORT: Handshake._opt_abort,
-    wire.OPT_LIST: Handshake._opt_list,
-    wire.OPT_STARTTLS: Handshake._opt_starttls,
-    wire.OPT_INFO: Handshake._opt_info_go,
-    wire.OPT_GO: Handshake._opt_info_go,
-    wire.OPT_STRUCTURED_REPLY: Handshake._opt_structured_reply,
-    wire.OPT_LIST_META_CONTEXT: Handshake._opt_meta_context,
-    wire.OPT_SET_META_CONTEXT: Handshake._opt_meta_context,
+    NBD_OPT_EXPORT_NAME: Handshake._opt_export_name,
+    NBD_OPT_ABORT: Handshake._opt_abort,
+    NBD_OPT_LIST: Handshake._opt_list,
+    NBD_OPT_STARTTLS: Handshake._opt_starttls,
+    NBD_OPT_INFO: Handshake._opt_info_go,
+    NBD_OPT_GO: Handshake._opt_info_go,
+    NBD_OPT_STRUCTURED_REPLY: Handshake._opt_structured_reply,
+    NBD_OPT_LIST_META_CONTEXT: Handshake._opt_meta_context,
+    NBD_OPT_SET_META_CONTEXT: Handshake._opt_meta_context,
 }

@@ -7,18 +7,62 @@ here parses, validates or queues a request.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import struct
 
-from splitpoint.firmware.frontend import wire
+from splitpoint.firmware.frontend.nbd.proto import (
+    ERROR_HEAD, NBD_EINVAL, NBD_EIO, NBD_ENOMEM, NBD_ENOSPC, NBD_ENOTSUP, NBD_EOVERFLOW, NBD_EPERM,
+    NBD_ERROR_NAMES, NBD_ESHUTDOWN, NBD_MAX_STRING, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
+    NBD_REPLY_TYPE_ERROR, NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA, NBD_SIMPLE_REPLY_MAGIC,
+    NBD_STRUCTURED_REPLY_MAGIC, OFFSET_DATA_HEAD, SIMPLE_REPLY, STRUCTURED_REPLY,
+)
 
 log = logging.getLogger("splitpoint.nbd")
 
 #: reply pieces at least this large are written on their own instead of being joined
 _WRITE_ALONE = 64 << 10
-_SIMPLE_OK = struct.Struct(">IIQ")
-_SIMPLE_MAGIC = wire.SIMPLE_REPLY_MAGIC
+_SIMPLE_OK = SIMPLE_REPLY
+_SIMPLE_MAGIC = NBD_SIMPLE_REPLY_MAGIC
+
+#: the errno a controller error carries (``firmware/errors.py``) -> the NBD error a client gets;
+#: anything not listed is NBD_EIO. The one place an errno becomes a wire number.
+NBD_ERRORS = {
+    errno.EPERM: NBD_EPERM, errno.EACCES: NBD_EPERM, errno.EROFS: NBD_EPERM,
+    errno.EIO: NBD_EIO, errno.ENOMEM: NBD_ENOMEM, errno.EINVAL: NBD_EINVAL,
+    errno.ENOSPC: NBD_ENOSPC, errno.EDQUOT: NBD_ENOSPC, errno.EFBIG: NBD_ENOSPC,
+    errno.EOVERFLOW: NBD_EOVERFLOW, errno.ENOTSUP: NBD_ENOTSUP, errno.EOPNOTSUPP: NBD_ENOTSUP,
+    errno.ESHUTDOWN: NBD_ESHUTDOWN,
+}
+
+
+def nbd_error(code) -> int:
+    """The NBD error for an errno (None or one NBD has no number for -> NBD_EIO)."""
+    return NBD_ERRORS.get(code, NBD_EIO)
+
+
+def simple_reply(cookie: int, error: int = 0) -> bytes:
+    return SIMPLE_REPLY.pack(NBD_SIMPLE_REPLY_MAGIC, error, cookie)
+
+
+def error_chunk(cookie: int, error: int, message: str = "") -> bytes:
+    """A final NBD_REPLY_TYPE_ERROR chunk carrying a human-readable message."""
+    msg = message.encode("utf-8", "replace")[:NBD_MAX_STRING]
+    return ERROR_HEAD.pack(NBD_STRUCTURED_REPLY_MAGIC, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, cookie,
+                           6 + len(msg), error, len(msg)) + msg
+
+
+def done_chunk(cookie: int) -> bytes:
+    """A final NBD_REPLY_TYPE_NONE chunk."""
+    return STRUCTURED_REPLY.pack(NBD_STRUCTURED_REPLY_MAGIC, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0)
+
+
+def block_status_chunk(cookie: int, context_id: int, extents, done: bool = True) -> bytes:
+    """An NBD_REPLY_TYPE_BLOCK_STATUS chunk: ``extents`` is a list of (length, NBD state flags)."""
+    body = struct.pack(f">I{2 * len(extents)}I", context_id, *[v for ext in extents for v in ext])
+    return STRUCTURED_REPLY.pack(NBD_STRUCTURED_REPLY_MAGIC, NBD_REPLY_FLAG_DONE if done else 0,
+                                 NBD_REPLY_TYPE_BLOCK_STATUS, cookie, len(body)) + body
 
 
 class Replies:
@@ -44,27 +88,27 @@ class Replies:
                     self._out_big = True
 
     def reply_ok(self, cookie):
-        self._send(cookie, _SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
+        self._send(cookie, _SIMPLE_OK.pack(NBD_SIMPLE_REPLY_MAGIC, 0, cookie))
 
     def reply_error(self, cookie, error, message=""):
         if self._structured:
-            self._send(cookie, wire.error_chunk(cookie, error, message))
+            self._send(cookie, error_chunk(cookie, error, message))
         else:
-            self._send(cookie, wire.simple_reply(cookie, error))
-        log.debug("%s: cookie %#x: %s %s", self.peer, cookie, wire.ERROR_NAMES.get(error, error), message)
+            self._send(cookie, simple_reply(cookie, error))
+        log.debug("%s: cookie %#x: %s %s", self.peer, cookie, NBD_ERROR_NAMES.get(error, error), message)
 
     def reply_exception(self, cookie, exc, message=None):
-        self.reply_error(cookie, wire.nbd_error(getattr(exc, "errno", None)), message or str(exc))
+        self.reply_error(cookie, nbd_error(getattr(exc, "errno", None)), message or str(exc))
 
     def reply_data(self, cookie, offset, data):
         if self._structured:
             if not data:
-                self._send(cookie, wire.done_chunk(cookie))
+                self._send(cookie, done_chunk(cookie))
                 return
-            head = wire.OFFSET_DATA_HEAD.pack(wire.STRUCTURED_REPLY_MAGIC, wire.REPLY_FLAG_DONE,
-                                              wire.REPLY_TYPE_OFFSET_DATA, cookie, 8 + len(data), offset)
+            head = OFFSET_DATA_HEAD.pack(NBD_STRUCTURED_REPLY_MAGIC, NBD_REPLY_FLAG_DONE,
+                                              NBD_REPLY_TYPE_OFFSET_DATA, cookie, 8 + len(data), offset)
         else:
-            head = _SIMPLE_OK.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie)
+            head = _SIMPLE_OK.pack(NBD_SIMPLE_REPLY_MAGIC, 0, cookie)
         self._send(cookie, head, data)
 
     def _on_ok(self, cookie, completion):

@@ -17,11 +17,11 @@ Protocol notes (doc/proto.md):
 - a client that negotiated no block size may send requests of any alignment: READ, CACHE and
   BLOCK_STATUS are widened to whole blocks here, WRITE, TRIM and WRITE_ZEROES go to the
   controller as sub-block requests (it reads, modifies and writes the partial blocks in
-  sequence); for a client that did ask, unaligned I/O is EINVAL;
-- errors: unknown command or flag and unaligned I/O (see above) -> EINVAL; past the end -> ENOSPC for writes,
-  EINVAL otherwise; writes to a read-only export -> EPERM; while stopping -> ESHUTDOWN; a READ
-  above 64 MiB -> EOVERFLOW with structured replies (EINVAL without); a WRITE above 64 MiB has
-  its payload skipped and gets EINVAL;
+  sequence); for a client that did ask, unaligned I/O is NBD_EINVAL;
+- errors: unknown command or flag and unaligned I/O (see above) -> NBD_EINVAL; past the end -> NBD_ENOSPC for writes,
+  NBD_EINVAL otherwise; writes to a read-only export -> NBD_EPERM; while stopping -> NBD_ESHUTDOWN; a READ
+  above 64 MiB -> NBD_EOVERFLOW with structured replies (NBD_EINVAL without); a WRITE above 64 MiB has
+  its payload skipped and gets NBD_EINVAL;
 - a bad request magic is a protocol violation: that client is disconnected.
 """
 from __future__ import annotations
@@ -30,12 +30,14 @@ import functools
 import logging
 
 from splitpoint.firmware.errors import QueueFullError, ShuttingDownError
-from splitpoint.firmware.frontend import wire
-from splitpoint.firmware.frontend.nbd.handshake import CLOSED, META_CONTEXT_ID, TRANSMISSION
-from splitpoint.firmware.frontend.wire import (
-    CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
-    EINVAL, ENOSPC, EOVERFLOW, EPERM, ESHUTDOWN, MAX_REQUEST, REQUEST_MAGIC,
+from splitpoint.firmware.frontend.nbd.proto import (
+    MAX_REQUEST, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_DISC, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO,
+    NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLUSH, NBD_CMD_NAMES,
+    NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW,
+    NBD_EPERM, NBD_ESHUTDOWN, NBD_REQUEST_MAGIC, REQUEST,
 )
+from splitpoint.firmware.frontend.nbd.handshake import CLOSED, META_CONTEXT_ID, TRANSMISSION
+from splitpoint.firmware.frontend.nbd.replies import block_status_chunk
 from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.pyx import select as _select_kernel
 
@@ -51,12 +53,17 @@ _SMALL_COST = 4096
 #: mirror queue) never pins a whole buffer
 LEND_MIN = 128 << 10
 
-_REQUEST = wire.REQUEST
-_scan = _select_kernel("nbdwire").scan
+_REQUEST = REQUEST
+_HEADER = REQUEST.size   # bytes of a request before its payload
+_kernel = _select_kernel("nbdwire")
+_scan = _kernel.scan
+# the kernel reads headers with its own copy of the layout (a kernel imports nothing from above it)
+if (_kernel.REQUEST_MAGIC, _kernel.HEADER, _kernel.CMD_WRITE) != (NBD_REQUEST_MAGIC, REQUEST.size, NBD_CMD_WRITE):
+    raise ImportError("the nbdwire kernel's request layout differs from nbd.proto's")
 _OP_READ = int(Op.READ)
 _OP_WRITE = int(Op.WRITE)
-_WRITE_CMDS = (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES)
-_NBD_FUA = wire.CMD_FLAG_FUA   # the only flag a fast-path WRITE may carry (wmask drops the rest)
+_WRITE_CMDS = (NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES)
+_NBD_FUA = NBD_CMD_FLAG_FUA   # the only flag a fast-path WRITE may carry (wmask drops the rest)
 
 
 class Transmission:
@@ -90,9 +97,9 @@ class Transmission:
             requests, _stop, want = _scan(buf, pos, n, LEND_MIN, MAX_REQUEST)
             for cmd, flags, cookie, offset, length, payload in requests:
                 here = pos
-                pos += 28 + length if cmd == CMD_WRITE else 28
-                if cmd != CMD_DISC:     # DISC gets no reply and holds nothing
-                    cost = length if cmd <= CMD_WRITE else _SMALL_COST
+                pos += _HEADER + length if cmd == NBD_CMD_WRITE else _HEADER
+                if cmd != NBD_CMD_DISC:     # DISC gets no reply and holds nothing
+                    cost = length if cmd <= NBD_CMD_WRITE else _SMALL_COST
                     if (held and (held + cost > client_bytes or self._inflight >= _PAUSE_INFLIGHT)
                             or all_held and all_held + cost > total_bytes):
                         self._held, fe.held = held, all_held
@@ -104,9 +111,9 @@ class Transmission:
                         self._charge_again(cookie, cost)
                     else:
                         costs[cookie] = cost
-                if (lun is not None and cmd <= CMD_WRITE and not (offset | length) & bsmask and length
+                if (lun is not None and cmd <= NBD_CMD_WRITE and not (offset | length) & bsmask and length
                         and offset + length <= size):
-                    if cmd == CMD_WRITE:
+                    if cmd == NBD_CMD_WRITE:
                         if length >= LEND_MIN:
                             self._lent = True
                         if not flags & wmask:
@@ -127,7 +134,7 @@ class Transmission:
                         except (QueueFullError, ShuttingDownError):
                             self._inflight -= 1
                             lun = None
-                elif cmd == CMD_WRITE and length >= LEND_MIN:
+                elif cmd == NBD_CMD_WRITE and length >= LEND_MIN:
                     self._lent = True
                 self._held, fe.held = held, all_held
                 request(cmd, flags, cookie, offset, length, payload)   # may reply at once (and charge)
@@ -136,24 +143,24 @@ class Transmission:
                     return n
             self._held, fe.held = held, all_held
             if want:
-                if want >= LEND_MIN and not self._fits(want - 28):
-                    self._block(want - 28, want)   # a large WRITE's payload is received once it fits
+                if want >= LEND_MIN and not self._fits(want - _HEADER):
+                    self._block(want - _HEADER, want)   # a large WRITE's payload is received once it fits
                 else:
                     self._want = want
                 return pos
             # a bad magic or an oversized WRITE at pos
             magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(buf, pos)
-            if magic != REQUEST_MAGIC:
+            if magic != NBD_REQUEST_MAGIC:
                 self._violation(f"bad request magic {magic:#x}")
                 return n
-            start = pos + 28
+            start = pos + _HEADER
             self._inflight += 1
             self._charge(cookie, _SMALL_COST)   # its payload is skipped, never held
             skip = min(length, n - start)
-            done = functools.partial(self.reply_error, cookie, EINVAL,
+            done = functools.partial(self.reply_error, cookie, NBD_EINVAL,
                                      f"WRITE of {length} bytes is over the {MAX_REQUEST}-byte limit")
             if length > skip:
-                self._discard, self._discard_done, self._want = length - skip, done, 28
+                self._discard, self._discard_done, self._want = length - skip, done, _HEADER
                 return n
             done()
             pos = start + length
@@ -202,7 +209,7 @@ class Transmission:
             return False
         return not (fe.held and fe.held + cost > fe.total_bytes)
 
-    def _block(self, cost, want=28):
+    def _block(self, cost, want=_HEADER):
         """The next request (charged ``cost``, ``want`` bytes from the parse position) does not
         fit: stop reading until room frees."""
         self._blocked = cost
@@ -232,87 +239,87 @@ class Transmission:
         self._stop_handshake_timer()
         self.export = export
         self._meta_ok = self._meta_ok and self._meta_export == name
-        fua = 0 if export.read_only else wire.CMD_FLAG_FUA
+        fua = 0 if export.read_only else NBD_CMD_FLAG_FUA
         self._allowed = {
-            CMD_READ: fua | (wire.CMD_FLAG_DF if self._structured else 0),
-            CMD_WRITE: fua,
-            CMD_FLUSH: fua,
-            CMD_TRIM: fua,
-            CMD_CACHE: fua,
-            CMD_WRITE_ZEROES: fua | wire.CMD_FLAG_NO_HOLE | wire.CMD_FLAG_FAST_ZERO,
-            CMD_BLOCK_STATUS: fua | wire.CMD_FLAG_REQ_ONE,
+            NBD_CMD_READ: fua | (NBD_CMD_FLAG_DF if self._structured else 0),
+            NBD_CMD_WRITE: fua,
+            NBD_CMD_FLUSH: fua,
+            NBD_CMD_TRIM: fua,
+            NBD_CMD_CACHE: fua,
+            NBD_CMD_WRITE_ZEROES: fua | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+            NBD_CMD_BLOCK_STATUS: fua | NBD_CMD_FLAG_REQ_ONE,
         }
         self._fast_lun = None if export.read_only else getattr(export, "fast_lun", None)
         self._bsmask = export.block_size - 1
         self._size = export.size
         if self._fast_lun is not None:
-            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read, ~self._allowed[CMD_WRITE],
-                          ~self._allowed[CMD_READ], self._bsmask, self._size)
+            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read, ~self._allowed[NBD_CMD_WRITE],
+                          ~self._allowed[NBD_CMD_READ], self._bsmask, self._size)
         self._phase = TRANSMISSION
-        self._want = 28
+        self._want = _HEADER
         log.debug("%s: transmission on export %r", self.peer, export.name)
 
     # --- transmission ----------------------------------------------------------------------
     def _request(self, cmd, flags, cookie, offset, length, payload):
-        if cmd == CMD_DISC:
+        if cmd == NBD_CMD_DISC:
             self._disconnect()
             return
         self._inflight += 1
         allowed = self._allowed.get(cmd)
         if allowed is None:
-            self.reply_error(cookie, EINVAL, f"unknown command {cmd}")
+            self.reply_error(cookie, NBD_EINVAL, f"unknown command {cmd}")
             return
         export = self.export
-        name = wire.CMD_NAMES[cmd]
+        name = NBD_CMD_NAMES[cmd]
         if self.fe.stopping:
-            self.reply_error(cookie, ESHUTDOWN, "server is shutting down")
+            self.reply_error(cookie, NBD_ESHUTDOWN, "server is shutting down")
             return
         if export.read_only and cmd in _WRITE_CMDS:
-            self.reply_error(cookie, EPERM, f"{name} on read-only export {export.name!r}")
+            self.reply_error(cookie, NBD_EPERM, f"{name} on read-only export {export.name!r}")
             return
         if flags & ~allowed:
-            self.reply_error(cookie, EINVAL, f"command flags {flags & ~allowed:#x} are not valid for {name}")
+            self.reply_error(cookie, NBD_EINVAL, f"command flags {flags & ~allowed:#x} are not valid for {name}")
             return
-        if cmd == CMD_FLUSH:
+        if cmd == NBD_CMD_FLUSH:
             if offset or length:
-                self.reply_error(cookie, EINVAL, "FLUSH must have offset and length 0")
+                self.reply_error(cookie, NBD_EINVAL, "FLUSH must have offset and length 0")
                 return
             export.flush(self, cookie, flags)
             return
-        if cmd == CMD_READ and length > MAX_REQUEST:
-            self.reply_error(cookie, EOVERFLOW if self._structured else EINVAL,
+        if cmd == NBD_CMD_READ and length > MAX_REQUEST:
+            self.reply_error(cookie, NBD_EOVERFLOW if self._structured else NBD_EINVAL,
                              f"READ of {length} bytes is over the {MAX_REQUEST}-byte limit")
             return
         size = export.size
         if offset > size or length > size - offset:
-            err = ENOSPC if cmd in (CMD_WRITE, CMD_WRITE_ZEROES) else EINVAL
+            err = NBD_ENOSPC if cmd in (NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES) else NBD_EINVAL
             self.reply_error(cookie, err, f"{name} [{offset}, +{length}) is past the end of "
                                           f"{export.name!r} ({size} bytes)")
             return
         bs = export.block_size
         if (offset % bs or length % bs) and not self._any_alignment:
-            self.reply_error(cookie, EINVAL, f"{name} [{offset}, +{length}) is not aligned to the "
+            self.reply_error(cookie, NBD_EINVAL, f"{name} [{offset}, +{length}) is not aligned to the "
                                              f"minimum block size {bs}")
             return
         if length == 0:
-            if cmd == CMD_BLOCK_STATUS:
-                self.reply_error(cookie, EINVAL, "BLOCK_STATUS of 0 bytes")
-            elif cmd == CMD_READ:
+            if cmd == NBD_CMD_BLOCK_STATUS:
+                self.reply_error(cookie, NBD_EINVAL, "BLOCK_STATUS of 0 bytes")
+            elif cmd == NBD_CMD_READ:
                 self.reply_data(cookie, offset, b"")
             else:
                 self.reply_ok(cookie)
             return
         if (offset | length) & (bs - 1):
             self._sub_block(cmd, flags, cookie, offset, length, payload)
-        elif cmd == CMD_READ:
+        elif cmd == NBD_CMD_READ:
             export.read(self, cookie, offset, length, flags)
-        elif cmd == CMD_WRITE:
+        elif cmd == NBD_CMD_WRITE:
             export.write(self, cookie, offset, payload, flags)
-        elif cmd == CMD_WRITE_ZEROES:
+        elif cmd == NBD_CMD_WRITE_ZEROES:
             export.write_zeroes(self, cookie, offset, length, flags)
-        elif cmd == CMD_TRIM:
+        elif cmd == NBD_CMD_TRIM:
             export.trim(self, cookie, offset, length, flags)
-        elif cmd == CMD_CACHE:
+        elif cmd == NBD_CMD_CACHE:
             export.cache(self, cookie, offset, length, flags)
         else:
             self._block_status(cookie, offset, length, flags)
@@ -322,22 +329,22 @@ class Transmission:
         export = self.export
         bs = export.block_size
         start, stop = offset - offset % bs, -(-(offset + length) // bs) * bs
-        if cmd == CMD_READ:
+        if cmd == NBD_CMD_READ:
             export.read(_SubBlock(self, offset, offset - start, length), cookie, start, stop - start, flags)
-        elif cmd == CMD_CACHE:
+        elif cmd == NBD_CMD_CACHE:
             export.cache(self, cookie, start, stop - start, flags)
-        elif cmd == CMD_BLOCK_STATUS:
+        elif cmd == NBD_CMD_BLOCK_STATUS:
             self._block_status(cookie, offset, length, flags)
-        elif cmd == CMD_WRITE:
+        elif cmd == NBD_CMD_WRITE:
             export.write(_SubBlock(self), cookie, offset, payload, flags)
-        elif cmd == CMD_WRITE_ZEROES:
+        elif cmd == NBD_CMD_WRITE_ZEROES:
             export.write_zeroes(_SubBlock(self), cookie, offset, length, flags)
         else:
             export.trim(_SubBlock(self), cookie, offset, length, flags)
 
     def _block_status(self, cookie, offset, length, flags):
         if not self._meta_ok:
-            self.reply_error(cookie, EINVAL, "BLOCK_STATUS without a metadata context (select base:allocation)")
+            self.reply_error(cookie, NBD_EINVAL, "BLOCK_STATUS without a metadata context (select base:allocation)")
             return
         bs = self.export.block_size
         start = offset - offset % bs       # asked of the export in whole blocks, the head cut off below
@@ -356,7 +363,7 @@ class Transmission:
             extents = extents[1:]
         if not extents:
             extents = [(length, 0)]
-        if flags & wire.CMD_FLAG_REQ_ONE:
+        if flags & NBD_CMD_FLAG_REQ_ONE:
             extents = [(min(extents[0][0], length), extents[0][1])]
         else:
             clipped, covered = [], 0
@@ -367,7 +374,7 @@ class Transmission:
                 clipped.append((ext_len, ext_flags))
                 covered += ext_len
             extents = clipped[: 1 << 20]
-        self._send(cookie, wire.block_status_chunk(cookie, META_CONTEXT_ID, extents))
+        self._send(cookie, block_status_chunk(cookie, META_CONTEXT_ID, extents))
 
     def _disconnect(self):
         """NBD_CMD_DISC: serve what is in flight, then close."""
