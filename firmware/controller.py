@@ -5,8 +5,9 @@ cookie, the controller loop (``poll``: drain a batch, execute each request on
 its primary LUN through the HAL, forward it down the mirror paths, complete
 it; then a bounded slice of background work), the TRIGGER split (O(1): the
 epoch advances and the TRIGGER follows the earlier writes down every path),
-the wiring of LUNs, cascades and pools from the configuration, metadata
-persistence and crash recovery, and the reports (backups, status, verify).
+the wiring of LUNs, cascades and pools from the configuration, and the
+reports (backups, status, verify). What is persisted when, and what a restart
+may trust, is ``firmware/recovery.py``'s.
 
 Threading: producers on any thread only ``submit`` (a push into the MPSC ring
 and a dict insert); everything else runs on the one owner thread, the thread
@@ -31,18 +32,17 @@ from splitpoint import pyx
 from splitpoint.firmware import errors as E
 from splitpoint.firmware.devio import DeviceQueue
 from splitpoint.firmware.group import GroupToken
-from splitpoint.firmware.intent import WriteIntent
 from splitpoint.firmware.lun import Lun, LunNode
-from splitpoint.firmware.manifest import Manifest, RegionHasher, verify_device
-from splitpoint.firmware.metadata import IntentLog, MetadataStore
+from splitpoint.firmware.manifest import verify_device
+from splitpoint.firmware.metadata import MetadataStore
 from splitpoint.firmware.mirror import MirrorPath
-from splitpoint.firmware.pool import (CUTTING, EMPTY, FROZEN, INCONSISTENT, SYNCING, BackupPool,
-                                      PoolMember)
+from splitpoint.firmware.pool import FROZEN, INCONSISTENT, BackupPool, PoolMember
+from splitpoint.firmware.recovery import Recovery
 from splitpoint.firmware.requests import (FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
                                           Completion, Op, TriggerResult, VerifyResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.requests import FLAG_FUA, FLAG_SUB_BLOCK
-from splitpoint.firmware.resync import Sweep, Throttle
+from splitpoint.firmware.resync import Throttle
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
 from splitpoint.hal import HalError, open_device
 
@@ -57,21 +57,10 @@ _OPS = frozenset(int(o) for o in Op)
 _U64 = 1 << 64
 _U32 = 1 << 32
 
-#: sequence numbers reserved per persisted limit (a restart skips what was left of the reserve)
-SEQ_RESERVE = 1 << 20
 log = logging.getLogger("splitpoint.controller")
 
-#: seconds the loop waits for the device queues of pool members before persisting the epoch maps (else later)
-QUEUE_SETTLE = 0.2
 #: seconds between background polls while every background slice waits for a device queue to drain
 QUEUE_POLL = 0.005
-
-#: seconds a lazily persisted state change may wait for an idle moment
-PERSIST_LAG = 0.5
-#: seconds a write-intent set waits for an idle moment before the epoch maps are persisted (clearing it)
-INTENT_IDLE_LAG = 0.5
-#: ... and at most, under continuous load, so a crash never has to resync more than this much writing
-INTENT_MAX_AGE = 5.0
 
 
 def check_range(lun, offset: int, length: int, writing: bool, aligned: bool = True) -> None:
@@ -119,11 +108,17 @@ class Controller:
 
     def __init__(self, config):
         self.config = config
-        # the store first: the ring continues the sequence numbers of the previous run
-        self.store = MetadataStore(config.metadata_dir) if config.metadata_dir else None
-        self._seq_limit = self._load_seq_limit()
+        self.counters = {"requests": 0, "reads": 0, "writes": 0, "trims": 0, "zeroes": 0, "flushes": 0,
+                         "triggers": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
+                         "callback_errors": 0, "queue_full": 0, "metadata_writes": 0, "metadata_errors": 0,
+                         "intent_writes": 0, "maps_writes": 0}
+        # the metadata first: the ring continues the sequence numbers of the previous run
+        self.metadata: Recovery | None = None
+        if config.metadata_dir:
+            self.metadata = Recovery(MetadataStore(config.metadata_dir), self.counters)
         ring_mod = pyx.select("ring")
-        self._ring = ring_mod.MPSCRing(config.ring_capacity, first_seq=self._seq_limit)
+        self._ring = ring_mod.MPSCRing(config.ring_capacity,
+                                       first_seq=1 if self.metadata is None else self.metadata.seq_limit)
         self._dtype = ring_mod.DESC_DTYPE
         if tuple(self._dtype.names) != ("seq", "offset", "cookie", "length", "op", "flags"):
             raise RuntimeError(f"ring descriptor fields {self._dtype.names} are not the documented layout")
@@ -153,29 +148,38 @@ class Controller:
         self._in_poll = False
         self._idle = True                         # the owner may be waiting: the next submit wakes it
         self._released: list = []                 # consistency-group tokens committed since the last poll
-        self._dirty: dict[str, float] = {}        # LUN -> when its state first changed since the last persist
-        self._intents: dict = {}                  # Lun -> WriteIntent (persistent primaries with a metadata store)
-        self._maps_due: set = set()               # LUN names whose epoch maps are persisted after this batch
-        self.recovery: dict | None = None         # what the last restart resynced and why
-        self.counters = {"requests": 0, "reads": 0, "writes": 0, "trims": 0, "zeroes": 0, "flushes": 0,
-                         "triggers": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
-                         "callback_errors": 0, "queue_full": 0, "metadata_writes": 0, "metadata_errors": 0,
-                         "intent_writes": 0, "maps_writes": 0}
-        self.metadata_error: str | None = None
-        self.recovered = None                     # "fresh", "clean", "crash" or None (no metadata store)
+        meta = self.metadata
         try:
-            if self.store is not None:
-                self._reserve_seqs()
+            if meta is not None:
+                meta.reserve_seqs(self._ring.next_seq)
             self._build()
-            if self.store is not None:
-                for lun in self.luns.values():
-                    if lun.device.persistent and not lun.read_only:
-                        log = IntentLog(self.store.path(f"{lun.name}.intent"), len(lun.zeros.to_bytes()))
-                        self._intents[lun] = WriteIntent(lun, log)
-                self._restore()
+            if meta is not None:
+                meta.attach(self.luns, self._async_paths, self._queues)
+                meta.restore()
+                self._wake_background()
         except BaseException:
             self._close_devices()
             raise
+
+    @property
+    def store(self) -> MetadataStore | None:
+        """The metadata store (None: this controller keeps no metadata)."""
+        return None if self.metadata is None else self.metadata.store
+
+    @property
+    def recovered(self) -> str | None:
+        """How the last start found the metadata: "fresh", "clean", "crash" (None: no metadata store)."""
+        return None if self.metadata is None else self.metadata.recovered
+
+    @property
+    def recovery(self) -> dict | None:
+        """What the last restart resynced and why."""
+        return None if self.metadata is None else self.metadata.report
+
+    @property
+    def metadata_error(self) -> str | None:
+        """The last metadata problem (persisting, flushing before a persist), or None."""
+        return None if self.metadata is None else self.metadata.error
 
     @classmethod
     def from_config(cls, config=None) -> "Controller":
@@ -206,14 +210,14 @@ class Controller:
             if cfg.chunk_size % dev.block_size:
                 raise E.GeometryError(f"chunk_size {cfg.chunk_size} is not a multiple of LUN {lc.name}'s "
                                       f"block size {dev.block_size}")
-            lun = Lun(lc.name, dev, cfg.chunk_size, known_zero=not dev.persistent)
+            lun = Lun(lc.name, dev, cfg.chunk_size, known_zero=not dev.persistent, url=lc.url)
             self.luns[lc.name] = lun
             if lc.pool is not None:
                 self._add_pool(lun, lun, lc.pool, f"{lc.name}.pool")
             if lc.backup is not None:
                 bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
                 node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
-                               known_zero=not bdev.persistent)
+                               known_zero=not bdev.persistent, url=lc.backup.url)
                 lun.backup_node = node
                 self._nodes.append(node)
                 self._add_path(lun, node, lc.backup.mirror)
@@ -357,14 +361,15 @@ class Controller:
                 self._batch = np.zeros(max_batch, dtype=self._dtype)
             batch = self._batch if max_batch == len(self._batch) else self._batch[:max_batch]
             n = self._ring.pop_batch(batch)
-            if n and self.store is not None and self._ring.next_seq >= self._seq_limit - SEQ_RESERVE // 2:
-                self._reserve_seqs()   # before any of these seqs is executed and so can be reported
+            meta = self.metadata
+            if n and meta is not None and meta.seqs_running_out(self._ring.next_seq):
+                meta.reserve_seqs(self._ring.next_seq)   # before any of these seqs is executed and so can be reported
             if n:
                 self._execute_batch(batch[:n].tolist())
-            if self._bg or self._async_paths or self._dirty or self._intents or self._queues:
+            if self._bg or self._async_paths or self._queues or (meta is not None and (meta.dirty or meta.intents)):
                 self._background(n > 0)
-            if self._maps_due:
-                self._persist_due_maps()
+            if meta is not None and meta.maps_due:
+                meta.persist_due_maps()
             if n < max_batch:
                 # Either the ring is empty now, or wakeup() has been called: an owner that polls
                 # again only when woken (or after a full batch) never strands a request.
@@ -382,7 +387,13 @@ class Controller:
         entries = self._entries
         counters = self.counters
         counters["requests"] += len(descs)
-        refused = self._declare_intent(descs) if self._intents else None
+        meta = self.metadata
+        refused = None
+        if meta is not None and meta.intents:
+            refused = meta.declare_intent([(entries[cookie][0], offset, length)
+                                           for _seq, offset, cookie, length, op, _flags in descs
+                                           if (op == _WRITE or op == _TRIM or op == _ZEROES)
+                                           and type(entries[cookie][0]) is Lun])
         for seq, offset, cookie, length, op, flags in descs:
             lun, data, label, cb, err = entries.pop(cookie)
             result = None
@@ -446,50 +457,6 @@ class Controller:
                     cb(Completion(seq, op, err, result, trig))
                 except Exception:   # a producer's callback must not stop the controller
                     counters["callback_errors"] += 1
-
-    def _declare_intent(self, descs) -> dict | None:
-        """Before a batch executes: add every chunk it will write, trim or zero to its LUN's durable
-        write-intent set, one durable update per LUN whose set grew. Returns {lun: reason} for LUNs
-        whose intent could not be made durable: their writes in this batch fail instead of running
-        untracked (a crash could otherwise leave a member that looks in sync and is not)."""
-        entries = self._entries
-        intents = self._intents
-        for _seq, offset, cookie, length, op, _flags in descs:
-            if op == _WRITE or op == _TRIM or op == _ZEROES:
-                lun = entries[cookie][0]
-                wi = intents.get(lun) if type(lun) is Lun else None
-                if wi is not None and length and offset + length <= lun.size:
-                    wi.note(offset, length)
-        refused = None
-        for lun, wi in list(intents.items()):
-            if wi.fresh or wi.failed:
-                why = None
-                try:
-                    if wi.failed:
-                        raise OSError(wi.failed)
-                    wi.commit()
-                    self.counters["intent_writes"] += 1
-                except OSError as exc:
-                    why = self._intent_broken(lun, f"cannot write the write-intent log of {lun.name}: {exc}")
-                if why is not None:
-                    refused = refused or {}
-                    refused[lun] = why
-        return refused
-
-    def _intent_broken(self, lun: Lun, why: str) -> str | None:
-        """The write-intent set of ``lun`` cannot be kept durable: remove its epoch maps record, so a
-        crash resyncs everything, and stop tracking. Returns why writes must fail when even that fails."""
-        self.counters["metadata_errors"] += 1
-        self.metadata_error = why
-        wi = self._intents[lun]
-        try:
-            self.store.remove(f"{lun.name}.maps")
-        except OSError as exc:
-            wi.failed = why
-            return f"{why}; and its epoch maps cannot be removed ({exc}): writes are refused until one succeeds"
-        del self._intents[lun]
-        wi.log.close()
-        return None
 
     def _execute_sub_block(self, lun: Lun, op: int, offset: int, length: int, data, flags: int, refused) -> None:
         """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK).
@@ -569,8 +536,8 @@ class Controller:
         self.counters["triggers"] += 1
         for path in lun.paths:
             path.trigger(event)
-        if self.store is not None and not lun.pools:
-            self._dirty.setdefault(lun.name, time.monotonic())
+        if self.metadata is not None and not lun.pools:
+            self.metadata.mark_dirty(lun)
         return TriggerResult(tid, seq, cut, text, lun.name)
 
     def release(self, group) -> None:
@@ -670,17 +637,8 @@ class Controller:
                     self._bg_at = now + (wait if work else max(wait, 0.0005))
                 else:
                     self._bg = False
-        if self._dirty and self.store is not None:
-            now = time.monotonic()
-            for name, since in list(self._dirty.items()):
-                if not busy or now - since > PERSIST_LAG:
-                    self._persist(self.luns[name])
-        if self._intents:
-            now = time.monotonic()
-            for lun, wi in list(self._intents.items()):
-                t = wi.opened
-                if t is not None and (now - t > INTENT_MAX_AGE or (not busy and now - t > INTENT_IDLE_LAG)):
-                    self._maps_due.add(lun.name)   # a quiet moment: persisting the maps clears the intent set
+        if self.metadata is not None:
+            self.metadata.background(busy)
 
     def _wake_background(self) -> None:
         self._bg = True
@@ -688,15 +646,14 @@ class Controller:
 
     def next_background(self) -> float | None:
         """Seconds until background work wants a poll (0: now), or None when there is none."""
-        if any(p.queue for p in self._async_paths) or self._dirty or self._released or self._maps_due or self._late:
+        if any(p.queue for p in self._async_paths) or self._released or self._late:
             return 0.0
-        now = time.monotonic()
         wait = None
         if self._bg:
-            wait = max(self._bg_at - now, 0.0)
-        for wi in self._intents.values():
-            if wi.opened is not None:
-                due = max(wi.opened + INTENT_IDLE_LAG - now, 0.0)
+            wait = max(self._bg_at - time.monotonic(), 0.0)
+        if self.metadata is not None:
+            due = self.metadata.next_due()
+            if due is not None:
                 wait = due if wait is None else min(wait, due)
         return wait
 
@@ -712,15 +669,8 @@ class Controller:
     def _pool_changed(self, pool: BackupPool, urgent: bool) -> None:
         self._log_demotions(pool)
         self._wake_background()
-        if self.store is None:
-            return
-        lun = self.luns[pool.lun_name]
-        if urgent:
-            self._persist(lun)
-            if lun in self._intents:
-                self._maps_due.add(lun.name)   # after this batch: the maps of the new epoch clear the intent set
-        else:
-            self._dirty.setdefault(lun.name, time.monotonic())
+        if self.metadata is not None:
+            self.metadata.pool_changed(self.luns[pool.lun_name], urgent)
 
     def _backups_changed(self, pool: BackupPool) -> None:
         fn = self.on_backups_changed
@@ -939,7 +889,7 @@ class Controller:
         for lun in self.luns.values():
             doc = lun.status()
             doc["pools"] = [p.status(now, check=mine) for p in lun.pools]
-            wi = self._intents.get(lun)
+            wi = None if self.metadata is None else self.metadata.intents.get(lun)
             doc["write_intent"] = None if wi is None else wi.status()
             doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
                                "member": b.member} for b in self.backups(lun)]
@@ -950,9 +900,7 @@ class Controller:
                 "counters": dict(self.counters),
                 "devices": self._device_status(),
                 "kernels": pyx.implementations(),
-                "metadata": None if self.store is None else {
-                    "dir": self.store.directory, "generation": self.store.generation,
-                    "recovered": self.recovered, "recovery": self.recovery, "error": self.metadata_error}}
+                "metadata": None if self.metadata is None else self.metadata.status()}
 
     def _device_status(self) -> list[dict]:
         """Per device behind a link (a board): the host's retransmission and reconnect counters."""
@@ -966,316 +914,14 @@ class Controller:
                             "queue": None if dq is None else dq.status()})
         return out
 
-    # -- metadata: persist and restore -------------------------------------------------------------
-    def _load_seq_limit(self) -> int:
-        """The first sequence number of this run: past every one a previous run may have used."""
-        if self.store is None:
-            return 1
-        got = self.store.read_json("seq.limit")
-        return 1 if got is None else max(1, int(got[1]["limit"]))
-
-    def _reserve_seqs(self) -> None:
-        """Persist a limit SEQ_RESERVE past the next seq: no seq below it is ever handed out twice,
-        because the next run starts at the limit, whatever this one used of the reserve."""
-        limit = self._ring.next_seq + SEQ_RESERVE
-        try:
-            self.store.write_json("seq.limit", {"limit": limit})
-        except OSError as exc:
-            self.counters["metadata_errors"] += 1
-            self.metadata_error = f"cannot persist the sequence limit in {self.store.directory}: {exc}"
-            return
-        self._seq_limit = limit
-
-    def _lun_doc(self, lun: Lun, clean: bool) -> dict:
-        def sweep_doc(s: Sweep | None):
-            if s is None:
-                return None
-            return {"since": s.since, "until": s.until, "cursor": s.cursor}
-
-        pools = []
-        for pool in lun.pools:
-            members = []
-            for m in pool.members:
-                members.append({"url": m.url, "state": m.state, "since": m.since, "last_active": m.last_active,
-                                "generation": m.generation, "proven": m.proven,
-                                "manifest": None if m.manifest is None else m.manifest.to_dict(),
-                                "sweep": sweep_doc(m.sweep)})
-            pools.append({"name": pool.name, "clock": pool.clock, "rotations": pool.rotations,
-                          "active": None if pool.active is None else pool.active.index, "members": members})
-        node = lun.backup_node
-        return {"version": 1, "lun": lun.name, "size": lun.size, "chunk_size": lun.chunk_size,
-                "epoch": lun.epoch, "next_trigger_id": lun.next_trigger_id, "clean": clean,
-                "backup": None if node is None else {"url": self._url_of(node.device), "epoch": node.epoch,
-                                                     "sweep": sweep_doc(node.sweep)},
-                "pools": pools}
-
-    def _url_of(self, device) -> str:
-        for lc in self.config.luns:
-            if lc.backup is not None and self.luns[lc.name].backup_node.device is device:
-                return lc.backup.url
-        return ""
-
-    def _persist(self, lun: Lun, clean: bool = False) -> None:
-        self._dirty.pop(lun.name, None)
-        if clean:
-            self._persist_maps(lun)
-        try:
-            self.store.write_json(f"{lun.name}.state", self._lun_doc(lun, clean))
-            self.counters["metadata_writes"] += 1
-        except OSError as exc:
-            self.counters["metadata_errors"] += 1
-            self.metadata_error = f"cannot write metadata in {self.store.directory}: {exc}"
-
-    def _persist_due_maps(self) -> None:
-        while self._maps_due:
-            lun = self.luns[self._maps_due.pop()]
-            if lun.name in self._dirty:
-                self._persist(lun)      # the state record first: it never claims less than the maps imply
-            self._persist_maps(lun)
-
-    def _persist_maps(self, lun: Lun) -> None:
-        """Persist the epoch maps and so clear the write-intent set (the new record is the clear).
-
-        Every mirror path is drained and the LUN and its mirrors flushed first, so every member is,
-        on its device, as far along as the maps record says."""
-        self._maps_due.discard(lun.name)
-        wi = self._intents.get(lun)
-        try:
-            for path in self._async_paths:
-                path.drain()
-            lun.flush()
-            for path in self._async_paths:
-                path.drain()   # the FLUSHes the async hops queued
-            for dq in self._queues:   # members behind a link: their writes and that FLUSH have run
-                if not dq.drain(None if self._closing else QUEUE_SETTLE):
-                    return     # not yet: the intent set stays, and the maps are persisted at a later idle moment
-        except HalError as exc:
-            self.metadata_error = f"flush before persisting the epoch maps of {lun.name} failed: {exc}"
-            return             # the intent set stays: a crash resyncs what it names
-        blobs = [lun.epochs.to_bytes(), lun.zeros.to_bytes()]
-        if lun.backup_node is not None:
-            blobs += [lun.backup_node.epochs.to_bytes(), lun.backup_node.zeros.to_bytes()]
-        try:
-            gen = self.store.write(f"{lun.name}.maps", b"".join(blobs), "maps")
-        except OSError as exc:
-            self.metadata_error = f"cannot write the epoch maps of {lun.name} in {self.store.directory}: {exc}"
-            self.counters["metadata_errors"] += 1
-            if wi is not None:
-                # the record may or may not have replaced the old one: neither may be trusted any more
-                self._intent_broken(lun, self.metadata_error)
-            return
-        self.counters["maps_writes"] += 1
-        if wi is not None:
-            wi.cleared(gen)
-
-    def _restore(self) -> None:
-        clean = self.store.was_clean()
-        self.recovered = "fresh"
-        self.recovery = {"mode": "fresh" if not clean else "clean", "luns": {}}
-        for lun in self.luns.values():
-            got = self.store.read_json(f"{lun.name}.state")
-            if got is None:
-                continue
-            self.recovered = "clean" if clean else "crash"
-            self.recovery["mode"] = self.recovered
-            _gen, doc = got
-            self._check_doc(lun, doc)
-            lun_clean = bool(clean and doc.get("clean") and lun.device.persistent)
-            rep = {"maps": None, "intent_chunks": None, "members": []}
-            self.recovery["luns"][lun.name] = rep
-            maps_gen = None
-            if lun.device.persistent:
-                try:
-                    maps_gen = self._load_maps(lun)
-                except E.MetadataError as exc:
-                    rep["maps"] = str(exc)
-                    lun_clean = False
-            lun.next_trigger_id = int(doc["next_trigger_id"])
-            intent = None
-            wi = self._intents.get(lun)
-            if lun_clean:
-                lun.epoch = int(doc["epoch"])
-                rep["maps"] = "restored (clean close)"
-            elif maps_gen is not None and wi is not None:
-                # the maps record plus the chunks intended since it bound every chunk's epoch from above
-                raw = wi.log.read(maps_gen)
-                intent = pyx.select("epochmap").ChunkBitmap(lun.size, lun.chunk_size)
-                if raw is not None:
-                    intent = pyx.select("epochmap").ChunkBitmap.from_bytes(lun.size, lun.chunk_size, raw)
-                newest = int(np.frombuffer(lun.epochs.to_bytes(), dtype=np.uint32).max(initial=0))
-                lun.epoch = max(int(doc["epoch"]), newest) + 1
-                for off, ln in intent.extents():
-                    lun.epochs.mark(off, ln, lun.epoch)   # written in the newest epoch, as far as anyone knows
-                    lun.zeros.clear_range(off, ln)
-                lun.zeros_restored()
-                rep["maps"] = "restored, with the write-intent set merged"
-                rep["intent_chunks"] = intent.count()
-            else:
-                lun.epoch = int(doc["epoch"]) + 1
-                # without trusted maps a crash may have hidden any write: every incremental resync becomes full
-                lun.zeros.clear()
-                lun.zeros_restored()
-                if rep["maps"] is None:
-                    rep["maps"] = "no epoch maps record" if maps_gen is None else "no write-intent log"
-            node = lun.backup_node
-            if node is not None:
-                node.epoch = lun.epoch
-                bdoc = doc.get("backup") or {}
-                s = bdoc.get("sweep")
-                if lun_clean and node.device.persistent:
-                    node.sweep = None if s is None else Sweep(lun.epochs, s["since"], cursor=s["cursor"])
-                else:
-                    node.start_sweep(0)
-            for pool, pdoc in zip(lun.pools, doc["pools"]):
-                self._restore_pool(pool, pdoc, lun_clean and pool.source.device.persistent,
-                                   intent if pool.source is lun else None, rep["members"])
-        for lun in self.luns.values():
-            self._persist(lun)
-            if lun in self._intents:
-                self._persist_maps(lun)    # after the state record: the intent set starts empty against it
-        self.store.mark_running()
-
-    def _check_doc(self, lun: Lun, doc: dict) -> None:
-        where = f"metadata of LUN {lun.name} in {self.store.directory}"
-        if doc.get("version") != 1:
-            raise E.MetadataError(f"{where} has version {doc.get('version')}; expected 1")
-        if doc.get("size") != lun.size or doc.get("chunk_size") != lun.chunk_size:
-            raise E.MetadataError(f"{where} describes {doc.get('size')} bytes in chunks of {doc.get('chunk_size')}, "
-                                  f"but the LUN is {lun.size} bytes in chunks of {lun.chunk_size}: "
-                                  f"move the metadata directory away to start afresh")
-        pools = doc.get("pools", [])
-        if len(pools) != len(lun.pools) or any(
-                [m["url"] for m in p["members"]] != [m.url for m in pool.members]
-                for p, pool in zip(pools, lun.pools)):
-            raise E.MetadataError(f"{where} lists other pools or members than the configuration: "
-                                  f"move the metadata directory away to start afresh")
-
-    def _load_maps(self, lun: Lun) -> int:
-        """Load the epoch and known-zero maps of ``lun`` (and its primary backup LUN); their generation."""
-        got = self.store.read(f"{lun.name}.maps")
-        if got is None:
-            raise E.MetadataError(f"no epoch maps record for {lun.name}")
-        gen, body = got
-        em = pyx.select("epochmap")
-        ne = len(lun.epochs) * 4
-        nb = len(lun.zeros.to_bytes())
-        parts = [lun]
-        if lun.backup_node is not None:
-            parts.append(lun.backup_node)
-        if len(body) != (ne + nb) * len(parts):
-            raise E.MetadataError(f"epoch maps of {lun.name} have the wrong length")
-        pos = 0
-        for node in parts:
-            node.epochs = em.EpochMap.from_bytes(node.size, node.chunk_size, body[pos:pos + ne])
-            pos += ne
-            node.zeros = em.ChunkBitmap.from_bytes(node.size, node.chunk_size, body[pos:pos + nb])
-            pos += nb
-            node.zeros_restored()
-        for pool in lun.pools:
-            for m in pool.members:
-                if m.sweep is not None:
-                    m.sweep.epochs = pool.source.epochs
-        return gen
-
-    def _restore_pool(self, pool: BackupPool, pdoc: dict, clean: bool, intent=None, report=None) -> None:
-        """Restore one pool's members. After a crash, ``intent`` (the write-intent set, already merged
-        into the source's epoch map) means the epoch map bounds what changed: proven backups keep
-        their ``since`` and the active member resyncs only the intent chunks and what it still had
-        pending. Without it every resync is in full."""
-        pool.clock = int(pdoc["clock"])
-        pool.rotations = int(pdoc["rotations"])
-        pool.active = None
-        pool.source.cow = [m for m in pool.source.cow if m.pool is not pool]
-        epochs = pool.source.epochs
-        incremental = intent is not None
-        for m, md in zip(pool.members, pdoc["members"]):
-            m.last_active = int(md["last_active"])
-            m.generation = int(md["generation"]) + 1
-            m.manifest = None if md["manifest"] is None else Manifest.from_dict(md["manifest"])
-            m.sweep = None
-            m.hasher = None
-            m.error = None
-            state = md["state"]
-            keeps_bytes = m.device.persistent
-            if not keeps_bytes:
-                m.state, m.since, m.manifest, m.proven = EMPTY, 0, None, False
-            elif clean:
-                m.state, m.since, m.proven = state, int(md["since"]), bool(md["proven"])
-                s = md["sweep"]
-                if s is not None:
-                    m.sweep = Sweep(epochs, int(s["since"]), deadline=pool.throttle.deadline,
-                                    cursor=int(s["cursor"]), until=s["until"])
-                if state == CUTTING:
-                    pool.source.cow.append(m)
-            elif state == FROZEN and md["proven"] and m.manifest is not None:
-                # flushed before its manifest was recorded: a backup (its digest may still be pending);
-                # with trusted maps its next resync is still incremental
-                m.state, m.since, m.proven = FROZEN, int(md["since"]) if incremental else 0, True
-            else:
-                m.state, m.since, m.manifest, m.proven = INCONSISTENT, 0, None, False
-                m.error = "not proven consistent before an unclean shutdown"
-            if m.state == FROZEN and m.manifest is not None and m.manifest.digest is None:
-                m.hasher = RegionHasher(m.device, pool.region_size, pool.size)   # the digest still to compute
-        idx = pdoc["active"]
-        why = {}
-        if idx is not None:
-            m = pool.members[idx]
-            md = pdoc["members"][idx]
-            if clean and keeps(m) and m.state in ("active", SYNCING):
-                pool.active = m
-            elif incremental and keeps(m) and (md["state"] == "active" or
-                                               (md["state"] == SYNCING and md["sweep"] is not None)):
-                self._resume_after_crash(pool, m, md, intent)
-                why[m.index] = ("in sync at the last persist: only the write-intent chunks"
-                                if md["state"] == "active" else
-                                "was resyncing: its pending chunks and the write-intent chunks")
-            else:
-                m.state = INCONSISTENT
-                pool.activate(m, notify=False)
-                why[m.index] = ("the epoch maps cannot be trusted: full resync" if not incremental and not clean
-                                else "contents unknown: full resync")
-        elif not clean and len(pool.members) > 1:
-            nxt = min(pool.members, key=lambda x: (x.last_active, x.index))
-            pool.activate(nxt, notify=False)
-            why[nxt.index] = "reactivated after the crash"
-        if report is not None and not clean:
-            for m, md in zip(pool.members, pdoc["members"]):
-                entry = {"member": m.name, "was": md["state"], "state": m.state}
-                if m.sweep is not None:
-                    entry["resync_chunks"] = _pending_chunks(m.sweep)
-                    entry["why"] = why.get(m.index, "")
-                elif m.state == FROZEN:
-                    entry["why"] = "proven before the crash: still a backup"
-                elif m.error:
-                    entry["why"] = m.error
-                report.append(entry)
-        self._bg = True
-
-    def _resume_after_crash(self, pool: BackupPool, m: PoolMember, md: dict, intent) -> None:
-        """The active member at the crash: it differs from the source at most in the chunks the
-        intent set names and, if it was resyncing, in what its sweep had not reached."""
-        epochs = pool.source.epochs
-        m.manifest, m.proven, m.error = None, False, None
-        if md["state"] == "active":
-            # the intent chunks, and only they, carry the new epoch
-            since, cursor = pool.source.epoch, 0
-        else:
-            s = md["sweep"]
-            since, cursor = int(s["since"]), int(s["cursor"])
-            first = intent.next_set(0)
-            if 0 <= first < cursor:
-                cursor = first   # intent chunks behind the cursor: rescan from the first (a superset)
-        m.sweep = Sweep(epochs, since, deadline=pool.throttle.deadline, cursor=cursor)
-        m.since = since
-        m.state = SYNCING
-        pool.active = m
-
     # -- shutdown ------------------------------------------------------------------------------------
     def close(self) -> None:
         """Drain the queue and the mirror paths, persist metadata (clean shutdown), release devices."""
         if self._closed:
             return
         self._closing = True
+        if self.metadata is not None:
+            self.metadata.closing = True   # from now on the epoch maps wait for every device queue
         self.stop()
         with self._inline_lock:
             self.drain()
@@ -1284,25 +930,14 @@ class Controller:
                     g.committed = True
                 self._released.append(None)
             self._apply_releases()
-            if self.store is not None:
-                for lun in self.luns.values():
-                    try:
-                        lun.flush()
-                        for node in [lun.backup_node] if lun.backup_node else []:
-                            node.device.flush()
-                        for pool in lun.pools:
-                            pool.flush_members()
-                    except HalError as exc:
-                        self.metadata_error = f"flush at close failed: {exc}"
-                    self._persist(lun, clean=True)
-                if self.metadata_error is None:
-                    self.store.mark_clean()
+            if self.metadata is not None:
+                self.metadata.close_clean()
         self._closed = True
         self._close_devices()
 
     def _close_devices(self) -> None:
-        for wi in self._intents.values():
-            wi.log.close()
+        if self.metadata is not None:
+            self.metadata.close_logs()
         for dev in self._devices:
             try:
                 dev.close()
@@ -1320,13 +955,3 @@ class Controller:
 def _newest_first(m: PoolMember) -> tuple:
     """The order of "newest cut": TRIGGER ids grow per LUN across restarts (sequence numbers once did not)."""
     return (m.manifest.trigger_id, m.manifest.time)
-
-
-def keeps(m: PoolMember) -> bool:
-    return m.device.persistent
-
-
-def _pending_chunks(sweep: Sweep) -> int:
-    """Chunks a sweep still has to copy."""
-    cs = sweep.chunk_size
-    return sum(-(-ln // cs) for _off, ln in sweep.pending(sweep.cursor, sweep.nchunks))

@@ -3,13 +3,17 @@
 Owns, for one LUN (the primary, or a primary backup LUN in a cascade): the
 epoch map ("chunk last written in epoch e"), the known-zero chunks reported
 as NBD base:allocation, copy-on-write for pool members cut at a TRIGGER while
-still completing, and forwarding each op to its mirror paths in order. A
-primary backup LUN is also the target of its upstream path, with its own
-resync when it is behind. It never decides what a TRIGGER does to a pool.
+still completing, forwarding each op to its mirror paths in order, and the
+record of its maps and place in the stream that the metadata store keeps. A primary backup
+LUN is also the target of its upstream path, with its own resync when it is
+behind. It never decides what a TRIGGER does to a pool, nor what a restart
+may trust: recovery (``firmware/recovery.py``) does.
 """
 from __future__ import annotations
 
 import time
+
+import numpy as np
 
 from splitpoint import pyx
 from splitpoint.firmware.requests import FLAG_FUA, Op
@@ -25,9 +29,10 @@ _TRIM = int(Op.TRIM)
 class LunNode:
     """A LUN that applies data ops in stream order and forwards them down its mirror paths."""
 
-    def __init__(self, name: str, device, chunk_size: int, known_zero: bool = False):
+    def __init__(self, name: str, device, chunk_size: int, known_zero: bool = False, url: str = ""):
         self.name = name
         self.device = device
+        self.url = url                 # the device's URL in the configuration (recorded in the metadata)
         self.size = device.size
         self.block_size = device.block_size
         self.chunk_size = chunk_size
@@ -43,6 +48,11 @@ class LunNode:
         self.upstream = None           # the MirrorPath feeding this node (a primary backup LUN), or None
         self.sweep: Sweep | None = None  # resync from upstream while this node is behind
         self.failed: str | None = None
+
+    @property
+    def persistent(self) -> bool:
+        """Its device keeps its bytes across a restart of this process."""
+        return self.device.persistent
 
     # -- applying the stream -------------------------------------------------------------
     def apply(self, op: int, offset: int, length: int, data, flags: int, epoch: int) -> None:
@@ -75,6 +85,10 @@ class LunNode:
         for path in self.paths:
             path.flush()
 
+    def flush_device(self) -> None:
+        """Flush this node's own device only; a HalError reaches the caller."""
+        self.device.flush()
+
     def trigger(self, event) -> None:
         """A TRIGGER reaching this node as a mirror target: be exact at this point, then pass it on."""
         if self.sweep is not None:
@@ -89,6 +103,34 @@ class LunNode:
     def zeros_restored(self) -> None:
         """The zero bitmap was replaced or edited wholesale (a restore): recount whether any chunk is known zero."""
         self._zeros_any = self.zeros.count() > 0
+
+    # -- the persisted maps ---------------------------------------------------------------------
+    def maps(self) -> list[bytes]:
+        """The epoch map and the known-zero bitmap, as the metadata store keeps them."""
+        return [self.epochs.to_bytes(), self.zeros.to_bytes()]
+
+    def load_maps(self, epochs: bytes, zeros: bytes) -> None:
+        """Replace both maps by ones ``maps()`` saved (the sweeps reading them must follow)."""
+        self.epochs = _em.EpochMap.from_bytes(self.size, self.chunk_size, epochs)
+        self.zeros = _em.ChunkBitmap.from_bytes(self.size, self.chunk_size, zeros)
+        self.zeros_restored()
+
+    def newest_epoch(self) -> int:
+        """The newest epoch any chunk was written in (0: none)."""
+        return int(np.frombuffer(self.epochs.to_bytes(), dtype=np.uint32).max(initial=0))
+
+    def mark_written(self, extents, epoch: int) -> None:
+        """Chunks that may have been written in ``epoch`` without being recorded (a crash): mark them so,
+        and no longer known to be zero."""
+        for off, ln in extents:
+            self.epochs.mark(off, ln, epoch)
+            self.zeros.clear_range(off, ln)
+        self.zeros_restored()
+
+    def forget_zeros(self) -> None:
+        """Nothing is known to read as zeros any more (maps that cannot be trusted)."""
+        self.zeros.clear()
+        self.zeros_restored()
 
     def _mark_zero(self, offset: int, length: int) -> None:
         cs = self.chunk_size
@@ -140,6 +182,21 @@ class LunNode:
         # which applies the stream in order, and their own paths decide for themselves
         return self.sweep is not None
 
+    def save_target_state(self) -> dict:
+        """What the metadata store keeps of this node as a primary backup LUN: where it stands."""
+        return {"url": self.url, "epoch": self.epoch,
+                "sweep": None if self.sweep is None else self.sweep.save_state()}
+
+    def restore_target_state(self, doc: dict, epoch: int, exact: bool) -> None:
+        """Take back a ``save_target_state`` record at ``epoch``. ``exact``: a clean close on a persistent
+        device, so its resync resumes where it was; otherwise it resyncs in full."""
+        self.epoch = epoch
+        s = doc.get("sweep")
+        if exact:
+            self.sweep = None if s is None else Sweep(self.upstream.source.epochs, s["since"], cursor=s["cursor"])
+        else:
+            self.start_sweep(0)
+
     def device_failed(self, exc) -> None:
         """The device failed an op: it is behind from now on and must be resynced in full."""
         self.failed = str(exc)
@@ -184,8 +241,8 @@ class LunNode:
 class Lun(LunNode):
     """A primary LUN: where host requests execute and TRIGGERs split the mirror."""
 
-    def __init__(self, name: str, device, chunk_size: int, known_zero: bool = False):
-        super().__init__(name, device, chunk_size, known_zero)
+    def __init__(self, name: str, device, chunk_size: int, known_zero: bool = False, url: str = ""):
+        super().__init__(name, device, chunk_size, known_zero, url)
         self.read_only = bool(getattr(device, "read_only", False))
         self.next_trigger_id = 1       # TRIGGER ids count from 1 per LUN
         self.pools: list = []          # every pool downstream (local pool first, then cascades)
@@ -193,6 +250,25 @@ class Lun(LunNode):
         self.holds: list = []          # uncommitted consistency-group TRIGGERs cut here: completions wait
         self.held: list = []           # (callback, Completion) held for them, in order
         self.created = time.time()
+
+    def flush_all(self) -> None:
+        """Flush this LUN, its primary backup LUN and every pool member's device (a clean close);
+        a HalError reaches the caller instead of demoting anything."""
+        self.flush()
+        if self.backup_node is not None:
+            self.backup_node.flush_device()
+        for pool in self.pools:
+            pool.flush_members()
+
+    def save_state(self) -> dict:
+        """What the metadata store keeps of this primary: its geometry and its place in the stream."""
+        return {"lun": self.name, "size": self.size, "chunk_size": self.chunk_size,
+                "epoch": self.epoch, "next_trigger_id": self.next_trigger_id}
+
+    def restore_state(self, doc: dict, epoch: int) -> None:
+        """Continue the stream of a ``save_state`` record: TRIGGER ids go on, ``epoch`` is the recovered one."""
+        self.next_trigger_id = int(doc["next_trigger_id"])
+        self.epoch = epoch
 
     def status(self) -> dict:
         doc = super().status()

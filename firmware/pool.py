@@ -5,8 +5,10 @@ frozen (it becomes the point-in-time copy, with a manifest), the least
 recently active member is activated and resynced incrementally from the
 pool's source (only chunks written since it was last in sync) while it
 already receives mirror writes. See docs/pool-states.md for every state and
-transition. It never reports a member as a consistent backup unless the
-member holds exactly its TRIGGER's point in time.
+transition. Each pool also saves its own record for the metadata store and,
+at a restart, restores it, trusting only what survived the shutdown. It never
+reports a member as a consistent backup unless the member holds exactly its
+TRIGGER's point in time.
 
 Member states:
   empty         never held data (fresh; a RAM member next to a fresh RAM source is known to be all zeros)
@@ -29,79 +31,17 @@ from __future__ import annotations
 
 import logging
 
-from splitpoint.firmware.devio import DeviceQueue
 from splitpoint.firmware.manifest import Manifest, RegionHasher
-from splitpoint.firmware.requests import FLAG_FUA, BackupInfo, Op
+from splitpoint.firmware.member import (ACTIVE, CUTTING, EMPTY, FROZEN, INCONSISTENT, STATES, SYNCING,  # noqa: F401
+                                        PoolMember)
+from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.firmware.resync import Sweep, Throttle
 from splitpoint.hal import HalError
-
-EMPTY = "empty"
-ACTIVE = "active"
-SYNCING = "syncing"
-FROZEN = "frozen"
-CUTTING = "cutting"
-INCONSISTENT = "inconsistent"
-STATES = (EMPTY, ACTIVE, SYNCING, FROZEN, CUTTING, INCONSISTENT)
 
 log = logging.getLogger("splitpoint.pool")
 
 _WRITE = int(Op.WRITE)
 _TRIM = int(Op.TRIM)
-
-
-class PoolMember:
-    """One backup LUN of a pool."""
-
-    __slots__ = ("pool", "index", "url", "device", "buf", "state", "since", "sweep", "manifest", "hasher",
-                 "last_active", "generation", "proven", "error", "incarnation")
-
-    def __init__(self, pool, index: int, url: str, device, since: int = 0):
-        self.pool = pool
-        self.index = index
-        self.url = url
-        self.device = device
-        self.state = EMPTY
-        self.since = since              # when (re)activated, chunks with epoch >= since must be copied (0: all)
-        self.sweep: Sweep | None = None
-        self.manifest: Manifest | None = None
-        self.hasher: RegionHasher | None = None
-        self.last_active = -1           # rotation clock when it last stopped being active (-1: never)
-        self.generation = 0             # +1 each time it is recycled, so readers notice
-        self.proven = False             # frozen, and its data was flushed before the manifest was recorded
-        self.error: str | None = None
-        self.incarnation = device.incarnation   # the device's incarnation the pool's view of its bytes holds for
-
-    @property
-    def name(self) -> str:
-        return f"{self.pool.name}[{self.index}]"
-
-    @property
-    def consistent(self) -> bool:
-        return self.state == FROZEN and self.device.incarnation == self.incarnation
-
-    def backup_info(self) -> BackupInfo:
-        m = self.manifest
-        return BackupInfo(trigger_id=m.trigger_id, label=m.label, seq=m.seq, epoch=m.epoch, time=m.time,
-                          member=self.name, digest=m.digest)
-
-    def status(self, now: float) -> dict:
-        m = self.manifest
-        doc = {"index": self.index, "url": self.url, "state": self.state,
-               "role": "active" if self.pool.active is self else ("backup" if self.state == FROZEN else "spare"),
-               "consistent": self.consistent, "generation": self.generation}
-        if m is not None:
-            doc.update({"trigger_id": m.trigger_id, "label": m.label, "seq": m.seq, "epoch": m.epoch,
-                        "time": m.time, "age": round(max(now - m.time, 0.0), 3),
-                        "digest": None if m.digest is None else f"{m.digest:016x}",
-                        "digest_progress": None if self.hasher is None else
-                        round(100.0 * self.hasher.offset / max(self.hasher.size, 1), 1)})
-        if self.sweep is not None:
-            doc["resync"] = self.sweep.progress()
-        if self.error:
-            doc["error"] = self.error
-        if self.device.link_down:
-            doc["link_down"] = True
-        return doc
 
 
 class BackupPool:
@@ -246,7 +186,7 @@ class BackupPool:
         """``m`` holds its cut exactly: flush it, so the manifest recorded next vouches for durable bytes.
         From then on it is a consistent backup, also across a crash; its digest follows in the background."""
         try:
-            if isinstance(m.device, DeviceQueue):
+            if m.queued:
                 m.device.flush_and_wait()   # its writes are still queued: durable first, then a backup
             else:
                 m.device.flush()
@@ -417,6 +357,114 @@ class BackupPool:
         """Complete every sweep and digest now (tests, clean shutdown of RAM-only setups)."""
         while self.has_background():
             self.background(False, force=True)
+
+    # -- the persisted record ----------------------------------------------------------------
+    def save_state(self) -> dict:
+        """What the metadata store keeps of this pool: its rotation clock and every member's record."""
+        return {"name": self.name, "clock": self.clock, "rotations": self.rotations,
+                "active": None if self.active is None else self.active.index,
+                "members": [m.save_state() for m in self.members]}
+
+    def follow_source_maps(self) -> None:
+        """The source's epoch map was replaced (loaded at a restart): every sweep reads the new one."""
+        for m in self.members:
+            if m.sweep is not None:
+                m.sweep.epochs = self.source.epochs
+
+    def restore_state(self, doc: dict, clean: bool, intent=None, report: list | None = None) -> None:
+        """Take back the state ``save_state`` recorded, trusting of it only what survived the shutdown.
+
+        ``clean``: a clean close of a persistent source, so the record is exact. After a crash,
+        ``intent`` (the write-intent set, already merged into the source's epoch map) means the
+        epoch map bounds what changed: proven backups keep their ``since`` and the active member
+        resyncs only the intent chunks and what it still had pending. Without it every resync is
+        in full. ``report`` gets one entry per member saying what it became and why."""
+        self.clock = int(doc["clock"])
+        self.rotations = int(doc["rotations"])
+        self.active = None
+        self.source.cow = [m for m in self.source.cow if m.pool is not self]
+        incremental = intent is not None
+        for m, md in zip(self.members, doc["members"]):
+            self._restore_member(m, md, clean, incremental)
+        idx = doc["active"]
+        why = {}
+        if idx is not None:
+            m = self.members[idx]
+            md = doc["members"][idx]
+            if clean and m.keeps_bytes and m.state in (ACTIVE, SYNCING):
+                self.active = m
+            elif incremental and m.keeps_bytes and (md["state"] == ACTIVE or
+                                                    (md["state"] == SYNCING and md["sweep"] is not None)):
+                self._resume_after_crash(m, md, intent)
+                why[m.index] = ("in sync at the last persist: only the write-intent chunks"
+                                if md["state"] == ACTIVE else
+                                "was resyncing: its pending chunks and the write-intent chunks")
+            else:
+                m.state = INCONSISTENT
+                self.activate(m, notify=False)
+                why[m.index] = ("the epoch maps cannot be trusted: full resync" if not incremental and not clean
+                                else "contents unknown: full resync")
+        elif not clean and len(self.members) > 1:
+            nxt = min(self.members, key=lambda x: (x.last_active, x.index))
+            self.activate(nxt, notify=False)
+            why[nxt.index] = "reactivated after the crash"
+        if report is not None and not clean:
+            for m, md in zip(self.members, doc["members"]):
+                entry = {"member": m.name, "was": md["state"], "state": m.state}
+                if m.sweep is not None:
+                    entry["resync_chunks"] = m.sweep.pending_chunks()
+                    entry["why"] = why.get(m.index, "")
+                elif m.state == FROZEN:
+                    entry["why"] = "proven before the crash: still a backup"
+                elif m.error:
+                    entry["why"] = m.error
+                report.append(entry)
+
+    def _restore_member(self, m: PoolMember, md: dict, clean: bool, incremental: bool) -> None:
+        m.last_active = int(md["last_active"])
+        m.generation = int(md["generation"]) + 1
+        m.manifest = None if md["manifest"] is None else Manifest.from_dict(md["manifest"])
+        m.sweep = None
+        m.hasher = None
+        m.error = None
+        state = md["state"]
+        if not m.keeps_bytes:
+            m.state, m.since, m.manifest, m.proven = EMPTY, 0, None, False
+        elif clean:
+            m.state, m.since, m.proven = state, int(md["since"]), bool(md["proven"])
+            s = md["sweep"]
+            if s is not None:
+                m.sweep = Sweep(self.source.epochs, int(s["since"]), deadline=self.throttle.deadline,
+                                cursor=int(s["cursor"]), until=s["until"])
+            if state == CUTTING:
+                self.source.cow.append(m)
+        elif state == FROZEN and md["proven"] and m.manifest is not None:
+            # flushed before its manifest was recorded: a backup (its digest may still be pending);
+            # with trusted maps its next resync is still incremental
+            m.state, m.since, m.proven = FROZEN, int(md["since"]) if incremental else 0, True
+        else:
+            m.state, m.since, m.manifest, m.proven = INCONSISTENT, 0, None, False
+            m.error = "not proven consistent before an unclean shutdown"
+        if m.state == FROZEN and m.manifest is not None and m.manifest.digest is None:
+            m.hasher = RegionHasher(m.device, self.region_size, self.size)   # the digest still to compute
+
+    def _resume_after_crash(self, m: PoolMember, md: dict, intent) -> None:
+        """The active member at the crash: it differs from the source at most in the chunks the
+        intent set names and, if it was resyncing, in what its sweep had not reached."""
+        m.manifest, m.proven, m.error = None, False, None
+        if md["state"] == ACTIVE:
+            # the intent chunks, and only they, carry the new epoch
+            since, cursor = self.source.epoch, 0
+        else:
+            s = md["sweep"]
+            since, cursor = int(s["since"]), int(s["cursor"])
+            first = intent.next_set(0)
+            if 0 <= first < cursor:
+                cursor = first   # intent chunks behind the cursor: rescan from the first (a superset)
+        m.sweep = Sweep(self.source.epochs, since, deadline=self.throttle.deadline, cursor=cursor)
+        m.since = since
+        m.state = SYNCING
+        self.active = m
 
     # -- reporting -------------------------------------------------------------------------
     def backups(self) -> list[PoolMember]:

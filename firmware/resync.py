@@ -158,6 +158,15 @@ class Sweep:
         total = self.total if self.total is not None else self.epochs.size
         return max(total - self.copied, 0)
 
+    def pending_chunks(self) -> int:
+        """Chunks this sweep still has to copy."""
+        cs = self.chunk_size
+        return sum(-(-ln // cs) for _off, ln in self.pending(self.cursor, self.nchunks))
+
+    def save_state(self) -> dict:
+        """Where it stands, as the metadata store keeps it (the epoch map it reads is the source's)."""
+        return {"since": self.since, "until": self.until, "cursor": self.cursor}
+
     def progress(self) -> dict:
         """Percent, rate and ETA for status displays."""
         remaining = self.remaining()

@@ -5,7 +5,7 @@ import os
 
 from splitpoint import config as cfgmod
 from splitpoint import pyx
-from splitpoint.firmware.controller import Controller, _pending_chunks
+from splitpoint.firmware.controller import Controller
 from splitpoint.firmware.metadata import IntentLog
 
 SIZE = 256 << 10
@@ -70,7 +70,7 @@ def test_recovery_resyncs_only_the_intent_chunks(tmp_path):
         pool = ctl.luns["lun0"].pools[0]
         m = pool.active
         assert m.index == active and m.state == "syncing"
-        assert _pending_chunks(m.sweep) == 3          # not all 64
+        assert m.sweep.pending_chunks() == 3          # not all 64
         rec = ctl.status()["metadata"]["recovery"]
         assert rec["mode"] == "crash"
         assert rec["luns"]["lun0"]["intent_chunks"] == 3
@@ -106,7 +106,7 @@ def test_a_member_mid_resync_keeps_its_pending_chunks_plus_the_intent_chunks(tmp
     try:
         m = ctl.luns["lun0"].pools[0].active
         assert m.index == 0 and m.state == "syncing"
-        assert 1 < _pending_chunks(m.sweep) < NCHUNKS   # its pending chunks and chunk 1, not everything
+        assert 1 < m.sweep.pending_chunks() < NCHUNKS   # its pending chunks and chunk 1, not everything
         assert m.sweep.pending(1, 2) == [(CHUNK, CHUNK)]
         ctl.settle()
         assert m.device.read(0, SIZE) == ctl.luns["lun0"].device.read(0, SIZE)
@@ -125,7 +125,7 @@ def test_without_trusted_epoch_maps_recovery_is_a_full_resync(tmp_path):
     ctl = Controller.from_config(config(tmp_path))
     try:
         m = ctl.luns["lun0"].pools[0].active
-        assert m.sweep.since == 0 and _pending_chunks(m.sweep) == NCHUNKS
+        assert m.sweep.since == 0 and m.sweep.pending_chunks() == NCHUNKS
         rep = ctl.status()["metadata"]["recovery"]["luns"]["lun0"]
         assert "CRC" in rep["maps"] and rep["intent_chunks"] is None
         assert all(x.since == 0 for x in ctl.luns["lun0"].pools[0].members)
@@ -138,7 +138,7 @@ def test_without_trusted_epoch_maps_recovery_is_a_full_resync(tmp_path):
 def test_an_intent_log_that_cannot_be_written_makes_the_next_crash_a_full_resync(tmp_path):
     ctl, _t1 = prepared(tmp_path)
     lun = ctl.luns["lun0"]
-    wi = ctl._intents[lun]
+    wi = ctl.metadata.intents[lun]
 
     def broken(*_a):
         raise OSError(28, "No space left on device")
@@ -150,7 +150,7 @@ def test_an_intent_log_that_cannot_be_written_makes_the_next_crash_a_full_resync
     ctl = Controller.from_config(config(tmp_path))
     try:
         m = ctl.luns["lun0"].pools[0].active
-        assert _pending_chunks(m.sweep) == NCHUNKS
+        assert m.sweep.pending_chunks() == NCHUNKS
         ctl.settle()
         assert m.device.read(0, SIZE) == ctl.luns["lun0"].device.read(0, SIZE)
     finally:

@@ -90,7 +90,7 @@ class IntentOnDiskCheck(DeviceFilter):
         self.checked = 0
 
     def _check(self, what, offset, length):
-        wi = self.ctl._intents[self.lun]
+        wi = self.ctl.metadata.intents[self.lun]
         if wi.log._fd in self.ledger.unsynced:   # the record is written but not yet durable
             self.undeclared.append((what, -1))
         raw = IntentLog(wi.log.path, wi.log.nbytes).read(wi.maps_generation)   # what a restart would read
@@ -120,7 +120,7 @@ def settled_controller(d) -> Controller:
     ctl.write("lun0", 0, bytes(range(256)) * (SIZE // 256))
     ctl.settle()
     ctl.poll()    # an idle moment: the state record and the epoch maps are persisted
-    ctl._persist_maps(ctl.luns["lun0"])
+    ctl.metadata.persist_maps(ctl.luns["lun0"])
     assert ctl.status()["luns"][0]["write_intent"]["chunks"] == 0
     pool = state_record(d)["pools"][0]
     assert pool["members"][pool["active"]]["state"] == "active"   # a crash now resyncs only intent chunks
@@ -140,7 +140,7 @@ def test_each_chunks_intent_is_durable_before_its_data_is_written(tmp_path, monk
         # single requests, then one batch holding several (one intent update covers the batch)
         for i, (off, ln) in enumerate(SPANS[:2]):
             ctl.write("lun0", off, bytes([0x40 + i]) * ln)
-        ctl._persist_maps(lun)
+        ctl.metadata.persist_maps(lun)
         done = []
         (o1, l1), (o2, l2), (o3, l3) = SPANS[1], SPANS[2], SPANS[3]
         ctl.submit("lun0", Op.WRITE, o1, data=b"\x51" * l1, callback=done.append)
