@@ -52,8 +52,8 @@ class CBoard:
         self._mem = ffi.new("uint8_t[]", capacity * (pool_members + 1))   # zeroed: a fresh RAM medium
         self._ram = ffi.new("sp_host_ram *", {"mem": self._mem, "size": len(self._mem),
                                                "fail_at": 0xFFFFFFFFFFFFFFFF})
-        self._storage = ffi.cast("sp_storage *", ffi.new("uint8_t[]", lib.sp_storage_size()))
-        self._storage_keep = self._storage
+        self._storage_mem = ffi.new("uint8_t[]", lib.sp_storage_size())   # owns the bytes the cast points at
+        self._storage = ffi.cast("sp_storage *", self._storage_mem)
         lib.sp_host_ram_storage(self._storage, self._ram, 1)
         self._board_mem = ffi.new("uint8_t[]", lib.sp_board_size())
         self._board = ffi.cast("sp_board *", self._board_mem)

@@ -89,6 +89,7 @@ size_t sp_board_status(sp_board *b, char *out, size_t cap)
         puts_(&t, "null");
     field(&t, "expected", s->expected, 1);
     field(&t, "triggers", b->stats.triggers, 1);
+    field(&t, "frames", b->rx.frames, 1);
     field(&t, "rejected_frames", b->rx.rejected, 1);
     field(&t, "garbage_bytes", b->rx.garbage_bytes, 1);
     puts_(&t, ", \"stats\": {");
