@@ -91,7 +91,7 @@ int sp_board_backup_read(sp_board *b, uint64_t trigger_id, uint64_t offset, uint
 
 /* the STATUS line (JSON, no newline) into out; its length */
 size_t sp_board_status(sp_board *b, char *out, size_t cap);
-/* the answer to one control line (NUL-terminated, no newline) into out; its length (0: no answer) */
+/* the answer to one control line (NUL-terminated UTF-8, no newline) into out; its length (0: no answer) */
 size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap);
 
 #endif

@@ -144,7 +144,50 @@ size_t sp_board_status(sp_board *b, char *out, size_t cap)
     return t.n;
 }
 
-static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
+/* whitespace as the controller's grammar trims it (Python's str.strip: Unicode White_Space and the
+ * ASCII separators 0x1C-0x1F) */
+static int is_space_cp(uint32_t c)
+{
+    return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+           c == 0x3000;
+}
+
+/* the code point starting at s (valid UTF-8, s < e) and its byte count */
+static uint32_t cp_at(const char *s, const char *e, size_t *len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = u[0] < 0x80 ? 1 : u[0] < 0xE0 ? 2 : u[0] < 0xF0 ? 3 : 4;
+    if ((size_t)(e - s) < n)
+        n = 1;
+    uint32_t c = n == 1 ? u[0] : u[0] & (0x7Fu >> n);
+    for (size_t i = 1; i < n; i++)
+        c = c << 6 | (u[i] & 0x3Fu);
+    *len = n;
+    return c;
+}
+
+static const char *skip_space(const char *s, const char *e)
+{
+    size_t n;
+    while (s < e && is_space_cp(cp_at(s, e, &n)))
+        s += n;
+    return s;
+}
+
+static const char *trim_space_end(const char *s, const char *e)
+{
+    while (e > s) {
+        const char *c = e - 1;
+        while (c > s && ((unsigned char)*c & 0xC0u) == 0x80u) /* back to the character's first byte */
+            c--;
+        size_t n;
+        if (!is_space_cp(cp_at(c, e, &n)))
+            break;
+        e = c;
+    }
+    return e;
+}
 
 static int verb_is(const char *verb, size_t n, const char *name)
 {
@@ -167,18 +210,14 @@ size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap)
         return 0;
     out[0] = 0;
     const char *s = line, *e = line + strlen(line);
-    while (s < e && is_space(*s))
-        s++;
-    while (e > s && is_space(e[-1]))
-        e--;
+    s = skip_space(s, e);
+    e = trim_space_end(s, e);
     if (s == e)
         return 0; /* a blank line (a CR LF line end) gets no answer */
     const char *sp = memchr(s, ' ', (size_t)(e - s));
     const char *verb_end = sp ? sp : e;
     size_t vn = (size_t)(verb_end - s);
-    const char *rest = verb_end;
-    while (rest < e && is_space(*rest))
-        rest++;
+    const char *rest = skip_space(verb_end, e);
     size_t rn = (size_t)(e - rest);
     b->stats.control_lines++;
     if (verb_is(s, vn, "PING") || verb_is(s, vn, "STATUS")) {
