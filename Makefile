@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
-# rebuilds only the kernels whose .pyx/.pxd changed
+# rebuilds only the kernels whose .pyx/.pxd changed (none with SPLITPOINT_NO_EXTENSIONS=1), and the
+# firmware's cffi host build (boards/firmware/host/build.py), which has no Python twin
 build: venv
-	@if [ "$$SPLITPOINT_NO_EXTENSIONS" != "1" ]; then $(PY) setup.py -q build_ext --inplace; fi
+	$(PY) setup.py -q build_ext --inplace
 
 debs:
 	@missing=""; probes=($(DEB_PROBES)); debs=($(DEBS)); \

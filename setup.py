@@ -83,6 +83,12 @@ def _extensions():
     )
 
 
+def _cffi_modules():
+    """The firmware core's host build (boards/firmware/host/build.py); it has no Python twin, so it is
+    built even when SPLITPOINT_NO_EXTENSIONS asks for the kernels' twins."""
+    return ["boards/firmware/host/build.py:ffibuilder"]
+
+
 setup(
     version=_version(),
     packages=_packages(),
@@ -90,8 +96,10 @@ setup(
     package_data={
         "splitpoint.pyx": ["*.pxd", "*.pyi", "*.h"],
         "splitpoint": ["py.typed"],
-        "splitpoint.boards": ["*/*.toml", "*.toml", "firmware/*"],
+        "splitpoint.boards": ["*/*.toml", "*.toml"],
+        "splitpoint.boards.firmware": ["core/*.[ch]", "host/*.[ch]", "host/*.py"],
     },
     ext_modules=_extensions(),
+    cffi_modules=_cffi_modules(),
     zip_safe=False,
 )
