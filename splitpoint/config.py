@@ -52,6 +52,9 @@ class NbdConfig:
     handshake_timeout: float = 10.0      # seconds from connecting to transmission (0 = no limit)
     client_inflight: int = 64 << 20      # bytes one client may hold: requests in flight, replies it has not read
     total_inflight: int = 256 << 20      # the same, every client together
+    tls: str = "off"                     # off | on | require (NBD_OPT_STARTTLS), as nbdkit's --tls
+    tls_certificates: str | None = None  # directory of ca-cert.pem, server-cert.pem, server-key.pem
+    tls_verify_peer: bool = False        # clients must present a certificate signed by ca-cert.pem
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ _TOP_KEYS = {"controller", "resync", "nbd", "lun"}
 _CONTROLLER_KEYS = {"chunk_size", "ring_capacity", "metadata_dir", "digest_region",
                     "async_queue_ops", "async_queue_bytes"}
 _RESYNC_KEYS = {"rate", "deadline", "slice"}
-_NBD_KEYS = {"handshake_timeout", "client_inflight", "total_inflight"}
+_NBD_KEYS = {"handshake_timeout", "client_inflight", "total_inflight", "tls", "tls_certificates", "tls_verify_peer"}
 #: the largest NBD request: a client budget must hold one
 _MAX_REQUEST = 64 << 20
 _LUN_KEYS = {"name", "url", "pool", "backup"}
@@ -290,7 +293,26 @@ def _nbd(table, source: str) -> NbdConfig:
     for key in ("client_inflight", "total_inflight"):
         if key in table:
             kw[key] = _size(table[key], key, "nbd", source, minimum=_MAX_REQUEST)
+    if "tls" in table:
+        if table["tls"] not in ("off", "on", "require"):
+            raise ConfigError(f"{source}: [nbd] tls must be \"off\", \"on\" or \"require\", got {table['tls']!r}")
+        kw["tls"] = table["tls"]
+    if "tls_certificates" in table:
+        if not isinstance(table["tls_certificates"], str) or not table["tls_certificates"]:
+            raise ConfigError(f"{source}: [nbd] tls_certificates must be a directory path, "
+                              f"got {table['tls_certificates']!r}")
+        kw["tls_certificates"] = table["tls_certificates"]
+    if "tls_verify_peer" in table:
+        if not isinstance(table["tls_verify_peer"], bool):
+            raise ConfigError(f"{source}: [nbd] tls_verify_peer must be true or false, "
+                              f"got {table['tls_verify_peer']!r}")
+        kw["tls_verify_peer"] = table["tls_verify_peer"]
     cfg = NbdConfig(**kw)
+    if cfg.tls != "off" and not cfg.tls_certificates:
+        raise ConfigError(f"{source}: [nbd] tls = {cfg.tls!r} needs tls_certificates (a directory holding "
+                          f"server-cert.pem and server-key.pem)")
+    if cfg.tls_verify_peer and cfg.tls == "off":
+        raise ConfigError(f"{source}: [nbd] tls_verify_peer needs tls = \"on\" or \"require\"")
     if cfg.total_inflight < cfg.client_inflight:
         raise ConfigError(f"{source}: [nbd] total_inflight ({cfg.total_inflight}) must be at least "
                           f"client_inflight ({cfg.client_inflight})")

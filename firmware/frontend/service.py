@@ -14,7 +14,8 @@ connections waiting for room. And it gives a handshake a deadline.
 A connection and the front end use only each other's public side (``nbd.connection`` lists the
 connection's): a connection calls ``attach``/``detach``, ``submit``, ``backlogged``,
 ``mark_dirty``, ``wait_for_room``/``stop_waiting`` and ``release``, reads ``ctl``, ``loop``,
-``exports``, ``stopping``, ``handshake_timeout``, ``client_bytes`` and ``total_bytes``, and adds
+``exports``, ``stopping``, ``handshake_timeout``, ``tls`` (``nbd.tls.TlsSettings``),
+``tls_context``, ``client_bytes`` and ``total_bytes``, and adds
 what it charges to ``held`` (the total every connection holds; ``release`` takes it back).
 
 The front end only queues and asks the controller what its contract answers; it never reaches
@@ -31,6 +32,7 @@ import threading
 from splitpoint.firmware.errors import QueueFullError, ShuttingDownError
 from splitpoint.firmware.frontend.exports import ExportTable
 from splitpoint.firmware.frontend.nbd import NbdConnection
+from splitpoint.firmware.frontend.nbd.tls import TlsSettings, server_context
 from splitpoint.firmware.requests import FLAG_SUB_BLOCK, Completion, Op
 
 log = logging.getLogger("splitpoint.frontend")
@@ -51,7 +53,8 @@ class FrontEnd:
     """Runs the controller on the asyncio loop thread and serves NBD clients from it."""
 
     def __init__(self, ctl, loop: asyncio.AbstractEventLoop | None = None, *, client_bytes: int = CLIENT_BYTES,
-                 total_bytes: int = TOTAL_BYTES, handshake_timeout: float = HANDSHAKE_TIMEOUT):
+                 total_bytes: int = TOTAL_BYTES, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 tls: TlsSettings | None = None):
         if client_bytes < 1 or total_bytes < client_bytes:
             raise ValueError(f"NBD memory budget: {client_bytes} bytes per client and {total_bytes} in total; "
                              f"each must be positive and the total at least the per-client budget")
@@ -62,6 +65,8 @@ class FrontEnd:
         self.client_bytes = client_bytes
         self.total_bytes = total_bytes
         self.handshake_timeout = handshake_timeout
+        self.tls = tls or TlsSettings()
+        self.tls_context = server_context(self.tls)   # None when off; a bad certificate directory fails here
         self.held = 0                                  # bytes every connection holds, together
         self.waiting: set[NbdConnection] = set()       # connections stopped until room frees
         self.connections: set[NbdConnection] = set()
@@ -278,10 +283,11 @@ class Service:
     async def start(cls, ctl, listen: tuple[str, int] | None = ("127.0.0.1", 10809), socket_path: str | None = None,
                     control_url: str | None = None, control_link: str | None = None, control: bool = True,
                     client_bytes: int = CLIENT_BYTES, total_bytes: int = TOTAL_BYTES,
-                    handshake_timeout: float = HANDSHAKE_TIMEOUT):
+                    handshake_timeout: float = HANDSHAKE_TIMEOUT, tls: TlsSettings | None = None):
         from splitpoint.firmware.frontend.control import open_channel
 
-        fe = FrontEnd(ctl, client_bytes=client_bytes, total_bytes=total_bytes, handshake_timeout=handshake_timeout)
+        fe = FrontEnd(ctl, client_bytes=client_bytes, total_bytes=total_bytes, handshake_timeout=handshake_timeout,
+                      tls=tls)
         endpoints = []
         try:
             if listen is not None:

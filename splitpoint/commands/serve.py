@@ -17,6 +17,10 @@ def _banner(ctl, service) -> list[str]:
         lines.append(f"LUN {name}: {lun.size} bytes, block {lun.block_size}")
     for endpoint in service.endpoints:
         lines.append(f"NBD: {endpoint}")
+    tls = service.frontend.tls
+    if tls.enabled:
+        lines.append(f"TLS: {tls.mode} (NBD_OPT_STARTTLS; nbds:// URIs), certificates {tls.certificates}"
+                     + (", client certificates verified" if tls.verify_peer else ""))
     lines.append("exports: " + ", ".join(n for n, _ in service.frontend.exports.listing()) + ", <lun>.t<id> once cut")
     channel = service.control
     if channel is not None:
@@ -28,13 +32,13 @@ def _banner(ctl, service) -> list[str]:
     return lines
 
 
-async def _serve(ctl, listen, socket_path, control_url, control_link, nbd):
+async def _serve(ctl, listen, socket_path, control_url, control_link, nbd, tls):
     from splitpoint.firmware.frontend.service import Service
 
     service = await Service.start(ctl, listen=listen, socket_path=socket_path,
                                   control_url=control_url, control_link=control_link,
                                   handshake_timeout=nbd.handshake_timeout, client_bytes=nbd.client_inflight,
-                                  total_bytes=nbd.total_inflight)
+                                  total_bytes=nbd.total_inflight, tls=tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,6 +50,16 @@ async def _serve(ctl, listen, socket_path, control_url, control_link, nbd):
     click.echo("stopping: answering requests in flight, draining the queue, persisting metadata")
     await service.stop()
     click.echo("stopped")
+
+
+def _tls_settings(nbd, mode, directory, verify_peer):
+    """The command line's TLS flags over the configuration's [nbd] tls keys; checked (the files too) now."""
+    from splitpoint.firmware.frontend.nbd.tls import TlsSettings, server_context
+
+    settings = TlsSettings(mode=mode or nbd.tls, certificates=directory or nbd.tls_certificates,
+                           verify_peer=nbd.tls_verify_peer if verify_peer is None else verify_peer)
+    server_context(settings)
+    return settings
 
 
 def _keep_large_buffers_on_the_heap():
@@ -98,15 +112,25 @@ def _run_loop(main):
 @click.option("--handshake-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Close an NBD connection whose handshake has not finished after SECONDS "
                    "(default 10, or [nbd] handshake_timeout; 0: no limit).")
+@click.option("--tls", "tls_mode", type=click.Choice(["off", "on", "require"]), default=None,
+              help="TLS for NBD clients, as nbdkit's --tls: on lets a client start TLS (NBD_OPT_STARTTLS, "
+                   "nbds:// URIs), require refuses every client that does not (default off, or [nbd] tls).")
+@click.option("--tls-certificates", "tls_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Directory with server-cert.pem and server-key.pem (and ca-cert.pem for --tls-verify-peer).")
+@click.option("--tls-verify-peer", is_flag=True, default=None,
+              help="Accept only clients presenting a certificate signed by DIR/ca-cert.pem.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v: connections, -vv: every error reply).")
-def command(config_path, listen, socket_path, control_link, control_url, handshake_timeout, verbose):
+def command(config_path, listen, socket_path, control_link, control_url, handshake_timeout, tls_mode, tls_dir,
+            tls_verify_peer, verbose):
     """Serve LUNs over NBD with a TRIGGER control channel, until SIGINT or SIGTERM.
 
     \b
     Exports: lun0 (also ""), lun0.trigger (special path), trigger (special LUN),
              lun0.latest and lun0.t<id> (read-only frozen backups).
     Control channel, one line each way:
-             TRIGGER [label] -> OK <id> seq=<n>;  STATUS -> JSON;  PING -> PONG
+             TRIGGER [ON name] [label] -> OK <id> seq=<n>;  STATUS -> JSON;  PING -> PONG
+    TLS:     --tls=on|require --tls-certificates DIR (server-cert.pem, server-key.pem);
+             clients use nbds:// URIs.
     """
     from splitpoint import config
     from splitpoint.firmware.controller import Controller
@@ -129,9 +153,14 @@ def command(config_path, listen, socket_path, control_link, control_url, handsha
     nbd = cfg.nbd
     if handshake_timeout is not None:
         nbd = dataclasses.replace(nbd, handshake_timeout=handshake_timeout)
+    try:
+        tls = _tls_settings(nbd, tls_mode, tls_dir, tls_verify_peer)
+    except ValueError as exc:
+        ctl.close()
+        raise click.UsageError(str(exc)) from None
     _keep_large_buffers_on_the_heap()
     try:
-        _run_loop(_serve(ctl, address, socket_path, control_url, control_link, nbd))
+        _run_loop(_serve(ctl, address, socket_path, control_url, control_link, nbd, tls))
     except OSError as exc:
         ctl.close()
         raise click.ClickException(f"cannot serve: {exc}") from None

@@ -106,6 +106,7 @@ class NbdConnection(Handshake, Transmission, Replies, asyncio.BufferedProtocol):
         self._unsent = 0               # the charge of replies written while the transport was full
         self._blocked = None           # the charge of the request waiting for room, while reading is stopped
         self._handshake_timer = None
+        self.tls = False               # NBD_OPT_STARTTLS succeeded: the transport is TLS
 
     # --- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport):

@@ -27,14 +27,14 @@ from splitpoint.firmware.frontend.nbd.proto import (
     NBD_INFO_NAME, NBD_MAX_STRING, NBD_META_BASE_ALLOCATION, NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
     NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS,
     NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_INVALID, NBD_REP_ERR_SHUTDOWN, NBD_REP_ERR_TOO_BIG,
-    NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_MAGIC, NBD_REP_META_CONTEXT, NBD_REP_SERVER,
-    OPTION, OPTION_REPLY,
+    NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_MAGIC,
+    NBD_REP_META_CONTEXT, NBD_REP_SERVER, OPTION, OPTION_REPLY,
 )
 
 log = logging.getLogger("splitpoint.nbd")
 
-#: the phases of a connection, in order
-CLIENT_FLAGS, OPTIONS, TRANSMISSION, CLOSED = range(4)
+#: the phases of a connection, in order (STARTING_TLS: between STARTTLS's ACK and the TLS handshake's end)
+CLIENT_FLAGS, OPTIONS, TRANSMISSION, CLOSED, STARTING_TLS = range(5)
 #: the id of the one meta context served (base:allocation)
 META_CONTEXT_ID = 1
 
@@ -57,6 +57,8 @@ class Handshake:
             phase = self._phase
             if phase == TRANSMISSION:
                 return self._parse_requests(buf, pos, n)
+            if phase == STARTING_TLS:
+                return pos     # what follows is the TLS handshake's, once the transport is upgraded
             if phase == OPTIONS:
                 if n - pos < 16:
                     self._want = 16
@@ -104,7 +106,7 @@ class Handshake:
 
     def _handshake_expired(self):
         self._handshake_timer = None
-        if self.closed or self._phase not in (CLIENT_FLAGS, OPTIONS):
+        if self.closed or self._phase not in (CLIENT_FLAGS, OPTIONS, STARTING_TLS):
             return
         log.warning("%s: handshake not finished within %g s; closing this connection",
                     self.peer, self.fe.handshake_timeout)
@@ -130,6 +132,13 @@ class Handshake:
     def _option(self, opt, data: bytes):
         if self.fe.stopping and opt not in (NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME):
             self._opt_reply(opt, NBD_REP_ERR_SHUTDOWN, "server is shutting down")
+            return
+        if self.fe.tls.required and not self.tls and opt not in (NBD_OPT_STARTTLS, NBD_OPT_ABORT):
+            if opt == NBD_OPT_EXPORT_NAME:   # no error reply exists for it: the client is dropped
+                self._violation("NBD_OPT_EXPORT_NAME without TLS on a server that requires TLS")
+                return
+            self._opt_reply(opt, NBD_REP_ERR_TLS_REQD,
+                            "this server requires TLS: send NBD_OPT_STARTTLS first (an nbds:// URI)")
             return
         handler = _OPTION_HANDLERS.get(opt)
         if handler is None:
@@ -169,7 +178,51 @@ class Handshake:
         self._opt_reply(opt, NBD_REP_ACK)
 
     def _opt_starttls(self, opt, data):
-        self._opt_reply(opt, NBD_REP_ERR_UNSUP, "TLS is not supported by this server")
+        ctx = self.fe.tls_context
+        if ctx is None:
+            self._opt_reply(opt, NBD_REP_ERR_UNSUP, "TLS is off on this server (splitpoint serve --tls=on)")
+            return
+        if data:
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS carries no data")
+            return
+        if self.tls:
+            self._opt_reply(opt, NBD_REP_ERR_INVALID, "TLS is already started on this connection")
+            return
+        self._opt_reply(opt, NBD_REP_ACK)
+        self._phase = STARTING_TLS
+        self.transport.pause_reading()   # the client's TLS hello must reach the TLS layer, not this buffer
+        self.fe.loop.create_task(self._upgrade(ctx))
+
+    async def _upgrade(self, ctx):
+        """Put TLS under this connection; the option haggling then starts again inside it."""
+        if self._end != self._start:
+            # the client sent more before our ACK: doc/proto.md forbids it, and those bytes belong to TLS
+            self._violation("bytes after NBD_OPT_STARTTLS before the server's reply")
+            return
+        try:
+            transport = await self.fe.loop.start_tls(self.transport, self, ctx, server_side=True,
+                                                     ssl_handshake_timeout=self.fe.handshake_timeout or None)
+        except (OSError, ConnectionError, TimeoutError, ValueError) as exc:   # ssl.SSLError is an OSError
+            if not self.closed:
+                log.warning("%s: TLS handshake failed: %s; disconnecting this client", self.peer, exc)
+                self._phase = CLOSED
+                self.closed = True
+                self.transport.close()
+            return
+        if self.closed or transport is None:
+            return
+        self.transport = transport
+        self.tls = True
+        # fresh state: nothing negotiated before TLS counts (doc/proto.md, STARTTLS)
+        self._structured = False
+        self._meta_export, self._meta_ok = None, False
+        self._phase = OPTIONS
+        self._want = 16
+        peer_cert = transport.get_extra_info("peercert")
+        log.debug("%s: TLS started%s", self.peer, f" (client certificate {peer_cert.get('subject')})"
+                  if peer_cert else "")
+        if self._end - self._start >= self._want:
+            self._process()   # options that came inside TLS before start_tls returned (asyncio's loop)
 
     def _opt_structured_reply(self, opt, data):
         if data:
