@@ -217,7 +217,8 @@ class Handshake:
             return
         info = INFO_EXPORT_PAYLOAD.pack(NBD_INFO_EXPORT, export.size, transmission_flags(export, self._structured))
         self._opt_reply(opt, NBD_REP_INFO, info)
-        sizes = INFO_BLOCK_SIZE_PAYLOAD.pack(NBD_INFO_BLOCK_SIZE, export.block_size, export.preferred_block, MAX_REQUEST)
+        sizes = INFO_BLOCK_SIZE_PAYLOAD.pack(NBD_INFO_BLOCK_SIZE, export.block_size, export.preferred_block,
+                                             MAX_REQUEST)
         self._opt_reply(opt, NBD_REP_INFO, sizes)
         if NBD_INFO_NAME in requests:
             self._opt_reply(opt, NBD_REP_INFO, _U16.pack(NBD_INFO_NAME) + export.name.encode())

@@ -1,9 +1,12 @@
-"""The NBD transmission phase: parse each request, validate it against the export, dispatch it.
+"""The NBD transmission phase: parse each request, validate it, translate it, dispatch it.
 
 Owns what a connection does with requests: cutting them out of the receive buffer (the
-``nbdwire`` kernel), validating each one against the export it negotiated, queueing it on the
-controller (directly for READ/WRITE of a plain LUN export, through its export otherwise), and
-the connection's memory budget. It never executes I/O and never blocks the loop.
+``nbdwire`` kernel), validating each one once against the export it negotiated (``_validate``,
+as nbdkit's ``validate_request``), translating it once into the controller's own opcode and
+flags (``CONTROLLER_OPS``, ``CONTROLLER_FLAGS``), and queueing it on the controller (directly for
+READ/WRITE of a plain LUN export, through its export otherwise); and the connection's memory
+budget. Below this module no one sees an NBD number. It never executes I/O and never blocks the
+loop.
 
 Memory: every request is charged, from the moment it is parsed until its reply has left the
 transport's buffer, against the connection's budget and the front end's total (a READ or WRITE
@@ -17,11 +20,11 @@ Protocol notes (doc/proto.md):
 - a client that negotiated no block size may send requests of any alignment: READ, CACHE and
   BLOCK_STATUS are widened to whole blocks here, WRITE, TRIM and WRITE_ZEROES go to the
   controller as sub-block requests (it reads, modifies and writes the partial blocks in
-  sequence); for a client that did ask, unaligned I/O is NBD_EINVAL;
-- errors: unknown command or flag and unaligned I/O (see above) -> NBD_EINVAL; past the end -> NBD_ENOSPC for writes,
-  NBD_EINVAL otherwise; writes to a read-only export -> NBD_EPERM; while stopping -> NBD_ESHUTDOWN; a READ
-  above 64 MiB -> NBD_EOVERFLOW with structured replies (NBD_EINVAL without); a WRITE above 64 MiB has
-  its payload skipped and gets NBD_EINVAL;
+  sequence); for a client that did ask, unaligned I/O is EINVAL;
+- errors: unknown command or flag and unaligned I/O (see above) -> EINVAL; past the end ->
+  ENOSPC for writes, EINVAL otherwise; writes to a read-only export -> EPERM; while stopping ->
+  ESHUTDOWN; a READ above 64 MiB -> EOVERFLOW with structured replies (EINVAL without); a WRITE
+  above 64 MiB has its payload skipped and gets EINVAL;
 - a bad request magic is a protocol violation: that client is disconnected.
 """
 from __future__ import annotations
@@ -266,8 +269,8 @@ class Transmission:
         self._bsmask = export.block_size - 1
         self._size = export.size
         if self._fast_lun is not None:
-            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read, ~self._allowed[NBD_CMD_WRITE],
-                          ~self._allowed[NBD_CMD_READ], self._bsmask, self._size)
+            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read,
+                          ~self._allowed[NBD_CMD_WRITE], ~self._allowed[NBD_CMD_READ], self._bsmask, self._size)
         self._phase = TRANSMISSION
         self._want = _HEADER
         log.debug("%s: transmission on export %r", self.peer, export.name)
