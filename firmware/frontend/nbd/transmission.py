@@ -110,13 +110,14 @@ class Transmission:
         client_bytes, total_bytes = fe.client_bytes, fe.total_bytes
         # the charges, kept in locals over the fast path and written back before anything else runs
         held, all_held = self._held, fe.held
+        header, write_cmd, ctl_flags = _HEADER, NBD_CMD_WRITE, CONTROLLER_FLAGS   # locals: read per request
         while True:
             requests, _stop, want = _scan(buf, pos, n, LEND_MIN, MAX_REQUEST)
             for cmd, flags, cookie, offset, length, payload in requests:
                 here = pos
-                pos += _HEADER + length if cmd == NBD_CMD_WRITE else _HEADER
+                pos += header + length if cmd == write_cmd else header
                 if cmd != NBD_CMD_DISC:     # DISC gets no reply and holds nothing
-                    cost = length if cmd <= NBD_CMD_WRITE else _SMALL_COST
+                    cost = length if cmd <= write_cmd else _SMALL_COST
                     if (held and (held + cost > client_bytes or self._inflight >= _PAUSE_INFLIGHT)
                             or all_held and all_held + cost > total_bytes):
                         self._held, fe.held = held, all_held
@@ -128,15 +129,15 @@ class Transmission:
                         self._charge_again(cookie, cost)
                     else:
                         costs[cookie] = cost
-                if (lun is not None and cmd <= NBD_CMD_WRITE and not (offset | length) & bsmask and length
+                if (lun is not None and cmd <= write_cmd and not (offset | length) & bsmask and length
                         and offset + length <= size):
-                    if cmd == NBD_CMD_WRITE:
+                    if cmd == write_cmd:
                         if length >= LEND_MIN:
                             self._lent = True
                         if not flags & wmask:
                             self._inflight += 1
                             try:
-                                submit(lun, _OP_WRITE, offset, length, payload, CONTROLLER_FLAGS[flags], None,
+                                submit(lun, _OP_WRITE, offset, length, payload, ctl_flags[flags], None,
                                        partial(on_write, cookie))
                                 continue
                             except (QueueFullError, ShuttingDownError):
@@ -150,7 +151,7 @@ class Transmission:
                         except (QueueFullError, ShuttingDownError):
                             self._inflight -= 1
                             lun = None
-                elif cmd == NBD_CMD_WRITE and length >= LEND_MIN:
+                elif cmd == write_cmd and length >= LEND_MIN:
                     self._lent = True
                 self._held, fe.held = held, all_held
                 request(cmd, flags, cookie, offset, length, payload)   # may reply at once (and charge)
