@@ -754,7 +754,7 @@ class Controller:
         return c
 
     def write(self, lun, offset: int, data, fua: bool = False) -> None:
-        self._call(lun, _WRITE, offset, 0, data, 1 if fua else 0)
+        self._call(lun, _WRITE, offset, 0, data, FLAG_FUA if fua else 0)
 
     def read(self, lun, offset: int, length: int) -> bytes:
         return self._call(lun, _READ, offset, length).data

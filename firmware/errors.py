@@ -1,8 +1,9 @@
 """Errors the controller reports, each with the errno a front end answers with.
 
 Owns the mapping from "what went wrong with a request" to a specific
-exception type and an errno (NBD speaks errnos: EPERM, EIO, EINVAL, ENOSPC,
-ESHUTDOWN...). A request that fails completes with one of these as
+exception type and a host errno (EPERM, EIO, EINVAL, ENOSPC, ESHUTDOWN...).
+Each front end maps the errno to its protocol's error in one table of its
+own. A request that fails completes with one of these as
 ``Completion.error``; the controller itself keeps serving everything else.
 Nothing here ever touches storage.
 """
@@ -37,7 +38,7 @@ class MisalignedError(BadRequestError):
 
 
 class OutOfRangeError(BadRequestError):
-    """An I/O reaching past the end of the LUN: ENOSPC for writes (as NBD asks), EINVAL for reads."""
+    """An I/O reaching past the end of the LUN: ENOSPC for writes, EINVAL for reads."""
 
 
 class LabelTooLongError(BadRequestError):

@@ -2,7 +2,7 @@
 
 Owns, for one LUN (the primary, or a primary backup LUN in a cascade): the
 epoch map ("chunk last written in epoch e"), the known-zero chunks reported
-as NBD base:allocation, copy-on-write for pool members cut at a TRIGGER while
+as allocation states, copy-on-write for pool members cut at a TRIGGER while
 still completing, forwarding each op to its mirror paths in order, and the
 record of its maps and place in the stream that the metadata store keeps. A primary backup
 LUN is also the target of its upstream path, with its own resync when it is
@@ -153,7 +153,7 @@ class LunNode:
                 except HalError as exc:   # the member's device failed: that cut is lost, the write is not
                     member.pool.device_failed_member(member, exc)
 
-    # -- allocation (NBD base:allocation) ----------------------------------------------
+    # -- allocation (STATE_HOLE | STATE_ZERO runs) ----------------------------------------------
     def allocation(self, offset: int, length: int, hole_flags: int) -> list[tuple[int, int, int]]:
         """Runs of (offset, length, flags) covering [offset, offset+length): flags 0 for data."""
         cs = self.chunk_size

@@ -1,10 +1,12 @@
 """Requests and what comes back from them.
 
-Owns the opcodes and flags a ring descriptor carries, the completion handed
-to a producer's callback, and the records the controller reports (a TRIGGER's
-result, a backup, a verify result). Opcodes use NBD's command numbers where
-NBD has one, so a front end passes them through unchanged. Nothing here
-executes a request.
+Owns the controller's own vocabulary: the opcodes and flags a ring
+descriptor carries, the allocation states it reports, the completion handed to
+a producer's callback, and the records the controller reports (a TRIGGER's
+result, a backup, a verify result). The numbers are the controller's alone: a
+front end translates its protocol's words into them once, at its edge, and a
+word passed through untranslated is refused rather than read as another
+request. Nothing here executes a request.
 """
 from __future__ import annotations
 
@@ -13,34 +15,35 @@ from dataclasses import dataclass, field
 
 
 class Op(enum.IntEnum):
-    """Request opcodes (u16 in a ring descriptor); NBD's numbers where NBD has the command."""
+    """Request opcodes (u16 in a ring descriptor); 0 is no opcode."""
 
-    READ = 0
-    WRITE = 1
-    FLUSH = 3
-    TRIM = 4
-    CACHE = 5
-    WRITE_ZEROES = 6
-    TRIGGER = 16
+    READ = 1
+    WRITE = 2
+    TRIM = 3
+    WRITE_ZEROES = 4
+    FLUSH = 5
+    CACHE = 6
+    TRIGGER = 7
 
 
-#: descriptor flags (u16)
-FLAG_FUA = 1        # the write is durable before it completes
-FLAG_FAST_ZERO = 2  # WRITE_ZEROES: fail rather than write zeros slowly (never slow here)
-FLAG_NO_HOLE = 4    # WRITE_ZEROES: keep the range allocated
-FLAGS_KNOWN = FLAG_FUA | FLAG_FAST_ZERO | FLAG_NO_HOLE
+#: descriptor flags (u16). The low byte is never used: a protocol's flag word that reaches the
+#: controller untranslated has its bits there, and is refused as unknown
+FLAG_FUA = 1 << 8        # the write is durable before it completes
+FLAG_NO_HOLE = 1 << 9    # WRITE_ZEROES: keep the range allocated
+FLAG_FAST_ZERO = 1 << 10  # WRITE_ZEROES: fail rather than write zeros slowly (never slow here)
+FLAGS_KNOWN = FLAG_FUA | FLAG_NO_HOLE | FLAG_FAST_ZERO
 #: WRITE, TRIM, WRITE_ZEROES: the range need not be block-aligned; the controller reads, modifies and
 #: writes the partial blocks when it executes the request, so it stays one request in the sequence
-FLAG_SUB_BLOCK = 8
+FLAG_SUB_BLOCK = 1 << 11
 
 #: ops that change the bytes of a LUN (marked in its epoch map, forwarded on the mirror path)
 DATA_OPS = frozenset((Op.WRITE, Op.TRIM, Op.WRITE_ZEROES))
 #: ops with an (offset, length) range that must be in bounds and aligned
 RANGE_OPS = frozenset((Op.READ, Op.WRITE, Op.TRIM, Op.WRITE_ZEROES, Op.CACHE))
 
-#: NBD base:allocation bits reported by Controller.allocation
-STATE_HOLE = 1
-STATE_ZERO = 2
+#: allocation states Controller.allocation reports for an extent (0: allocated data)
+STATE_HOLE = 1 << 0   # not allocated on the device
+STATE_ZERO = 1 << 1   # reads as zeros
 
 
 def label_bytes(label) -> bytes:

@@ -20,6 +20,7 @@ from nbd_raw import RawClient
 from splitpoint import config
 from splitpoint.demo import ServerProcess
 from splitpoint.firmware.controller import Controller
+from splitpoint.firmware.requests import Op
 
 MiB = 1 << 20
 LUN_SIZE = 64 * MiB
@@ -185,7 +186,7 @@ def _frontend_scenario(body, **budget):
         ctl = Controller.from_config(config.loads(SERVE_CONFIG))
         lun = ctl.luns["lun0"]
         for i in range(LUN_SIZE // MiB):          # every MiB of the LUN holds its own number
-            ctl.submit(lun, 1, i * MiB, MiB, bytes([i]) * MiB)
+            ctl.submit(lun, Op.WRITE, i * MiB, MiB, bytes([i]) * MiB)
         ctl.poll(1024)
         fe = FrontEnd(ctl, **budget)
 

@@ -751,7 +751,6 @@ def test_a_flood_of_pipelined_requests_is_answered():
 
 
 def test_listen_addresses_and_labels():
-    from splitpoint.firmware.frontend.exports import request_flags
     from splitpoint.firmware.triggers import special_lun_label as label_from_bytes
     from splitpoint.firmware.frontend.service import parse_listen
 
@@ -764,7 +763,6 @@ def test_listen_addresses_and_labels():
     assert label_from_bytes(b"nightly\0garbage") == b"nightly"
     assert label_from_bytes(b"\0" * 512) is None
     assert label_from_bytes(b"x" * 100) == b"x" * 64
-    assert request_flags(FLAG["FUA"] | FLAG["NO_HOLE"] | FLAG["FAST_ZERO"]) == 1 | 4 | 2
 
 
 def test_reading_a_recycled_backup_fails_with_eio_and_a_message(fresh_server):

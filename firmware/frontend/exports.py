@@ -24,13 +24,7 @@ import datetime
 import re
 
 from splitpoint.firmware import triggers
-from splitpoint.firmware.frontend.nbd.proto import (
-    MAX_REQUEST, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_FLAG_CAN_MULTI_CONN,
-    NBD_FLAG_HAS_FLAGS, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_CACHE, NBD_FLAG_SEND_DF, NBD_FLAG_SEND_FAST_ZERO,
-    NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM, NBD_FLAG_SEND_WRITE_ZEROES,
-    NBD_STATE_ZERO,
-)
-from splitpoint.firmware.requests import FLAG_FAST_ZERO, FLAG_FUA, FLAG_NO_HOLE, Op
+from splitpoint.firmware.requests import STATE_ZERO, Op
 
 #: size of the special LUN; large enough for any client's first write
 TRIGGER_LUN_SIZE = 1 << 20
@@ -39,18 +33,6 @@ TRIGGER_LUN_BLOCK = 512
 PREFERRED_BLOCK = 4096
 
 _BACKUP_NAME = re.compile(r"^(?P<lun>[A-Za-z0-9.]+?)\.(?:t(?P<id>[1-9][0-9]*)|(?P<latest>latest))$")
-
-
-def request_flags(nbd_flags: int) -> int:
-    """Controller request flags for NBD command flags."""
-    flags = 0
-    if nbd_flags & NBD_CMD_FLAG_FUA:
-        flags |= FLAG_FUA
-    if nbd_flags & NBD_CMD_FLAG_FAST_ZERO:
-        flags |= FLAG_FAST_ZERO
-    if nbd_flags & NBD_CMD_FLAG_NO_HOLE:
-        flags |= FLAG_NO_HOLE
-    return flags
 
 
 def _when(value) -> str:
@@ -71,8 +53,9 @@ def describe_backup(lun_name: str, info) -> str:
 class Export:
     """What a connection needs to know about an export, and its request handlers.
 
-    Handlers are called only after the connection validated flags, bounds and alignment;
-    each one eventually calls exactly one ``conn.reply_*`` for the cookie.
+    Handlers are called only after the NBD edge validated the request (flags, bounds, alignment)
+    and translated it: ``flags`` are the controller's request flags (``firmware/requests.py``).
+    Each one eventually calls exactly one ``conn.reply_*`` for the cookie.
     """
 
     name = ""
@@ -83,23 +66,13 @@ class Export:
     #: whether base:allocation is meaningful (else every extent is reported allocated)
     allocation = False
 
-    def transmission_flags(self, structured: bool) -> int:
-        flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE
-        if structured:
-            flags |= NBD_FLAG_SEND_DF
-        if self.read_only:
-            flags |= NBD_FLAG_READ_ONLY
-        else:
-            flags |= (NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES
-                      | NBD_FLAG_SEND_FAST_ZERO)
-        return flags
-
-    def block_sizes(self) -> tuple[int, int, int]:
-        """(minimum, preferred, maximum payload) for NBD_INFO_BLOCK_SIZE."""
-        return self.block_size, max(PREFERRED_BLOCK, self.block_size), MAX_REQUEST
+    @property
+    def preferred_block(self) -> int:
+        """The block size a client should use: at least PREFERRED_BLOCK."""
+        return max(PREFERRED_BLOCK, self.block_size)
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
-        """base:allocation extents as (length, flags); the default: all allocated."""
+        """Extents as (length, controller allocation states); the default: all allocated."""
         return [(length, 0)]
 
 
@@ -126,18 +99,18 @@ class LunExport(Export):
 
 
     def write(self, conn, cookie, offset, data, flags):
-        self.fe.submit(conn, self.lun, Op.WRITE, offset, len(data), data, request_flags(flags), None,
+        self.fe.submit(conn, self.lun, Op.WRITE, offset, len(data), data, flags, None,
                        conn.ok_callback(cookie))
 
     def flush(self, conn, cookie, flags):
         self.fe.submit(conn, self.lun, Op.FLUSH, 0, 0, None, 0, None, conn.ok_callback(cookie))
 
     def trim(self, conn, cookie, offset, length, flags):
-        self.fe.submit(conn, self.lun, Op.TRIM, offset, length, None, request_flags(flags), None,
+        self.fe.submit(conn, self.lun, Op.TRIM, offset, length, None, flags, None,
                        conn.ok_callback(cookie))
 
     def write_zeroes(self, conn, cookie, offset, length, flags):
-        self.fe.submit(conn, self.lun, Op.WRITE_ZEROES, offset, length, None, request_flags(flags), None,
+        self.fe.submit(conn, self.lun, Op.WRITE_ZEROES, offset, length, None, flags, None,
                        conn.ok_callback(cookie))
 
     def cache(self, conn, cookie, offset, length, flags):
@@ -186,13 +159,13 @@ class TriggerPathExport(LunExport):
         self.fe.submit(conn, self.lun, Op.TRIGGER, 0, 0, None, 0, None, join)
 
     def write(self, conn, cookie, offset, data, flags):
-        self._then_trigger(conn, cookie, Op.WRITE, offset, len(data), data, request_flags(flags))
+        self._then_trigger(conn, cookie, Op.WRITE, offset, len(data), data, flags)
 
     def trim(self, conn, cookie, offset, length, flags):
-        self._then_trigger(conn, cookie, Op.TRIM, offset, length, None, request_flags(flags))
+        self._then_trigger(conn, cookie, Op.TRIM, offset, length, None, flags)
 
     def write_zeroes(self, conn, cookie, offset, length, flags):
-        self._then_trigger(conn, cookie, Op.WRITE_ZEROES, offset, length, None, request_flags(flags))
+        self._then_trigger(conn, cookie, Op.WRITE_ZEROES, offset, length, None, flags)
 
 
 class TriggerLunExport(Export):
@@ -230,7 +203,7 @@ class TriggerLunExport(Export):
         conn.reply_ok(cookie)
 
     def block_status(self, offset, length):
-        return [(length, NBD_STATE_ZERO)]
+        return [(length, STATE_ZERO)]
 
 
 class BackupExport(Export):

@@ -22,7 +22,10 @@ import logging
 import struct
 
 from splitpoint.firmware.frontend.nbd.proto import (
-    EXPORT_NAME_REPLY, INFO_BLOCK_SIZE_PAYLOAD, INFO_EXPORT_PAYLOAD, MAX_OPTION, NBD_FLAG_C_KNOWN,
+    EXPORT_NAME_REPLY, INFO_BLOCK_SIZE_PAYLOAD, INFO_EXPORT_PAYLOAD, MAX_OPTION, MAX_REQUEST,
+    NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_C_KNOWN, NBD_FLAG_HAS_FLAGS, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_CACHE,
+    NBD_FLAG_SEND_DF, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
+    NBD_FLAG_SEND_WRITE_ZEROES,
     NBD_FLAG_C_NO_ZEROES, NBD_IHAVEOPT, NBD_INFO_BLOCK_SIZE, NBD_INFO_DESCRIPTION, NBD_INFO_EXPORT,
     NBD_INFO_NAME, NBD_MAX_STRING, NBD_META_BASE_ALLOCATION, NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
     NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS,
@@ -40,6 +43,18 @@ META_CONTEXT_ID = 1
 
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
+
+
+def transmission_flags(export, structured: bool) -> int:
+    """The transmission flags an export is offered with (what a client may send it)."""
+    flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE
+    if structured:
+        flags |= NBD_FLAG_SEND_DF
+    if export.read_only:
+        flags |= NBD_FLAG_READ_ONLY
+    else:
+        flags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO
+    return flags
 
 
 def option_reply(option: int, reply: int, payload: bytes = b"") -> bytes:
@@ -156,7 +171,7 @@ class Handshake:
         if export is None:
             self._violation(f"NBD_OPT_EXPORT_NAME for unknown export {name!r}")
             return
-        reply = EXPORT_NAME_REPLY.pack(export.size, export.transmission_flags(self._structured))
+        reply = EXPORT_NAME_REPLY.pack(export.size, transmission_flags(export, self._structured))
         if not self._no_zeroes:
             reply += bytes(124)
         self.transport.write(reply)
@@ -253,9 +268,10 @@ class Handshake:
         if export is None:
             self._opt_reply(opt, NBD_REP_ERR_UNKNOWN, f"no export named {name!r}; list them with NBD_OPT_LIST")
             return
-        info = INFO_EXPORT_PAYLOAD.pack(NBD_INFO_EXPORT, export.size, export.transmission_flags(self._structured))
+        info = INFO_EXPORT_PAYLOAD.pack(NBD_INFO_EXPORT, export.size, transmission_flags(export, self._structured))
         self._opt_reply(opt, NBD_REP_INFO, info)
-        sizes = INFO_BLOCK_SIZE_PAYLOAD.pack(NBD_INFO_BLOCK_SIZE, *export.block_sizes())
+        sizes = INFO_BLOCK_SIZE_PAYLOAD.pack(NBD_INFO_BLOCK_SIZE, export.block_size, export.preferred_block,
+                                             MAX_REQUEST)
         self._opt_reply(opt, NBD_REP_INFO, sizes)
         if NBD_INFO_NAME in requests:
             self._opt_reply(opt, NBD_REP_INFO, _U16.pack(NBD_INFO_NAME) + export.name.encode())

@@ -1,9 +1,11 @@
 """NBD replies: simple and structured replies, errors, and the per-loop-turn write of them.
 
-Owns what goes back to a client in the transmission phase. Replies are gathered per connection
-and written once per loop turn, after the front end's ``ctl.poll()`` (``flush_output``); every
-reply moves its request's charge from "in flight" to "unsent" (see ``transmission``). Nothing
-here parses, validates or queues a request.
+Owns what goes back to a client in the transmission phase, and the translation of what the
+controller answers into NBD's numbers: its errnos (``NBD_ERRORS``, one table) and its allocation
+states (``NBD_STATES``). Replies are gathered per connection and written once per loop turn,
+after the front end's ``ctl.poll()`` (``flush_output``); every reply moves its request's charge
+from "in flight" to "unsent" (see ``transmission``). Nothing here parses, validates or queues a
+request.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from splitpoint.firmware.frontend.nbd.proto import (
     ERROR_HEAD, NBD_EINVAL, NBD_EIO, NBD_ENOMEM, NBD_ENOSPC, NBD_ENOTSUP, NBD_EOVERFLOW, NBD_EPERM,
     NBD_ERROR_NAMES, NBD_ESHUTDOWN, NBD_MAX_STRING, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
     NBD_REPLY_TYPE_ERROR, NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA, NBD_SIMPLE_REPLY_MAGIC,
-    NBD_STRUCTURED_REPLY_MAGIC, OFFSET_DATA_HEAD, SIMPLE_REPLY, STRUCTURED_REPLY,
+    NBD_STATE_HOLE, NBD_STATE_ZERO, NBD_STRUCTURED_REPLY_MAGIC, OFFSET_DATA_HEAD, SIMPLE_REPLY, STRUCTURED_REPLY,
 )
+from splitpoint.firmware.requests import STATE_HOLE, STATE_ZERO
 
 log = logging.getLogger("splitpoint.nbd")
 
@@ -35,6 +38,11 @@ NBD_ERRORS = {
     errno.EOVERFLOW: NBD_EOVERFLOW, errno.ENOTSUP: NBD_ENOTSUP, errno.EOPNOTSUPP: NBD_ENOTSUP,
     errno.ESHUTDOWN: NBD_ESHUTDOWN,
 }
+
+#: the controller's allocation states (``Controller.allocation``) -> NBD base:allocation flags
+_STATE_PAIRS = ((STATE_HOLE, NBD_STATE_HOLE), (STATE_ZERO, NBD_STATE_ZERO))
+NBD_STATES = {hole | zero: sum(theirs for ours, theirs in _STATE_PAIRS if (hole | zero) & ours)
+              for hole in (0, STATE_HOLE) for zero in (0, STATE_ZERO)}
 
 
 def nbd_error(code) -> int:
@@ -200,3 +208,51 @@ class Replies:
             self._release(cost)
         if self._disc and not self._inflight:
             self.transport.close()
+
+
+class SubBlock:
+    """The connection as an export sees it for one request that is not aligned to the export's block.
+
+    A READ is asked of the export in whole blocks and its reply cut to the bytes the client asked
+    for (``offset``, ``skip`` bytes into the blocks, ``length`` bytes). A WRITE, TRIM or
+    WRITE_ZEROES goes to the export as it came: ``sub_block`` makes the front end submit it to the
+    controller as a sub-block request, which reads, modifies and writes the partial blocks in
+    sequence. Every reply goes to the connection under the client's cookie.
+    """
+
+    __slots__ = ("conn", "offset", "skip", "length")
+    sub_block = True
+
+    def __init__(self, conn, offset=0, skip=0, length=0):
+        self.conn, self.offset, self.skip, self.length = conn, offset, skip, length
+
+    def pause(self, why):
+        self.conn.pause(why)
+
+    def resume(self, why):
+        self.conn.resume(why)
+
+    def ok_callback(self, cookie):
+        return self.conn.ok_callback(cookie)
+
+    def read_callback(self, cookie, offset):
+        return functools.partial(self._on_read, cookie)
+
+    def _on_read(self, cookie, completion):
+        if completion.error is not None:
+            self.conn.reply_exception(cookie, completion.error)
+        else:
+            self.reply_data(cookie, self.offset, completion.data)
+
+    def reply_data(self, cookie, offset, data):
+        self.conn.reply_data(cookie, self.offset, bytes(memoryview(data)[self.skip:self.skip + self.length]))
+
+    def reply_ok(self, cookie):
+        self.conn.reply_ok(cookie)
+
+    def reply_error(self, cookie, error, message=""):
+        self.conn.reply_error(cookie, error, message)
+
+    def reply_exception(self, cookie, exc, message=None):
+        self.conn.reply_exception(cookie, exc, message)
+

@@ -1,9 +1,12 @@
-"""The NBD transmission phase: parse each request, validate it against the export, dispatch it.
+"""The NBD transmission phase: parse each request, validate it, translate it, dispatch it.
 
 Owns what a connection does with requests: cutting them out of the receive buffer (the
-``nbdwire`` kernel), validating each one against the export it negotiated, queueing it on the
-controller (directly for READ/WRITE of a plain LUN export, through its export otherwise), and
-the connection's memory budget. It never executes I/O and never blocks the loop.
+``nbdwire`` kernel), validating each one once against the export it negotiated (``_validate``,
+as nbdkit's ``validate_request``), translating it once into the controller's own opcode and
+flags (``CONTROLLER_OPS``, ``CONTROLLER_FLAGS``), and queueing it on the controller (directly for
+READ/WRITE of a plain LUN export, through its export otherwise); and the connection's memory
+budget. Below this module no one sees an NBD number. It never executes I/O and never blocks the
+loop.
 
 Memory: every request is charged, from the moment it is parsed until its reply has left the
 transport's buffer, against the connection's budget and the front end's total (a READ or WRITE
@@ -17,11 +20,11 @@ Protocol notes (doc/proto.md):
 - a client that negotiated no block size may send requests of any alignment: READ, CACHE and
   BLOCK_STATUS are widened to whole blocks here, WRITE, TRIM and WRITE_ZEROES go to the
   controller as sub-block requests (it reads, modifies and writes the partial blocks in
-  sequence); for a client that did ask, unaligned I/O is NBD_EINVAL;
-- errors: unknown command or flag and unaligned I/O (see above) -> NBD_EINVAL; past the end -> NBD_ENOSPC for writes,
-  NBD_EINVAL otherwise; writes to a read-only export -> NBD_EPERM; while stopping -> NBD_ESHUTDOWN; a READ
-  above 64 MiB -> NBD_EOVERFLOW with structured replies (NBD_EINVAL without); a WRITE above 64 MiB has
-  its payload skipped and gets NBD_EINVAL;
+  sequence); for a client that did ask, unaligned I/O is EINVAL;
+- errors: unknown command or flag and unaligned I/O (see above) -> EINVAL; past the end ->
+  ENOSPC for writes, EINVAL otherwise; writes to a read-only export -> EPERM; while stopping ->
+  ESHUTDOWN; a READ above 64 MiB -> EOVERFLOW with structured replies (EINVAL without); a WRITE
+  above 64 MiB has its payload skipped and gets EINVAL;
 - a bad request magic is a protocol violation: that client is disconnected.
 """
 from __future__ import annotations
@@ -37,8 +40,8 @@ from splitpoint.firmware.frontend.nbd.proto import (
     NBD_EPERM, NBD_ESHUTDOWN, NBD_REQUEST_MAGIC, REQUEST,
 )
 from splitpoint.firmware.frontend.nbd.handshake import CLOSED, META_CONTEXT_ID, TRANSMISSION
-from splitpoint.firmware.frontend.nbd.replies import block_status_chunk
-from splitpoint.firmware.requests import FLAG_FUA, Op
+from splitpoint.firmware.frontend.nbd.replies import NBD_STATES, SubBlock, block_status_chunk
+from splitpoint.firmware.requests import FLAG_FAST_ZERO, FLAG_FUA, FLAG_NO_HOLE, Op
 from splitpoint.pyx import select as _select_kernel
 
 log = logging.getLogger("splitpoint.nbd")
@@ -60,10 +63,23 @@ _scan = _kernel.scan
 # the kernel reads headers with its own copy of the layout (a kernel imports nothing from above it)
 if (_kernel.REQUEST_MAGIC, _kernel.HEADER, _kernel.CMD_WRITE) != (NBD_REQUEST_MAGIC, REQUEST.size, NBD_CMD_WRITE):
     raise ImportError("the nbdwire kernel's request layout differs from nbd.proto's")
+
+#: NBD command -> the controller's opcode; DISC and BLOCK_STATUS are answered here, never queued
+CONTROLLER_OPS = {
+    NBD_CMD_READ: Op.READ, NBD_CMD_WRITE: Op.WRITE, NBD_CMD_FLUSH: Op.FLUSH, NBD_CMD_TRIM: Op.TRIM,
+    NBD_CMD_CACHE: Op.CACHE, NBD_CMD_WRITE_ZEROES: Op.WRITE_ZEROES,
+}
+#: NBD command flag -> the controller's request flag; DF and REQ_ONE shape the reply and stop here
+_FLAG_PAIRS = ((NBD_CMD_FLAG_FUA, FLAG_FUA), (NBD_CMD_FLAG_NO_HOLE, FLAG_NO_HOLE),
+               (NBD_CMD_FLAG_FAST_ZERO, FLAG_FAST_ZERO))
+_NBD_FLAGS = (NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE
+              | NBD_CMD_FLAG_FAST_ZERO)
+#: a validated request's NBD flag word (a subset of _NBD_FLAGS) -> the controller's flags, by index
+CONTROLLER_FLAGS = tuple(sum(ours for theirs, ours in _FLAG_PAIRS if word & theirs) for word in range(_NBD_FLAGS + 1))
+
 _OP_READ = int(Op.READ)
 _OP_WRITE = int(Op.WRITE)
 _WRITE_CMDS = (NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES)
-_NBD_FUA = NBD_CMD_FLAG_FUA   # the only flag a fast-path WRITE may carry (wmask drops the rest)
 
 
 class Transmission:
@@ -77,9 +93,10 @@ class Transmission:
         payloads copied, large ones lent as slices of the buffer, which is then retired); what
         it leaves to this method is a bad magic or an oversized WRITE at the position it stopped.
         A request the budget does not admit ends parsing at its own position (it is scanned again
-        once room frees). The fast path is the generic one with the dispatch layers folded in: the
-        same checks (flags, alignment, bounds, not stopping, nothing held back by a full ring),
-        then straight to ``ctl.submit``. Anything it does not take goes through ``_request``.
+        once room frees). The fast path takes only requests ``_validate`` would pass (its checks,
+        inlined: flags, alignment, bounds, not stopping, nothing held back by a full ring),
+        translates them with the same tables and goes straight to ``ctl.submit``. Anything it
+        does not take goes through ``_request``.
         """
         request = self._request
         fast = self._fast
@@ -93,13 +110,14 @@ class Transmission:
         client_bytes, total_bytes = fe.client_bytes, fe.total_bytes
         # the charges, kept in locals over the fast path and written back before anything else runs
         held, all_held = self._held, fe.held
+        header, write_cmd, ctl_flags = _HEADER, NBD_CMD_WRITE, CONTROLLER_FLAGS   # locals: read per request
         while True:
             requests, _stop, want = _scan(buf, pos, n, LEND_MIN, MAX_REQUEST)
             for cmd, flags, cookie, offset, length, payload in requests:
                 here = pos
-                pos += _HEADER + length if cmd == NBD_CMD_WRITE else _HEADER
+                pos += header + length if cmd == write_cmd else header
                 if cmd != NBD_CMD_DISC:     # DISC gets no reply and holds nothing
-                    cost = length if cmd <= NBD_CMD_WRITE else _SMALL_COST
+                    cost = length if cmd <= write_cmd else _SMALL_COST
                     if (held and (held + cost > client_bytes or self._inflight >= _PAUSE_INFLIGHT)
                             or all_held and all_held + cost > total_bytes):
                         self._held, fe.held = held, all_held
@@ -111,17 +129,16 @@ class Transmission:
                         self._charge_again(cookie, cost)
                     else:
                         costs[cookie] = cost
-                if (lun is not None and cmd <= NBD_CMD_WRITE and not (offset | length) & bsmask and length
+                if (lun is not None and cmd <= write_cmd and not (offset | length) & bsmask and length
                         and offset + length <= size):
-                    if cmd == NBD_CMD_WRITE:
+                    if cmd == write_cmd:
                         if length >= LEND_MIN:
                             self._lent = True
                         if not flags & wmask:
                             self._inflight += 1
                             try:
-                                # NBD flags become the controller's here, never passed through raw
-                                submit(lun, _OP_WRITE, offset, length, payload,
-                                       FLAG_FUA if flags & _NBD_FUA else 0, None, partial(on_write, cookie))
+                                submit(lun, _OP_WRITE, offset, length, payload, ctl_flags[flags], None,
+                                       partial(on_write, cookie))
                                 continue
                             except (QueueFullError, ShuttingDownError):
                                 self._inflight -= 1
@@ -134,7 +151,7 @@ class Transmission:
                         except (QueueFullError, ShuttingDownError):
                             self._inflight -= 1
                             lun = None
-                elif cmd == NBD_CMD_WRITE and length >= LEND_MIN:
+                elif cmd == write_cmd and length >= LEND_MIN:
                     self._lent = True
                 self._held, fe.held = held, all_held
                 request(cmd, flags, cookie, offset, length, payload)   # may reply at once (and charge)
@@ -253,99 +270,104 @@ class Transmission:
         self._bsmask = export.block_size - 1
         self._size = export.size
         if self._fast_lun is not None:
-            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read, ~self._allowed[NBD_CMD_WRITE],
-                          ~self._allowed[NBD_CMD_READ], self._bsmask, self._size)
+            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read,
+                          ~self._allowed[NBD_CMD_WRITE], ~self._allowed[NBD_CMD_READ], self._bsmask, self._size)
         self._phase = TRANSMISSION
         self._want = _HEADER
         log.debug("%s: transmission on export %r", self.peer, export.name)
 
     # --- transmission ----------------------------------------------------------------------
+    def _validate(self, cmd, flags, offset, length):
+        """None if the request may be served, else (NBD error, message): every rule, in one place.
+
+        As nbdkit's ``validate_request``: a known command, flags valid for it on this export, the
+        server not stopping, no write to a read-only export, FLUSH without a range, a READ within
+        the size limit, the range inside the export, alignment unless the client negotiated no
+        block size, and BLOCK_STATUS only with a range and a selected metadata context.
+        """
+        allowed = self._allowed.get(cmd)
+        if allowed is None:
+            return NBD_EINVAL, f"unknown command {cmd}"
+        export = self.export
+        name = NBD_CMD_NAMES[cmd]
+        if self.fe.stopping:
+            return NBD_ESHUTDOWN, "server is shutting down"
+        if export.read_only and cmd in _WRITE_CMDS:
+            return NBD_EPERM, f"{name} on read-only export {export.name!r}"
+        if flags & ~allowed:
+            return NBD_EINVAL, f"command flags {flags & ~allowed:#x} are not valid for {name}"
+        if cmd == NBD_CMD_FLUSH:
+            return (NBD_EINVAL, "FLUSH must have offset and length 0") if offset or length else None
+        if cmd == NBD_CMD_READ and length > MAX_REQUEST:
+            return (NBD_EOVERFLOW if self._structured else NBD_EINVAL,
+                    f"READ of {length} bytes is over the {MAX_REQUEST}-byte limit")
+        size = export.size
+        if offset > size or length > size - offset:
+            return (NBD_ENOSPC if cmd in (NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES) else NBD_EINVAL,
+                    f"{name} [{offset}, +{length}) is past the end of {export.name!r} ({size} bytes)")
+        bs = export.block_size
+        if (offset % bs or length % bs) and not self._any_alignment:
+            return NBD_EINVAL, f"{name} [{offset}, +{length}) is not aligned to the minimum block size {bs}"
+        if cmd == NBD_CMD_BLOCK_STATUS:
+            if length == 0:
+                return NBD_EINVAL, "BLOCK_STATUS of 0 bytes"
+            if not self._meta_ok:
+                return NBD_EINVAL, "BLOCK_STATUS without a metadata context (select base:allocation)"
+        return None
+
     def _request(self, cmd, flags, cookie, offset, length, payload):
+        """Validate one request, translate it into the controller's opcode and flags, dispatch it."""
         if cmd == NBD_CMD_DISC:
             self._disconnect()
             return
         self._inflight += 1
-        allowed = self._allowed.get(cmd)
-        if allowed is None:
-            self.reply_error(cookie, NBD_EINVAL, f"unknown command {cmd}")
+        refused = self._validate(cmd, flags, offset, length)
+        if refused is not None:
+            self.reply_error(cookie, *refused)
             return
+        if cmd == NBD_CMD_BLOCK_STATUS:
+            self._block_status(cookie, offset, length, flags)
+            return
+        op, flags = CONTROLLER_OPS[cmd], CONTROLLER_FLAGS[flags]
         export = self.export
-        name = NBD_CMD_NAMES[cmd]
-        if self.fe.stopping:
-            self.reply_error(cookie, NBD_ESHUTDOWN, "server is shutting down")
-            return
-        if export.read_only and cmd in _WRITE_CMDS:
-            self.reply_error(cookie, NBD_EPERM, f"{name} on read-only export {export.name!r}")
-            return
-        if flags & ~allowed:
-            self.reply_error(cookie, NBD_EINVAL, f"command flags {flags & ~allowed:#x} are not valid for {name}")
-            return
-        if cmd == NBD_CMD_FLUSH:
-            if offset or length:
-                self.reply_error(cookie, NBD_EINVAL, "FLUSH must have offset and length 0")
-                return
+        if op == Op.FLUSH:
             export.flush(self, cookie, flags)
-            return
-        if cmd == NBD_CMD_READ and length > MAX_REQUEST:
-            self.reply_error(cookie, NBD_EOVERFLOW if self._structured else NBD_EINVAL,
-                             f"READ of {length} bytes is over the {MAX_REQUEST}-byte limit")
-            return
-        size = export.size
-        if offset > size or length > size - offset:
-            err = NBD_ENOSPC if cmd in (NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES) else NBD_EINVAL
-            self.reply_error(cookie, err, f"{name} [{offset}, +{length}) is past the end of "
-                                          f"{export.name!r} ({size} bytes)")
-            return
-        bs = export.block_size
-        if (offset % bs or length % bs) and not self._any_alignment:
-            self.reply_error(cookie, NBD_EINVAL, f"{name} [{offset}, +{length}) is not aligned to the "
-                                             f"minimum block size {bs}")
-            return
-        if length == 0:
-            if cmd == NBD_CMD_BLOCK_STATUS:
-                self.reply_error(cookie, NBD_EINVAL, "BLOCK_STATUS of 0 bytes")
-            elif cmd == NBD_CMD_READ:
+        elif length == 0:
+            if op == Op.READ:
                 self.reply_data(cookie, offset, b"")
             else:
                 self.reply_ok(cookie)
-            return
-        if (offset | length) & (bs - 1):
-            self._sub_block(cmd, flags, cookie, offset, length, payload)
-        elif cmd == NBD_CMD_READ:
+        elif (offset | length) & (export.block_size - 1):
+            self._sub_block(op, flags, cookie, offset, length, payload)
+        elif op == Op.READ:
             export.read(self, cookie, offset, length, flags)
-        elif cmd == NBD_CMD_WRITE:
+        elif op == Op.WRITE:
             export.write(self, cookie, offset, payload, flags)
-        elif cmd == NBD_CMD_WRITE_ZEROES:
+        elif op == Op.WRITE_ZEROES:
             export.write_zeroes(self, cookie, offset, length, flags)
-        elif cmd == NBD_CMD_TRIM:
+        elif op == Op.TRIM:
             export.trim(self, cookie, offset, length, flags)
-        elif cmd == NBD_CMD_CACHE:
-            export.cache(self, cookie, offset, length, flags)
         else:
-            self._block_status(cookie, offset, length, flags)
+            export.cache(self, cookie, offset, length, flags)
 
-    def _sub_block(self, cmd, flags, cookie, offset, length, payload):
+    def _sub_block(self, op, flags, cookie, offset, length, payload):
         """A request not aligned to the export's block size, from a client that negotiated none."""
         export = self.export
         bs = export.block_size
         start, stop = offset - offset % bs, -(-(offset + length) // bs) * bs
-        if cmd == NBD_CMD_READ:
-            export.read(_SubBlock(self, offset, offset - start, length), cookie, start, stop - start, flags)
-        elif cmd == NBD_CMD_CACHE:
+        if op == Op.READ:
+            export.read(SubBlock(self, offset, offset - start, length), cookie, start, stop - start, flags)
+        elif op == Op.CACHE:
             export.cache(self, cookie, start, stop - start, flags)
-        elif cmd == NBD_CMD_BLOCK_STATUS:
-            self._block_status(cookie, offset, length, flags)
-        elif cmd == NBD_CMD_WRITE:
-            export.write(_SubBlock(self), cookie, offset, payload, flags)
-        elif cmd == NBD_CMD_WRITE_ZEROES:
-            export.write_zeroes(_SubBlock(self), cookie, offset, length, flags)
+        elif op == Op.WRITE:
+            export.write(SubBlock(self), cookie, offset, payload, flags)
+        elif op == Op.WRITE_ZEROES:
+            export.write_zeroes(SubBlock(self), cookie, offset, length, flags)
         else:
-            export.trim(_SubBlock(self), cookie, offset, length, flags)
+            export.trim(SubBlock(self), cookie, offset, length, flags)
 
     def _block_status(self, cookie, offset, length, flags):
-        if not self._meta_ok:
-            self.reply_error(cookie, NBD_EINVAL, "BLOCK_STATUS without a metadata context (select base:allocation)")
-            return
+        """A validated BLOCK_STATUS: the export's extents (controller states) as NBD base:allocation."""
         bs = self.export.block_size
         start = offset - offset % bs       # asked of the export in whole blocks, the head cut off below
         try:
@@ -374,7 +396,8 @@ class Transmission:
                 clipped.append((ext_len, ext_flags))
                 covered += ext_len
             extents = clipped[: 1 << 20]
-        self._send(cookie, block_status_chunk(cookie, META_CONTEXT_ID, extents))
+        states = NBD_STATES
+        self._send(cookie, block_status_chunk(cookie, META_CONTEXT_ID, [(n, states[f]) for n, f in extents]))
 
     def _disconnect(self):
         """NBD_CMD_DISC: serve what is in flight, then close."""
@@ -383,50 +406,3 @@ class Transmission:
         self.transport.pause_reading()
         if not self._inflight and not self._out:
             self.transport.close()
-
-class _SubBlock:
-    """The connection as an export sees it for one request that is not aligned to the export's block.
-
-    A READ is asked of the export in whole blocks and its reply cut to the bytes the client asked
-    for (``offset``, ``skip`` bytes into the blocks, ``length`` bytes). A WRITE, TRIM or
-    WRITE_ZEROES goes to the export as it came: ``sub_block`` makes the front end submit it to the
-    controller as a sub-block request, which reads, modifies and writes the partial blocks in
-    sequence. Every reply goes to the connection under the client's cookie.
-    """
-
-    __slots__ = ("conn", "offset", "skip", "length")
-    sub_block = True
-
-    def __init__(self, conn, offset=0, skip=0, length=0):
-        self.conn, self.offset, self.skip, self.length = conn, offset, skip, length
-
-    def pause(self, why):
-        self.conn.pause(why)
-
-    def resume(self, why):
-        self.conn.resume(why)
-
-    def ok_callback(self, cookie):
-        return self.conn.ok_callback(cookie)
-
-    def read_callback(self, cookie, offset):
-        return functools.partial(self._on_read, cookie)
-
-    def _on_read(self, cookie, completion):
-        if completion.error is not None:
-            self.conn.reply_exception(cookie, completion.error)
-        else:
-            self.reply_data(cookie, self.offset, completion.data)
-
-    def reply_data(self, cookie, offset, data):
-        self.conn.reply_data(cookie, self.offset, bytes(memoryview(data)[self.skip:self.skip + self.length]))
-
-    def reply_ok(self, cookie):
-        self.conn.reply_ok(cookie)
-
-    def reply_error(self, cookie, error, message=""):
-        self.conn.reply_error(cookie, error, message)
-
-    def reply_exception(self, cookie, exc, message=None):
-        self.conn.reply_exception(cookie, exc, message)
-
