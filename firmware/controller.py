@@ -5,9 +5,9 @@ cookie, the controller loop (``poll``: drain a batch, execute each request on
 its primary LUN through the HAL, forward it down the mirror paths, complete
 it; then a bounded slice of background work), the TRIGGER split (O(1): the
 epoch advances and the TRIGGER follows the earlier writes down every path),
-the wiring of LUNs, cascades and pools from the configuration, and the
-reports (backups, status, verify). What is persisted when, and what a restart
-may trust, is ``firmware/recovery.py``'s.
+and the reports (backups, status, verify). The LUNs, cascades and pools come
+from ``firmware/topology.py``; what is persisted when, and what a restart may
+trust, is ``firmware/recovery.py``'s.
 
 Threading: producers on any thread only ``submit`` (a push into the MPSC ring
 and a dict insert); everything else runs on the one owner thread, the thread
@@ -32,19 +32,18 @@ from splitpoint import pyx
 from splitpoint.firmware import errors as E
 from splitpoint.firmware.devio import DeviceQueue
 from splitpoint.firmware.group import GroupToken
-from splitpoint.firmware.lun import Lun, LunNode
+from splitpoint.firmware.lun import Lun
 from splitpoint.firmware.manifest import verify_device
 from splitpoint.firmware.metadata import MetadataStore
-from splitpoint.firmware.mirror import MirrorPath
 from splitpoint.firmware.pool import FROZEN, INCONSISTENT, BackupPool, PoolMember
 from splitpoint.firmware.recovery import Recovery
+from splitpoint.firmware.topology import Topology
 from splitpoint.firmware.requests import (FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
                                           Completion, Op, TriggerResult, VerifyResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.requests import FLAG_FUA, FLAG_SUB_BLOCK
-from splitpoint.firmware.resync import Throttle
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
-from splitpoint.hal import HalError, open_device
+from splitpoint.hal import HalError
 
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
@@ -125,14 +124,14 @@ class Controller:
         self._batch = np.zeros(256, dtype=self._dtype)
         self._entries: dict[int, tuple] = {}
         self._cookies = itertools.count(1)
-        self.luns: dict[str, Lun] = {}
-        self._pools: list[BackupPool] = []
-        self._nodes: list[LunNode] = []          # primary backup LUNs (cascade hops)
-        self._paths: list[MirrorPath] = []
-        self._async_paths: list[MirrorPath] = []
-        self._devices = []
-        self._roles: list[tuple[str, str, object]] = []   # (what, url, device) of every device opened
-        self._queues: dict = {}                   # DeviceQueue -> PoolMember: members behind a slow link
+        self.topology = Topology(config, queue_event=self._queue_event, pool_changed=self._pool_changed,
+                                 backups_changed=self._backups_changed)
+        topo = self.topology
+        self.luns: dict[str, Lun] = topo.luns      # the loop walks the topology's own lists
+        self._pools = topo.pools
+        self._nodes = topo.nodes
+        self._async_paths = topo.async_paths
+        self._queues = topo.queues
         self._late: collections.deque = collections.deque()   # completions of reads a DeviceQueue ran
         self._demotions: dict = {}                # PoolMember -> the error last logged for it
         self.wakeup = None                        # called from any thread by a submit while the owner may be idle
@@ -152,7 +151,7 @@ class Controller:
         try:
             if meta is not None:
                 meta.reserve_seqs(self._ring.next_seq)
-            self._build()
+            topo.build()
             if meta is not None:
                 meta.attach(self.luns, self._async_paths, self._queues)
                 meta.restore()
@@ -188,88 +187,6 @@ class Controller:
             from splitpoint import config as cfgmod
             config = cfgmod.default()
         return cls(config)
-
-    # -- wiring ------------------------------------------------------------------------------
-    def _open(self, url: str, what: str, like=None):
-        try:
-            dev = open_device(url)
-        except HalError as exc:
-            raise E.DeviceOpenError(f"{what}: cannot open {url!r}: {exc}") from None
-        self._devices.append(dev)
-        self._roles.append((what, url, dev))
-        if like is not None and (dev.size != like.size or dev.block_size != like.block_size):
-            raise E.GeometryError(
-                f"{what} {url!r} is {dev.size} bytes with block {dev.block_size}, but it must match its source: "
-                f"{like.size} bytes with block {like.block_size}")
-        return dev
-
-    def _build(self) -> None:
-        cfg = self.config
-        for lc in cfg.luns:
-            dev = self._open(lc.url, f"LUN {lc.name}")
-            if cfg.chunk_size % dev.block_size:
-                raise E.GeometryError(f"chunk_size {cfg.chunk_size} is not a multiple of LUN {lc.name}'s "
-                                      f"block size {dev.block_size}")
-            lun = Lun(lc.name, dev, cfg.chunk_size, known_zero=not dev.persistent, url=lc.url)
-            self.luns[lc.name] = lun
-            if lc.pool is not None:
-                self._add_pool(lun, lun, lc.pool, f"{lc.name}.pool")
-            if lc.backup is not None:
-                bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
-                node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
-                               known_zero=not bdev.persistent, url=lc.backup.url)
-                lun.backup_node = node
-                self._nodes.append(node)
-                self._add_path(lun, node, lc.backup.mirror)
-                if bdev.persistent or dev.persistent:
-                    node.start_sweep(0)   # nothing says the two hold the same bytes yet
-                if lc.backup.pool is not None:
-                    self._add_pool(lun, node, lc.backup.pool, f"{lc.name}.backup.pool")
-
-    def _queued(self, dev, what: str):
-        """A pool member whose every op waits on a link runs its I/O on a DeviceQueue, off this thread."""
-        if not getattr(dev, "waits_on_link", False):
-            return dev
-        dq = DeviceQueue(dev, what, wakeup=self._queue_event)
-        self._devices[self._devices.index(dev)] = dq   # closing the queue drains it, then closes the device
-        return dq
-
-    def _queue_event(self) -> None:
-        """Any thread: a DeviceQueue finished a read or failed an op; the owner looks at the next poll."""
-        self._idle = False
-        wake = self.wakeup
-        if wake is not None:
-            wake()
-
-    def _add_path(self, source, target, mode: str) -> MirrorPath:
-        path = MirrorPath(source, target, mode, self.config.async_queue_ops, self.config.async_queue_bytes)
-        source.add_path(path)
-        self._paths.append(path)
-        if not path.sync:
-            self._async_paths.append(path)
-        return path
-
-    def _add_pool(self, lun: Lun, source: LunNode, pc, name: str) -> None:
-        devs = [(url, self._queued(self._open(url, f"pool {name} member {i}", like=source.device),
-                                   f"pool {name} member {i}"))
-                for i, url in enumerate(pc.members)]
-        rs = self.config.resync
-        known_zero = (not source.device.persistent and source.zeros.count() == source.zeros.nchunks
-                      and not any(d.persistent for _, d in devs))
-        pool = BackupPool(name, lun.name, source, devs,
-                          region_size=min(self.config.digest_region, max(source.size, 512)),
-                          throttle=Throttle(rs.rate, rs.deadline, rs.slice, source.chunk_size),
-                          known_zero=known_zero, on_change=self._pool_changed,
-                          on_backups_changed=self._backups_changed)
-        if known_zero:
-            first = pool.members[0]
-            first.sweep, first.state = None, "active"   # both sides are fresh RAM: identical zeros
-        for m in pool.members:
-            if isinstance(m.device, DeviceQueue):
-                self._queues[m.device] = m
-        lun.pools.append(pool)
-        self._pools.append(pool)
-        self._add_path(source, pool, pc.mirror)
 
     # -- producers -------------------------------------------------------------------------
     def submit(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
@@ -588,6 +505,13 @@ class Controller:
         except HalError as exc:
             done(None, exc)
 
+    def _queue_event(self) -> None:
+        """Any thread: a DeviceQueue finished a read or failed an op; the owner looks at the next poll."""
+        self._idle = False
+        wake = self.wakeup
+        if wake is not None:
+            wake()
+
     def _deliver_late(self) -> None:
         late_q = self._late
         while late_q:
@@ -898,21 +822,9 @@ class Controller:
                 "queue": {"depth": len(self._ring), "capacity": self._ring.capacity, "next_seq": self._ring.next_seq,
                           "async_mirror_ops": sum(len(p) for p in self._async_paths)},
                 "counters": dict(self.counters),
-                "devices": self._device_status(),
+                "devices": self.topology.device_status(),
                 "kernels": pyx.implementations(),
                 "metadata": None if self.metadata is None else self.metadata.status()}
-
-    def _device_status(self) -> list[dict]:
-        """Per device behind a link (a board): the host's retransmission and reconnect counters."""
-        queues = {dq.device: dq for dq in self._queues}
-        out = []
-        for what, url, dev in self._roles:
-            link = getattr(dev, "link_status", None)
-            if link is not None:
-                dq = queues.get(dev)
-                out.append({"device": what, "url": url, "link": link(),
-                            "queue": None if dq is None else dq.status()})
-        return out
 
     # -- shutdown ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -938,12 +850,7 @@ class Controller:
     def _close_devices(self) -> None:
         if self.metadata is not None:
             self.metadata.close_logs()
-        for dev in self._devices:
-            try:
-                dev.close()
-            except Exception:
-                pass
-        self._devices = []
+        self.topology.close()
 
     def __enter__(self):
         return self

@@ -142,6 +142,11 @@ class BackupPool:
         self.on_backups_changed(self)
 
     # -- transitions ---------------------------------------------------------------------
+    def start_in_sync(self) -> None:
+        """The source and the first member are known to hold the same bytes (both fresh RAM): no resync."""
+        first = self.members[0]
+        first.sweep, first.state = None, ACTIVE
+
     def activate(self, m: PoolMember, notify: bool = True) -> None:
         """Make ``m`` the member that mirrors the source from now on (at start, on a TRIGGER or after a restore)."""
         was_backup = m.state == FROZEN
