@@ -30,7 +30,6 @@ import numpy as np
 
 from splitpoint import pyx
 from splitpoint.firmware import errors as E
-from splitpoint.firmware.devio import DeviceQueue
 from splitpoint.firmware.group import GroupToken
 from splitpoint.firmware.lun import Lun
 from splitpoint.firmware.manifest import verify_device
@@ -41,7 +40,7 @@ from splitpoint.firmware.topology import Topology
 from splitpoint.firmware.requests import (FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
                                           Completion, Op, TriggerResult, VerifyResult, label_bytes,
                                           label_text)
-from splitpoint.firmware.requests import FLAG_FUA, FLAG_SUB_BLOCK
+from splitpoint.firmware.requests import FLAG_SUB_BLOCK
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
 from splitpoint.hal import HalError
 
@@ -52,7 +51,6 @@ _TRIM = int(Op.TRIM)
 _CACHE = int(Op.CACHE)
 _ZEROES = int(Op.WRITE_ZEROES)
 _TRIGGER = int(Op.TRIGGER)
-_OPS = frozenset(int(o) for o in Op)
 _U64 = 1 << 64
 _U32 = 1 << 32
 
@@ -147,6 +145,7 @@ class Controller:
         self._in_poll = False
         self._idle = True                         # the owner may be waiting: the next submit wakes it
         self._released: list = []                 # consistency-group tokens committed since the last poll
+        self._opcode_tables()
         meta = self.metadata
         try:
             if meta is not None:
@@ -311,55 +310,26 @@ class Controller:
                                            for _seq, offset, cookie, length, op, _flags in descs
                                            if (op == _WRITE or op == _TRIM or op == _ZEROES)
                                            and type(entries[cookie][0]) is Lun])
+        lun_ops = self._lun_ops
         for seq, offset, cookie, length, op, flags in descs:
             lun, data, label, cb, err = entries.pop(cookie)
             result = None
             trig = None
             if err is None:
                 try:
-                    if type(lun) is not Lun:
-                        result = self._execute_backup(lun, op, offset, length)
+                    if type(lun) is Lun:
+                        try:
+                            handler = (self._sub_block_ops if flags & FLAG_SUB_BLOCK else lun_ops)[op]
+                        except KeyError:
+                            handler = self._unknown_op
+                        result = handler(lun, seq, op, offset, length, data, flags, label, refused)
+                        if type(result) is TriggerResult:
+                            trig, result = result, None
+                    else:
+                        result = self._backup_ops.get(op, self._not_for_backup)(lun, op, offset, length)
                         if type(result) is _LateRead:
                             self._read_late(result, seq, op, cb)
                             continue
-                    elif flags & FLAG_SUB_BLOCK:
-                        self._execute_sub_block(lun, op, offset, length, data, flags & ~FLAG_SUB_BLOCK, refused)
-                    elif op == _WRITE:
-                        check_range(lun, offset, length, True)
-                        if lun.read_only:
-                            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-                        if flags & ~FLAGS_KNOWN:
-                            raise E.BadRequestError(f"unknown flags {flags:#x}")
-                        if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
-                            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
-                        if refused and lun in refused:
-                            raise E.MetadataError(refused[lun])
-                        lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
-                        counters["writes"] += 1
-                        counters["bytes_written"] += length
-                    elif op == _READ:
-                        check_range(lun, offset, length, False)
-                        result = lun.device.read(offset, length)
-                        counters["reads"] += 1
-                        counters["bytes_read"] += length
-                    elif op == _TRIGGER:
-                        trig = self._split(lun, seq, label, data)
-                    elif op == _FLUSH:
-                        lun.flush()
-                        counters["flushes"] += 1
-                    elif op == _TRIM or op == _ZEROES:
-                        check_range(lun, offset, length, True)
-                        if lun.read_only:
-                            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-                        if refused and lun in refused:
-                            raise E.MetadataError(refused[lun])
-                        lun.apply(op, offset, length, None, flags, lun.epoch)
-                        counters["trims" if op == _TRIM else "zeroes"] += 1
-                    elif op == _CACHE:
-                        check_range(lun, offset, length, False)
-                    else:
-                        raise E.BadRequestError(f"unknown opcode {op}; opcodes: "
-                                                f"{', '.join(f'{o.name}={o.value}' for o in Op)}")
                 except E.ControllerError as exc:
                     err = exc
                 except HalError as exc:
@@ -375,16 +345,69 @@ class Controller:
                 except Exception:   # a producer's callback must not stop the controller
                     counters["callback_errors"] += 1
 
-    def _execute_sub_block(self, lun: Lun, op: int, offset: int, length: int, data, flags: int, refused) -> None:
-        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK).
+    # -- the opcode tables: one handler per opcode; each checks its request's range once -------------
+    def _opcode_tables(self) -> None:
+        """Bind the handlers: requests on a LUN, the same with FLAG_SUB_BLOCK, and requests on a backup."""
+        self._lun_ops = {_WRITE: self._write, _READ: self._read, _TRIGGER: self._trigger, _FLUSH: self._flush,
+                         _TRIM: self._trim_or_zero, _ZEROES: self._trim_or_zero, _CACHE: self._cache}
+        self._sub_block_ops = {_WRITE: self._sub_block, _TRIM: self._sub_block, _ZEROES: self._sub_block}
+        self._backup_ops = {_READ: self._read_backup_target, _FLUSH: self._backup_nothing,
+                            _CACHE: self._backup_nothing, _WRITE: self._backup_frozen, _TRIM: self._backup_frozen,
+                            _ZEROES: self._backup_frozen}
 
-        Executed here, in its place in the sequence: the partial blocks at either end are read and
-        rewritten whole, so a request sequenced just before or after it is never lost. A TRIM only
-        trims the whole blocks inside its range (a trim is advisory). What goes down the mirror paths
-        is aligned, as always.
-        """
-        if op not in (_WRITE, _TRIM, _ZEROES):
+    @staticmethod
+    def _unknown_op(lun, seq, op, offset, length, data, flags, label, refused):
+        if flags & FLAG_SUB_BLOCK:
             raise E.BadRequestError(f"the sub-block flag applies to WRITE, TRIM and WRITE_ZEROES, not opcode {op}")
+        raise E.BadRequestError(f"unknown opcode {op}; opcodes: {', '.join(f'{o.name}={o.value}' for o in Op)}")
+
+    def _write(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        check_range(lun, offset, length, True)
+        if lun.read_only:
+            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+        if flags & ~FLAGS_KNOWN:
+            raise E.BadRequestError(f"unknown flags {flags:#x}")
+        if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
+            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
+        if refused and lun in refused:
+            raise E.MetadataError(refused[lun])
+        lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
+        counters = self.counters
+        counters["writes"] += 1
+        counters["bytes_written"] += length
+
+    def _read(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> bytes:
+        check_range(lun, offset, length, False)
+        result = lun.read(offset, length)
+        counters = self.counters
+        counters["reads"] += 1
+        counters["bytes_read"] += length
+        return result
+
+    def _trigger(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> TriggerResult:
+        return self._split(lun, seq, label, data)   # a TRIGGER's data slot holds its group token
+
+    def _flush(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        lun.flush()
+        self.counters["flushes"] += 1
+
+    def _trim_or_zero(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        check_range(lun, offset, length, True)
+        if lun.read_only:
+            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+        if refused and lun in refused:
+            raise E.MetadataError(refused[lun])
+        lun.apply(op, offset, length, None, flags, lun.epoch)
+        self.counters["trims" if op == _TRIM else "zeroes"] += 1
+
+    @staticmethod
+    def _cache(lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        check_range(lun, offset, length, False)
+
+    def _sub_block(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK): executed
+        in its place in the sequence by the LUN, which rewrites the partial blocks at either end whole."""
+        flags &= ~FLAG_SUB_BLOCK
         check_range(lun, offset, length, True, aligned=False)
         if lun.read_only:
             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
@@ -394,44 +417,33 @@ class Controller:
             raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
         if refused and lun in refused:
             raise E.MetadataError(refused[lun])
-        bs = lun.block_size
-        end = offset + length
-        start, stop = offset - offset % bs, -(-end // bs) * bs
-        inner0, inner1 = -(-offset // bs) * bs, end - end % bs   # the whole blocks inside the range
-        if op == _TRIM:
-            if inner0 < inner1:
-                lun.apply(_TRIM, inner0, inner1 - inner0, None, flags, lun.epoch)
-            self.counters["trims"] += 1
-            return
+        lun.apply_unaligned(op, offset, length, data, flags)
+        counters = self.counters
         if op == _WRITE:
-            self._write_whole_blocks(lun, start, stop, offset, data, flags)
-            self.counters["writes"] += 1
-            self.counters["bytes_written"] += length
-            return
-        if inner0 < inner1:
-            lun.apply(_ZEROES, inner0, inner1 - inner0, None, flags, lun.epoch)
-            if offset < inner0:
-                self._write_whole_blocks(lun, start, inner0, offset, bytes(inner0 - offset), flags)
-            if inner1 < end:
-                self._write_whole_blocks(lun, inner1, stop, inner1, bytes(end - inner1), flags)
+            counters["writes"] += 1
+            counters["bytes_written"] += length
         else:
-            self._write_whole_blocks(lun, start, stop, offset, bytes(length), flags)
-        self.counters["zeroes"] += 1
+            counters["trims" if op == _TRIM else "zeroes"] += 1
+
+    # ... and on a frozen backup (<lun>.t<id>, <lun>.latest): read-only
+    def _read_backup_target(self, target: "BackupTarget", op, offset, length):
+        member = self._find_backup(target.lun, target.which)
+        check_range(target.lun, offset, length, False)
+        if member.queued:
+            return _LateRead(target, member, member.generation, offset, length)
+        return member.read(offset, length)
 
     @staticmethod
-    def _write_whole_blocks(lun: Lun, start: int, stop: int, offset: int, body, flags: int) -> None:
-        """Write ``body`` at ``offset`` as the whole blocks [start, stop): the bytes around it are read first."""
-        bs = lun.block_size
-        end = offset + memoryview(body).nbytes
-        head = tail = b""
-        if offset > start:
-            first = lun.device.read(start, bs)
-            head = first[:offset - start]
-            if end < stop and stop - start == bs:
-                tail = first[end - start:]
-        if end < stop and not tail:
-            tail = lun.device.read(stop - bs, bs)[end - (stop - bs):]
-        lun.apply(_WRITE, start, stop - start, b"".join((head, body, tail)), flags & FLAG_FUA, lun.epoch)
+    def _backup_nothing(target, op, offset, length) -> None:
+        return None
+
+    @staticmethod
+    def _backup_frozen(target, op, offset, length) -> None:
+        raise E.FrozenMemberError(f"{target.name} is a frozen backup and cannot be written")
+
+    @staticmethod
+    def _not_for_backup(target, op, offset, length) -> None:
+        raise E.BadRequestError(f"{target.name} is a backup: only READ, FLUSH and CACHE apply")
 
     def _split(self, lun: Lun, seq: int, label, group=None) -> TriggerResult:
         """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path.
@@ -481,27 +493,13 @@ class Controller:
                     self.counters["callback_errors"] += 1
         del released
 
-    def _execute_backup(self, target, op: int, offset: int, length: int):
-        if op in (_WRITE, _TRIM, _ZEROES):
-            raise E.FrozenMemberError(f"{target.name} is a frozen backup and cannot be written")
-        if op == _FLUSH or op == _CACHE:
-            return None
-        if op != _READ:
-            raise E.BadRequestError(f"{target.name} is a backup: only READ, FLUSH and CACHE apply")
-        member = self._find_backup(target.lun, target.which)
-        lun = target.lun
-        check_range(lun, offset, length, False)
-        if isinstance(member.device, DeviceQueue):
-            return _LateRead(target, member, member.generation, offset, length)
-        return member.device.read(offset, length)
-
     def _read_late(self, late: "_LateRead", seq: int, op: int, cb) -> None:
         """Queue a backup read on its member's DeviceQueue; it completes at a later poll."""
         def done(data, error, late=late, seq=seq, op=op, cb=cb):
             self._late.append((late, seq, op, cb, data, error))
             self._queue_event()
         try:
-            late.member.device.read_async(late.offset, late.length, done)
+            late.member.read_async(late.offset, late.length, done)
         except HalError as exc:
             done(None, exc)
 
