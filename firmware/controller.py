@@ -2,12 +2,14 @@
 
 Owns the request ring and the table of payloads and completions keyed by
 cookie, the controller loop (``poll``: drain a batch, execute each request on
-its primary LUN through the HAL, forward it down the mirror paths, complete
-it; then a bounded slice of background work), the TRIGGER split (O(1): the
-epoch advances and the TRIGGER follows the earlier writes down every path),
-and the reports (backups, status, verify). The LUNs, cascades and pools come
-from ``firmware/topology.py``; what is persisted when, and what a restart may
-trust, is ``firmware/recovery.py``'s.
+its primary LUN through the opcode table, forward it down the mirror paths,
+complete it; then a bounded slice of background work), the TRIGGER split (O(1):
+the epoch advances and the TRIGGER follows the earlier writes down every path),
+completions held for a consistency group, and shutdown. Around it:
+``topology.py`` builds the LUNs, cascades and pools from the configuration;
+``recovery.py`` decides what is persisted when and what a restart may trust;
+``backups.py`` serves requests on frozen backups; ``reports.py`` the listings,
+verify and status; ``calls.py`` the owner thread and blocking calls.
 
 Threading: producers on any thread only ``submit`` (a push into the MPSC ring
 and a dict insert); everything else runs on the one owner thread, the thread
@@ -30,17 +32,17 @@ import numpy as np
 
 from splitpoint import pyx
 from splitpoint.firmware import errors as E
+from splitpoint.firmware.calls import BlockingCalls
 from splitpoint.firmware.group import GroupToken
 from splitpoint.firmware.lun import Lun
-from splitpoint.firmware.manifest import verify_device
 from splitpoint.firmware.metadata import MetadataStore
-from splitpoint.firmware.pool import FROZEN, INCONSISTENT, BackupPool, PoolMember
+from splitpoint.firmware.pool import INCONSISTENT, BackupPool
 from splitpoint.firmware.recovery import Recovery
-from splitpoint.firmware.topology import Topology
-from splitpoint.firmware.requests import (FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
-                                          Completion, Op, TriggerResult, VerifyResult, label_bytes,
+from splitpoint.firmware.backups import BackupRequests, LateRead
+from splitpoint.firmware.reports import Reports
+from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, FLAGS_KNOWN, Completion, Op, TriggerResult, label_bytes,
                                           label_text)
-from splitpoint.firmware.requests import FLAG_SUB_BLOCK
+from splitpoint.firmware.topology import Topology
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
 from splitpoint.hal import HalError
 
@@ -60,47 +62,7 @@ log = logging.getLogger("splitpoint.controller")
 QUEUE_POLL = 0.005
 
 
-def check_range(lun, offset: int, length: int, writing: bool, aligned: bool = True) -> None:
-    """The one range check of a request on ``lun``: non-empty, inside it and (``aligned``) on its blocks.
-
-    Raises the specific error; a write past the end answers ENOSPC (as NBD asks), a read EINVAL."""
-    if length and 0 <= offset and offset + length <= lun.size:
-        if not (aligned and (offset | length) & (lun.block_size - 1)):
-            return
-    if not length:
-        raise E.ZeroLengthError(f"zero-length request at offset {offset} on {lun.name}")
-    if offset < 0 or offset + length > lun.size:
-        raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {lun.name} "
-                                f"({lun.size} bytes)", _errno.ENOSPC if writing else _errno.EINVAL)
-    raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {lun.name}'s "
-                            f"block size {lun.block_size}")
-
-
-class _LateRead:
-    """A backup READ that its member's DeviceQueue runs; the completion waits for it."""
-
-    __slots__ = ("target", "member", "generation", "offset", "length")
-
-    def __init__(self, target, member, generation: int, offset: int, length: int):
-        self.target = target
-        self.member = member
-        self.generation = generation
-        self.offset = offset
-        self.length = length
-
-
-class BackupTarget:
-    """A request target naming a frozen backup (``<lun>.t<id>`` or ``<lun>.latest``): read-only."""
-
-    __slots__ = ("lun", "name", "which")
-
-    def __init__(self, lun: Lun, name: str, which):
-        self.lun = lun
-        self.name = name
-        self.which = which   # trigger id (int) or "latest"
-
-
-class Controller:
+class Controller(BlockingCalls, BackupRequests, Reports):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
     def __init__(self, config):
@@ -159,26 +121,6 @@ class Controller:
             self._close_devices()
             raise
 
-    @property
-    def store(self) -> MetadataStore | None:
-        """The metadata store (None: this controller keeps no metadata)."""
-        return None if self.metadata is None else self.metadata.store
-
-    @property
-    def recovered(self) -> str | None:
-        """How the last start found the metadata: "fresh", "clean", "crash" (None: no metadata store)."""
-        return None if self.metadata is None else self.metadata.recovered
-
-    @property
-    def recovery(self) -> dict | None:
-        """What the last restart resynced and why."""
-        return None if self.metadata is None else self.metadata.report
-
-    @property
-    def metadata_error(self) -> str | None:
-        """The last metadata problem (persisting, flushing before a persist), or None."""
-        return None if self.metadata is None else self.metadata.error
-
     @classmethod
     def from_config(cls, config=None) -> "Controller":
         """A controller for a validated configuration (the embedded default when None)."""
@@ -231,33 +173,6 @@ class Controller:
             if wake is not None:
                 wake()
         return seq
-
-    def submit_future(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
-                      loop=None):
-        """Like submit, but returns an asyncio future of the Completion (awaitable on ``loop``)."""
-        import asyncio
-
-        loop = loop or asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def resolve(c):
-            if not fut.done():
-                fut.set_result(c)
-        self.submit(lun, op, offset, length, data, flags, label, lambda c: loop.call_soon_threadsafe(resolve, c))
-        return fut
-
-    def _resolve_target(self, name):
-        if not isinstance(name, str):
-            return None
-        base, dot, which = name.rpartition(".")
-        lun = self.luns.get(base)
-        if lun is None or not dot:
-            return None
-        if which == "latest":
-            return BackupTarget(lun, name, "latest")
-        if which.startswith("t") and which[1:].isdigit():
-            return BackupTarget(lun, name, int(which[1:]))
-        return None
 
     # -- the controller loop -----------------------------------------------------------------
     def poll(self, max_batch: int = 256) -> int:
@@ -327,7 +242,7 @@ class Controller:
                             trig, result = result, None
                     else:
                         result = self._backup_ops.get(op, self._not_for_backup)(lun, op, offset, length)
-                        if type(result) is _LateRead:
+                        if type(result) is LateRead:
                             self._read_late(result, seq, op, cb)
                             continue
                 except E.ControllerError as exc:
@@ -362,7 +277,7 @@ class Controller:
         raise E.BadRequestError(f"unknown opcode {op}; opcodes: {', '.join(f'{o.name}={o.value}' for o in Op)}")
 
     def _write(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        check_range(lun, offset, length, True)
+        lun.check_range(offset, length, True)
         if lun.read_only:
             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
         if flags & ~FLAGS_KNOWN:
@@ -377,7 +292,7 @@ class Controller:
         counters["bytes_written"] += length
 
     def _read(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> bytes:
-        check_range(lun, offset, length, False)
+        lun.check_range(offset, length, False)
         result = lun.read(offset, length)
         counters = self.counters
         counters["reads"] += 1
@@ -392,7 +307,7 @@ class Controller:
         self.counters["flushes"] += 1
 
     def _trim_or_zero(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        check_range(lun, offset, length, True)
+        lun.check_range(offset, length, True)
         if lun.read_only:
             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
         if refused and lun in refused:
@@ -402,13 +317,13 @@ class Controller:
 
     @staticmethod
     def _cache(lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        check_range(lun, offset, length, False)
+        lun.check_range(offset, length, False)
 
     def _sub_block(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
         """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK): executed
         in its place in the sequence by the LUN, which rewrites the partial blocks at either end whole."""
         flags &= ~FLAG_SUB_BLOCK
-        check_range(lun, offset, length, True, aligned=False)
+        lun.check_range(offset, length, True, aligned=False)
         if lun.read_only:
             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
         if flags & ~FLAGS_KNOWN:
@@ -424,26 +339,6 @@ class Controller:
             counters["bytes_written"] += length
         else:
             counters["trims" if op == _TRIM else "zeroes"] += 1
-
-    # ... and on a frozen backup (<lun>.t<id>, <lun>.latest): read-only
-    def _read_backup_target(self, target: "BackupTarget", op, offset, length):
-        member = self._find_backup(target.lun, target.which)
-        check_range(target.lun, offset, length, False)
-        if member.queued:
-            return _LateRead(target, member, member.generation, offset, length)
-        return member.read(offset, length)
-
-    @staticmethod
-    def _backup_nothing(target, op, offset, length) -> None:
-        return None
-
-    @staticmethod
-    def _backup_frozen(target, op, offset, length) -> None:
-        raise E.FrozenMemberError(f"{target.name} is a frozen backup and cannot be written")
-
-    @staticmethod
-    def _not_for_backup(target, op, offset, length) -> None:
-        raise E.BadRequestError(f"{target.name} is a backup: only READ, FLUSH and CACHE apply")
 
     def _split(self, lun: Lun, seq: int, label, group=None) -> TriggerResult:
         """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path.
@@ -493,41 +388,12 @@ class Controller:
                     self.counters["callback_errors"] += 1
         del released
 
-    def _read_late(self, late: "_LateRead", seq: int, op: int, cb) -> None:
-        """Queue a backup read on its member's DeviceQueue; it completes at a later poll."""
-        def done(data, error, late=late, seq=seq, op=op, cb=cb):
-            self._late.append((late, seq, op, cb, data, error))
-            self._queue_event()
-        try:
-            late.member.read_async(late.offset, late.length, done)
-        except HalError as exc:
-            done(None, exc)
-
     def _queue_event(self) -> None:
         """Any thread: a DeviceQueue finished a read or failed an op; the owner looks at the next poll."""
         self._idle = False
         wake = self.wakeup
         if wake is not None:
             wake()
-
-    def _deliver_late(self) -> None:
-        late_q = self._late
-        while late_q:
-            late, seq, op, cb, data, error = late_q.popleft()
-            err = None
-            m = late.member
-            if error is not None:
-                err = E.DeviceIOError(f"{late.target.name}: {error}")
-            elif m.generation != late.generation or m.state != FROZEN:
-                err = E.NoSuchBackupError(f"{late.target.name} was recycled or demoted while it was read")
-                data = None
-            if err is not None:
-                self.counters["errors"] += 1
-            if cb is not None:
-                try:
-                    cb(Completion(seq, op, err, data if err is None else None, None))
-                except Exception:
-                    self.counters["callback_errors"] += 1
 
     # -- background ------------------------------------------------------------------------
     def _background(self, busy: bool) -> None:
@@ -602,228 +468,6 @@ class Controller:
             except Exception:
                 self.counters["callback_errors"] += 1
 
-    # -- owner thread and blocking conveniences --------------------------------------------------
-    def start(self) -> None:
-        """Run the controller loop on a thread of its own (the owner thread)."""
-        if self._thread is not None:
-            return
-        self.wakeup = self._event.set
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="splitpoint-controller", daemon=True)
-        self._owner = -1
-        self._thread.start()
-
-    def _loop(self) -> None:
-        self._owner = threading.get_ident()
-        ev = self._event
-        while not self._stop:
-            n = self.poll()
-            if n:
-                continue
-            delay = self.next_background()
-            if delay == 0.0:
-                continue
-            ev.clear()
-            if len(self._ring) or self._stop:
-                continue
-            ev.wait(delay)
-
-    def stop(self) -> None:
-        """Stop the owner thread started by start() (requests already queued stay queued)."""
-        t = self._thread
-        if t is None:
-            return
-        self._stop = True
-        self._event.set()
-        t.join()
-        self._thread = None
-        self._owner = None
-        self.wakeup = None
-
-    def claim_owner(self) -> None:
-        """Declare the calling thread the owner (a front end's event loop that calls poll() itself)."""
-        self._owner = threading.get_ident()
-
-    def _call(self, lun, op, offset=0, length=0, data=None, flags=0, label=None) -> Completion:
-        box: list[Completion] = []
-        owner = self._owner
-        if owner is None or owner == threading.get_ident():
-            with self._inline_lock:
-                while True:
-                    try:
-                        self.submit(lun, op, offset, length, data, flags, label, box.append)
-                        break
-                    except E.QueueFullError:
-                        self.poll()
-                while not box:
-                    self.poll()
-        else:
-            done = threading.Event()
-
-            def cb(c, box=box, done=done):
-                box.append(c)
-                done.set()
-            while True:
-                try:
-                    self.submit(lun, op, offset, length, data, flags, label, cb)
-                    break
-                except E.QueueFullError:
-                    time.sleep(0.0005)
-            done.wait()
-        c = box[0]
-        if c.error is not None:
-            raise c.error
-        return c
-
-    def write(self, lun, offset: int, data, fua: bool = False) -> None:
-        self._call(lun, _WRITE, offset, 0, data, 1 if fua else 0)
-
-    def read(self, lun, offset: int, length: int) -> bytes:
-        return self._call(lun, _READ, offset, length).data
-
-    def flush(self, lun) -> None:
-        self._call(lun, _FLUSH)
-
-    def trim(self, lun, offset: int, length: int) -> None:
-        self._call(lun, _TRIM, offset, length)
-
-    def write_zeroes(self, lun, offset: int, length: int, flags: int = 0) -> None:
-        self._call(lun, _ZEROES, offset, length, None, flags)
-
-    def trigger(self, lun, label=None) -> TriggerResult:
-        return self._call(lun, _TRIGGER, label=label).trigger
-
-    def drain(self) -> None:
-        """Owner thread (or no owner): complete every queued request and every async mirror op."""
-        while len(self._ring):
-            self.poll()
-        for path in self._async_paths:
-            path.drain()
-
-    def settle(self) -> None:
-        """Owner thread (or no owner): finish queued requests, mirror queues, resyncs and digests now."""
-        with self._inline_lock:
-            self.drain()
-            while True:
-                for node in self._nodes:
-                    node.finish_sweep()
-                for pool in self._pools:
-                    if pool.upstream is not None:
-                        pool.upstream.drain()
-                    pool.finish()
-                if not any(p.has_background() for p in self._pools) and not any(n.sweep for n in self._nodes):
-                    break
-            for dq in self._queues:
-                dq.drain()
-            self._bg = False
-
-    # -- reports -----------------------------------------------------------------------------------
-    def _lun(self, lun) -> Lun:
-        if isinstance(lun, Lun):
-            return lun
-        got = self.luns.get(lun)
-        if got is None:
-            raise E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
-        return got
-
-    def _find_backup(self, lun: Lun, which) -> PoolMember:
-        found = [m for pool in lun.pools for m in pool.backups()
-                 if which == "latest" or m.manifest.trigger_id == which]
-        if found:
-            return max(found, key=_newest_first)
-        if which == "latest":
-            raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup yet")
-        raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup cut by TRIGGER {which} "
-                                  f"(never cut, recycled, or still completing)")
-
-    def backups(self, lun) -> list[BackupInfo]:
-        """Consistent frozen copies of ``lun``, newest TRIGGER first."""
-        lun = self._lun(lun)
-        out = [m.backup_info() for pool in lun.pools for m in pool.backups()]
-        out.sort(key=lambda b: (b.trigger_id, b.time), reverse=True)
-        return out
-
-    def read_backup(self, lun, trigger_id, offset: int, length: int) -> bytes:
-        """Bytes of the backup cut by ``trigger_id`` (or "latest")."""
-        lun = self._lun(lun)
-        member = self._find_backup(lun, trigger_id)
-        check_range(lun, offset, length, False)
-        gen = member.generation
-        data = member.device.read(offset, length)
-        if member.generation != gen or member.state != FROZEN:
-            raise E.NoSuchBackupError(f"the backup of TRIGGER {trigger_id} was recycled while it was read")
-        return data
-
-    def allocation(self, lun, offset: int, length: int) -> list[tuple[int, int, int]]:
-        """NBD base:allocation runs over [offset, offset+length): (offset, length, HOLE|ZERO bits)."""
-        target = self.luns.get(lun) if isinstance(lun, str) else lun
-        if target is None:
-            target = self._resolve_target(lun)
-            if target is None:
-                raise E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
-        base = target.lun if isinstance(target, BackupTarget) else target
-        check_range(base, offset, length, False, aligned=False)
-        if isinstance(target, BackupTarget):
-            return [(offset, length, 0)]
-        return target.allocation(offset, length, STATE_HOLE | STATE_ZERO)
-
-    def verify(self, lun, trigger_id=None, progress=None) -> list[VerifyResult]:
-        """Recompute the digest of each consistent backup (or the one named) against its manifest."""
-        lun = self._lun(lun)
-        members = [self._find_backup(lun, trigger_id)] if trigger_id is not None else \
-            [m for pool in lun.pools for m in pool.backups()]
-        out = []
-        for m in members:
-            note = ""
-            gen = m.generation
-            manifest = m.manifest
-            if manifest is None:
-                continue
-            if manifest.digest is None:
-                # a digest taken now would only vouch for whatever the member holds now: nothing to compare
-                h = m.hasher
-                done = "" if h is None else f" ({100.0 * h.offset / max(h.size, 1):.0f} % hashed)"
-                out.append(VerifyResult(manifest.trigger_id, m.name, None, None, None,
-                                        note=f"digest pending: still being computed{done}; verify again later",
-                                        pending=True))
-                continue
-            outcome = verify_device(m.device, manifest, progress)
-            if m.generation != gen:
-                out.append(VerifyResult(manifest.trigger_id, m.name, False, manifest.digest, outcome.actual,
-                                        note="recycled while it was verified; verify again"))
-                continue
-            if not outcome.ok:
-                # the bytes are not the ones the manifest vouches for: stop exporting them as a backup
-                where = ", ".join(f"[{o}, {o}+{n})" for o, n in outcome.bad_regions[:4]) or "the whole copy"
-                m.pool.demote(m, f"verify found a mismatch (digest {outcome.actual:016x}, manifest "
-                                 f"{manifest.digest:016x}) in {where}")
-                note = (note + "; " if note else "") + "demoted: no longer a consistent backup"
-            out.append(VerifyResult(manifest.trigger_id, m.name, outcome.ok, manifest.digest, outcome.actual,
-                                    outcome.bad_regions, note))
-        return out
-
-    def status(self) -> dict:
-        """One JSON-able structure: LUNs, mirror paths, pools and members, queue, counters."""
-        now = time.time()
-        owner = self._owner
-        mine = owner is None or owner == threading.get_ident()   # only the owner acts on a lost medium
-        luns = []
-        for lun in self.luns.values():
-            doc = lun.status()
-            doc["pools"] = [p.status(now, check=mine) for p in lun.pools]
-            wi = None if self.metadata is None else self.metadata.intents.get(lun)
-            doc["write_intent"] = None if wi is None else wi.status()
-            doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
-                               "member": b.member} for b in self.backups(lun)]
-            luns.append(doc)
-        return {"luns": luns,
-                "queue": {"depth": len(self._ring), "capacity": self._ring.capacity, "next_seq": self._ring.next_seq,
-                          "async_mirror_ops": sum(len(p) for p in self._async_paths)},
-                "counters": dict(self.counters),
-                "devices": self.topology.device_status(),
-                "kernels": pyx.implementations(),
-                "metadata": None if self.metadata is None else self.metadata.status()}
-
     # -- shutdown ------------------------------------------------------------------------------------
     def close(self) -> None:
         """Drain the queue and the mirror paths, persist metadata (clean shutdown), release devices."""
@@ -855,8 +499,3 @@ class Controller:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _newest_first(m: PoolMember) -> tuple:
-    """The order of "newest cut": TRIGGER ids grow per LUN across restarts (sequence numbers once did not)."""
-    return (m.manifest.trigger_id, m.manifest.time)

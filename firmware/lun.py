@@ -11,11 +11,13 @@ may trust: recovery (``firmware/recovery.py``) does.
 """
 from __future__ import annotations
 
+import errno
 import time
 
 import numpy as np
 
 from splitpoint import pyx
+from splitpoint.firmware import errors as E
 from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.firmware.resync import Sweep, copy_between
 from splitpoint.hal import HalError
@@ -75,6 +77,21 @@ class LunNode:
         self.epoch = epoch
         for forward in self._forwards:
             forward(op, offset, length, data, flags, epoch)
+
+    def check_range(self, offset: int, length: int, writing: bool, aligned: bool = True) -> None:
+        """The one range check of a request on this LUN: non-empty, inside it and (``aligned``) on its blocks.
+
+        Raises the specific error; a write past the end answers ENOSPC (as NBD asks), a read EINVAL."""
+        if length and 0 <= offset and offset + length <= self.size:
+            if not (aligned and (offset | length) & (self.block_size - 1)):
+                return
+        if not length:
+            raise E.ZeroLengthError(f"zero-length request at offset {offset} on {self.name}")
+        if offset < 0 or offset + length > self.size:
+            raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {self.name} "
+                                    f"({self.size} bytes)", errno.ENOSPC if writing else errno.EINVAL)
+        raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {self.name}'s "
+                                f"block size {self.block_size}")
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of [offset, offset+length) through the device's contract (its own bounds check applies)."""

@@ -359,7 +359,9 @@ class BackupPool:
             self._digested(m)
 
     def finish(self) -> None:
-        """Complete every sweep and digest now (tests, clean shutdown of RAM-only setups)."""
+        """Apply what the upstream path still queues, then complete every sweep and digest now (settle)."""
+        if self.upstream is not None:
+            self.upstream.drain()
         while self.has_background():
             self.background(False, force=True)
 
