@@ -2,12 +2,14 @@
 
 Owns the request ring and the table of payloads and completions keyed by
 cookie, the controller loop (``poll``: drain a batch, execute each request on
-its primary LUN through the HAL, forward it down the mirror paths, complete
-it; then a bounded slice of background work), the TRIGGER split (O(1): the
-epoch advances and the TRIGGER follows the earlier writes down every path),
-the wiring of LUNs, cascades and pools from the configuration, and the
-reports (backups, status, verify). What is persisted when, and what a restart
-may trust, is ``firmware/recovery.py``'s.
+its primary LUN through the opcode table, forward it down the mirror paths,
+complete it; then a bounded slice of background work), the TRIGGER split (O(1):
+the epoch advances and the TRIGGER follows the earlier writes down every path),
+completions held for a consistency group, and shutdown. Around it:
+``topology.py`` builds the LUNs, cascades and pools from the configuration;
+``recovery.py`` decides what is persisted when and what a restart may trust;
+``backups.py`` serves requests on frozen backups; ``reports.py`` the listings,
+verify and status; ``calls.py`` the owner thread and blocking calls.
 
 Threading: producers on any thread only ``submit`` (a push into the MPSC ring
 and a dict insert); everything else runs on the one owner thread, the thread
@@ -30,21 +32,19 @@ import numpy as np
 
 from splitpoint import pyx
 from splitpoint.firmware import errors as E
-from splitpoint.firmware.devio import DeviceQueue
+from splitpoint.firmware.calls import BlockingCalls
 from splitpoint.firmware.group import GroupToken
-from splitpoint.firmware.lun import Lun, LunNode
-from splitpoint.firmware.manifest import verify_device
+from splitpoint.firmware.lun import Lun
 from splitpoint.firmware.metadata import MetadataStore
-from splitpoint.firmware.mirror import MirrorPath
-from splitpoint.firmware.pool import FROZEN, INCONSISTENT, BackupPool, PoolMember
+from splitpoint.firmware.pool import INCONSISTENT, BackupPool
 from splitpoint.firmware.recovery import Recovery
-from splitpoint.firmware.requests import (FLAGS_KNOWN, STATE_HOLE, STATE_ZERO, BackupInfo,
-                                          Completion, Op, TriggerResult, VerifyResult, label_bytes,
+from splitpoint.firmware.backups import BackupRequests, LateRead
+from splitpoint.firmware.reports import Reports
+from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, FLAGS_KNOWN, Completion, Op, TriggerResult, label_bytes,
                                           label_text)
-from splitpoint.firmware.requests import FLAG_FUA, FLAG_SUB_BLOCK
-from splitpoint.firmware.resync import Throttle
+from splitpoint.firmware.topology import Topology
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
-from splitpoint.hal import HalError, open_device
+from splitpoint.hal import HalError
 
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
@@ -53,7 +53,6 @@ _TRIM = int(Op.TRIM)
 _CACHE = int(Op.CACHE)
 _ZEROES = int(Op.WRITE_ZEROES)
 _TRIGGER = int(Op.TRIGGER)
-_OPS = frozenset(int(o) for o in Op)
 _U64 = 1 << 64
 _U32 = 1 << 32
 
@@ -63,47 +62,7 @@ log = logging.getLogger("splitpoint.controller")
 QUEUE_POLL = 0.005
 
 
-def check_range(lun, offset: int, length: int, writing: bool, aligned: bool = True) -> None:
-    """The one range check of a request on ``lun``: non-empty, inside it and (``aligned``) on its blocks.
-
-    Raises the specific error; a write past the end answers ENOSPC (as NBD asks), a read EINVAL."""
-    if length and 0 <= offset and offset + length <= lun.size:
-        if not (aligned and (offset | length) & (lun.block_size - 1)):
-            return
-    if not length:
-        raise E.ZeroLengthError(f"zero-length request at offset {offset} on {lun.name}")
-    if offset < 0 or offset + length > lun.size:
-        raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {lun.name} "
-                                f"({lun.size} bytes)", _errno.ENOSPC if writing else _errno.EINVAL)
-    raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {lun.name}'s "
-                            f"block size {lun.block_size}")
-
-
-class _LateRead:
-    """A backup READ that its member's DeviceQueue runs; the completion waits for it."""
-
-    __slots__ = ("target", "member", "generation", "offset", "length")
-
-    def __init__(self, target, member, generation: int, offset: int, length: int):
-        self.target = target
-        self.member = member
-        self.generation = generation
-        self.offset = offset
-        self.length = length
-
-
-class BackupTarget:
-    """A request target naming a frozen backup (``<lun>.t<id>`` or ``<lun>.latest``): read-only."""
-
-    __slots__ = ("lun", "name", "which")
-
-    def __init__(self, lun: Lun, name: str, which):
-        self.lun = lun
-        self.name = name
-        self.which = which   # trigger id (int) or "latest"
-
-
-class Controller:
+class Controller(BlockingCalls, BackupRequests, Reports):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
     def __init__(self, config):
@@ -125,14 +84,14 @@ class Controller:
         self._batch = np.zeros(256, dtype=self._dtype)
         self._entries: dict[int, tuple] = {}
         self._cookies = itertools.count(1)
-        self.luns: dict[str, Lun] = {}
-        self._pools: list[BackupPool] = []
-        self._nodes: list[LunNode] = []          # primary backup LUNs (cascade hops)
-        self._paths: list[MirrorPath] = []
-        self._async_paths: list[MirrorPath] = []
-        self._devices = []
-        self._roles: list[tuple[str, str, object]] = []   # (what, url, device) of every device opened
-        self._queues: dict = {}                   # DeviceQueue -> PoolMember: members behind a slow link
+        self.topology = Topology(config, queue_event=self._queue_event, pool_changed=self._pool_changed,
+                                 backups_changed=self._backups_changed)
+        topo = self.topology
+        self.luns: dict[str, Lun] = topo.luns      # the loop walks the topology's own lists
+        self._pools = topo.pools
+        self._nodes = topo.nodes
+        self._async_paths = topo.async_paths
+        self._queues = topo.queues
         self._late: collections.deque = collections.deque()   # completions of reads a DeviceQueue ran
         self._demotions: dict = {}                # PoolMember -> the error last logged for it
         self.wakeup = None                        # called from any thread by a submit while the owner may be idle
@@ -148,11 +107,12 @@ class Controller:
         self._in_poll = False
         self._idle = True                         # the owner may be waiting: the next submit wakes it
         self._released: list = []                 # consistency-group tokens committed since the last poll
+        self._opcode_tables()
         meta = self.metadata
         try:
             if meta is not None:
                 meta.reserve_seqs(self._ring.next_seq)
-            self._build()
+            topo.build()
             if meta is not None:
                 meta.attach(self.luns, self._async_paths, self._queues)
                 meta.restore()
@@ -161,26 +121,6 @@ class Controller:
             self._close_devices()
             raise
 
-    @property
-    def store(self) -> MetadataStore | None:
-        """The metadata store (None: this controller keeps no metadata)."""
-        return None if self.metadata is None else self.metadata.store
-
-    @property
-    def recovered(self) -> str | None:
-        """How the last start found the metadata: "fresh", "clean", "crash" (None: no metadata store)."""
-        return None if self.metadata is None else self.metadata.recovered
-
-    @property
-    def recovery(self) -> dict | None:
-        """What the last restart resynced and why."""
-        return None if self.metadata is None else self.metadata.report
-
-    @property
-    def metadata_error(self) -> str | None:
-        """The last metadata problem (persisting, flushing before a persist), or None."""
-        return None if self.metadata is None else self.metadata.error
-
     @classmethod
     def from_config(cls, config=None) -> "Controller":
         """A controller for a validated configuration (the embedded default when None)."""
@@ -188,88 +128,6 @@ class Controller:
             from splitpoint import config as cfgmod
             config = cfgmod.default()
         return cls(config)
-
-    # -- wiring ------------------------------------------------------------------------------
-    def _open(self, url: str, what: str, like=None):
-        try:
-            dev = open_device(url)
-        except HalError as exc:
-            raise E.DeviceOpenError(f"{what}: cannot open {url!r}: {exc}") from None
-        self._devices.append(dev)
-        self._roles.append((what, url, dev))
-        if like is not None and (dev.size != like.size or dev.block_size != like.block_size):
-            raise E.GeometryError(
-                f"{what} {url!r} is {dev.size} bytes with block {dev.block_size}, but it must match its source: "
-                f"{like.size} bytes with block {like.block_size}")
-        return dev
-
-    def _build(self) -> None:
-        cfg = self.config
-        for lc in cfg.luns:
-            dev = self._open(lc.url, f"LUN {lc.name}")
-            if cfg.chunk_size % dev.block_size:
-                raise E.GeometryError(f"chunk_size {cfg.chunk_size} is not a multiple of LUN {lc.name}'s "
-                                      f"block size {dev.block_size}")
-            lun = Lun(lc.name, dev, cfg.chunk_size, known_zero=not dev.persistent, url=lc.url)
-            self.luns[lc.name] = lun
-            if lc.pool is not None:
-                self._add_pool(lun, lun, lc.pool, f"{lc.name}.pool")
-            if lc.backup is not None:
-                bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
-                node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
-                               known_zero=not bdev.persistent, url=lc.backup.url)
-                lun.backup_node = node
-                self._nodes.append(node)
-                self._add_path(lun, node, lc.backup.mirror)
-                if bdev.persistent or dev.persistent:
-                    node.start_sweep(0)   # nothing says the two hold the same bytes yet
-                if lc.backup.pool is not None:
-                    self._add_pool(lun, node, lc.backup.pool, f"{lc.name}.backup.pool")
-
-    def _queued(self, dev, what: str):
-        """A pool member whose every op waits on a link runs its I/O on a DeviceQueue, off this thread."""
-        if not getattr(dev, "waits_on_link", False):
-            return dev
-        dq = DeviceQueue(dev, what, wakeup=self._queue_event)
-        self._devices[self._devices.index(dev)] = dq   # closing the queue drains it, then closes the device
-        return dq
-
-    def _queue_event(self) -> None:
-        """Any thread: a DeviceQueue finished a read or failed an op; the owner looks at the next poll."""
-        self._idle = False
-        wake = self.wakeup
-        if wake is not None:
-            wake()
-
-    def _add_path(self, source, target, mode: str) -> MirrorPath:
-        path = MirrorPath(source, target, mode, self.config.async_queue_ops, self.config.async_queue_bytes)
-        source.add_path(path)
-        self._paths.append(path)
-        if not path.sync:
-            self._async_paths.append(path)
-        return path
-
-    def _add_pool(self, lun: Lun, source: LunNode, pc, name: str) -> None:
-        devs = [(url, self._queued(self._open(url, f"pool {name} member {i}", like=source.device),
-                                   f"pool {name} member {i}"))
-                for i, url in enumerate(pc.members)]
-        rs = self.config.resync
-        known_zero = (not source.device.persistent and source.zeros.count() == source.zeros.nchunks
-                      and not any(d.persistent for _, d in devs))
-        pool = BackupPool(name, lun.name, source, devs,
-                          region_size=min(self.config.digest_region, max(source.size, 512)),
-                          throttle=Throttle(rs.rate, rs.deadline, rs.slice, source.chunk_size),
-                          known_zero=known_zero, on_change=self._pool_changed,
-                          on_backups_changed=self._backups_changed)
-        if known_zero:
-            first = pool.members[0]
-            first.sweep, first.state = None, "active"   # both sides are fresh RAM: identical zeros
-        for m in pool.members:
-            if isinstance(m.device, DeviceQueue):
-                self._queues[m.device] = m
-        lun.pools.append(pool)
-        self._pools.append(pool)
-        self._add_path(source, pool, pc.mirror)
 
     # -- producers -------------------------------------------------------------------------
     def submit(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
@@ -315,33 +173,6 @@ class Controller:
             if wake is not None:
                 wake()
         return seq
-
-    def submit_future(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
-                      loop=None):
-        """Like submit, but returns an asyncio future of the Completion (awaitable on ``loop``)."""
-        import asyncio
-
-        loop = loop or asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def resolve(c):
-            if not fut.done():
-                fut.set_result(c)
-        self.submit(lun, op, offset, length, data, flags, label, lambda c: loop.call_soon_threadsafe(resolve, c))
-        return fut
-
-    def _resolve_target(self, name):
-        if not isinstance(name, str):
-            return None
-        base, dot, which = name.rpartition(".")
-        lun = self.luns.get(base)
-        if lun is None or not dot:
-            return None
-        if which == "latest":
-            return BackupTarget(lun, name, "latest")
-        if which.startswith("t") and which[1:].isdigit():
-            return BackupTarget(lun, name, int(which[1:]))
-        return None
 
     # -- the controller loop -----------------------------------------------------------------
     def poll(self, max_batch: int = 256) -> int:
@@ -394,55 +225,26 @@ class Controller:
                                            for _seq, offset, cookie, length, op, _flags in descs
                                            if (op == _WRITE or op == _TRIM or op == _ZEROES)
                                            and type(entries[cookie][0]) is Lun])
+        lun_ops = self._lun_ops
         for seq, offset, cookie, length, op, flags in descs:
             lun, data, label, cb, err = entries.pop(cookie)
             result = None
             trig = None
             if err is None:
                 try:
-                    if type(lun) is not Lun:
-                        result = self._execute_backup(lun, op, offset, length)
-                        if type(result) is _LateRead:
+                    if type(lun) is Lun:
+                        try:
+                            handler = (self._sub_block_ops if flags & FLAG_SUB_BLOCK else lun_ops)[op]
+                        except KeyError:
+                            handler = self._unknown_op
+                        result = handler(lun, seq, op, offset, length, data, flags, label, refused)
+                        if type(result) is TriggerResult:
+                            trig, result = result, None
+                    else:
+                        result = self._backup_ops.get(op, self._not_for_backup)(lun, op, offset, length)
+                        if type(result) is LateRead:
                             self._read_late(result, seq, op, cb)
                             continue
-                    elif flags & FLAG_SUB_BLOCK:
-                        self._execute_sub_block(lun, op, offset, length, data, flags & ~FLAG_SUB_BLOCK, refused)
-                    elif op == _WRITE:
-                        check_range(lun, offset, length, True)
-                        if lun.read_only:
-                            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-                        if flags & ~FLAGS_KNOWN:
-                            raise E.BadRequestError(f"unknown flags {flags:#x}")
-                        if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
-                            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
-                        if refused and lun in refused:
-                            raise E.MetadataError(refused[lun])
-                        lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
-                        counters["writes"] += 1
-                        counters["bytes_written"] += length
-                    elif op == _READ:
-                        check_range(lun, offset, length, False)
-                        result = lun.device.read(offset, length)
-                        counters["reads"] += 1
-                        counters["bytes_read"] += length
-                    elif op == _TRIGGER:
-                        trig = self._split(lun, seq, label, data)
-                    elif op == _FLUSH:
-                        lun.flush()
-                        counters["flushes"] += 1
-                    elif op == _TRIM or op == _ZEROES:
-                        check_range(lun, offset, length, True)
-                        if lun.read_only:
-                            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-                        if refused and lun in refused:
-                            raise E.MetadataError(refused[lun])
-                        lun.apply(op, offset, length, None, flags, lun.epoch)
-                        counters["trims" if op == _TRIM else "zeroes"] += 1
-                    elif op == _CACHE:
-                        check_range(lun, offset, length, False)
-                    else:
-                        raise E.BadRequestError(f"unknown opcode {op}; opcodes: "
-                                                f"{', '.join(f'{o.name}={o.value}' for o in Op)}")
                 except E.ControllerError as exc:
                     err = exc
                 except HalError as exc:
@@ -458,17 +260,70 @@ class Controller:
                 except Exception:   # a producer's callback must not stop the controller
                     counters["callback_errors"] += 1
 
-    def _execute_sub_block(self, lun: Lun, op: int, offset: int, length: int, data, flags: int, refused) -> None:
-        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK).
+    # -- the opcode tables: one handler per opcode; each checks its request's range once -------------
+    def _opcode_tables(self) -> None:
+        """Bind the handlers: requests on a LUN, the same with FLAG_SUB_BLOCK, and requests on a backup."""
+        self._lun_ops = {_WRITE: self._write, _READ: self._read, _TRIGGER: self._trigger, _FLUSH: self._flush,
+                         _TRIM: self._trim_or_zero, _ZEROES: self._trim_or_zero, _CACHE: self._cache}
+        self._sub_block_ops = {_WRITE: self._sub_block, _TRIM: self._sub_block, _ZEROES: self._sub_block}
+        self._backup_ops = {_READ: self._read_backup_target, _FLUSH: self._backup_nothing,
+                            _CACHE: self._backup_nothing, _WRITE: self._backup_frozen, _TRIM: self._backup_frozen,
+                            _ZEROES: self._backup_frozen}
 
-        Executed here, in its place in the sequence: the partial blocks at either end are read and
-        rewritten whole, so a request sequenced just before or after it is never lost. A TRIM only
-        trims the whole blocks inside its range (a trim is advisory). What goes down the mirror paths
-        is aligned, as always.
-        """
-        if op not in (_WRITE, _TRIM, _ZEROES):
+    @staticmethod
+    def _unknown_op(lun, seq, op, offset, length, data, flags, label, refused):
+        if flags & FLAG_SUB_BLOCK:
             raise E.BadRequestError(f"the sub-block flag applies to WRITE, TRIM and WRITE_ZEROES, not opcode {op}")
-        check_range(lun, offset, length, True, aligned=False)
+        raise E.BadRequestError(f"unknown opcode {op}; opcodes: {', '.join(f'{o.name}={o.value}' for o in Op)}")
+
+    def _write(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        lun.check_range(offset, length, True)
+        if lun.read_only:
+            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+        if flags & ~FLAGS_KNOWN:
+            raise E.BadRequestError(f"unknown flags {flags:#x}")
+        if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
+            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
+        if refused and lun in refused:
+            raise E.MetadataError(refused[lun])
+        lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
+        counters = self.counters
+        counters["writes"] += 1
+        counters["bytes_written"] += length
+
+    def _read(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> bytes:
+        lun.check_range(offset, length, False)
+        result = lun.read(offset, length)
+        counters = self.counters
+        counters["reads"] += 1
+        counters["bytes_read"] += length
+        return result
+
+    def _trigger(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> TriggerResult:
+        return self._split(lun, seq, label, data)   # a TRIGGER's data slot holds its group token
+
+    def _flush(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        lun.flush()
+        self.counters["flushes"] += 1
+
+    def _trim_or_zero(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        lun.check_range(offset, length, True)
+        if lun.read_only:
+            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
+        if refused and lun in refused:
+            raise E.MetadataError(refused[lun])
+        lun.apply(op, offset, length, None, flags, lun.epoch)
+        self.counters["trims" if op == _TRIM else "zeroes"] += 1
+
+    @staticmethod
+    def _cache(lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        lun.check_range(offset, length, False)
+
+    def _sub_block(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
+        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK): executed
+        in its place in the sequence by the LUN, which rewrites the partial blocks at either end whole."""
+        flags &= ~FLAG_SUB_BLOCK
+        lun.check_range(offset, length, True, aligned=False)
         if lun.read_only:
             raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
         if flags & ~FLAGS_KNOWN:
@@ -477,44 +332,13 @@ class Controller:
             raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
         if refused and lun in refused:
             raise E.MetadataError(refused[lun])
-        bs = lun.block_size
-        end = offset + length
-        start, stop = offset - offset % bs, -(-end // bs) * bs
-        inner0, inner1 = -(-offset // bs) * bs, end - end % bs   # the whole blocks inside the range
-        if op == _TRIM:
-            if inner0 < inner1:
-                lun.apply(_TRIM, inner0, inner1 - inner0, None, flags, lun.epoch)
-            self.counters["trims"] += 1
-            return
+        lun.apply_unaligned(op, offset, length, data, flags)
+        counters = self.counters
         if op == _WRITE:
-            self._write_whole_blocks(lun, start, stop, offset, data, flags)
-            self.counters["writes"] += 1
-            self.counters["bytes_written"] += length
-            return
-        if inner0 < inner1:
-            lun.apply(_ZEROES, inner0, inner1 - inner0, None, flags, lun.epoch)
-            if offset < inner0:
-                self._write_whole_blocks(lun, start, inner0, offset, bytes(inner0 - offset), flags)
-            if inner1 < end:
-                self._write_whole_blocks(lun, inner1, stop, inner1, bytes(end - inner1), flags)
+            counters["writes"] += 1
+            counters["bytes_written"] += length
         else:
-            self._write_whole_blocks(lun, start, stop, offset, bytes(length), flags)
-        self.counters["zeroes"] += 1
-
-    @staticmethod
-    def _write_whole_blocks(lun: Lun, start: int, stop: int, offset: int, body, flags: int) -> None:
-        """Write ``body`` at ``offset`` as the whole blocks [start, stop): the bytes around it are read first."""
-        bs = lun.block_size
-        end = offset + memoryview(body).nbytes
-        head = tail = b""
-        if offset > start:
-            first = lun.device.read(start, bs)
-            head = first[:offset - start]
-            if end < stop and stop - start == bs:
-                tail = first[end - start:]
-        if end < stop and not tail:
-            tail = lun.device.read(stop - bs, bs)[end - (stop - bs):]
-        lun.apply(_WRITE, start, stop - start, b"".join((head, body, tail)), flags & FLAG_FUA, lun.epoch)
+            counters["trims" if op == _TRIM else "zeroes"] += 1
 
     def _split(self, lun: Lun, seq: int, label, group=None) -> TriggerResult:
         """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path.
@@ -564,48 +388,12 @@ class Controller:
                     self.counters["callback_errors"] += 1
         del released
 
-    def _execute_backup(self, target, op: int, offset: int, length: int):
-        if op in (_WRITE, _TRIM, _ZEROES):
-            raise E.FrozenMemberError(f"{target.name} is a frozen backup and cannot be written")
-        if op == _FLUSH or op == _CACHE:
-            return None
-        if op != _READ:
-            raise E.BadRequestError(f"{target.name} is a backup: only READ, FLUSH and CACHE apply")
-        member = self._find_backup(target.lun, target.which)
-        lun = target.lun
-        check_range(lun, offset, length, False)
-        if isinstance(member.device, DeviceQueue):
-            return _LateRead(target, member, member.generation, offset, length)
-        return member.device.read(offset, length)
-
-    def _read_late(self, late: "_LateRead", seq: int, op: int, cb) -> None:
-        """Queue a backup read on its member's DeviceQueue; it completes at a later poll."""
-        def done(data, error, late=late, seq=seq, op=op, cb=cb):
-            self._late.append((late, seq, op, cb, data, error))
-            self._queue_event()
-        try:
-            late.member.device.read_async(late.offset, late.length, done)
-        except HalError as exc:
-            done(None, exc)
-
-    def _deliver_late(self) -> None:
-        late_q = self._late
-        while late_q:
-            late, seq, op, cb, data, error = late_q.popleft()
-            err = None
-            m = late.member
-            if error is not None:
-                err = E.DeviceIOError(f"{late.target.name}: {error}")
-            elif m.generation != late.generation or m.state != FROZEN:
-                err = E.NoSuchBackupError(f"{late.target.name} was recycled or demoted while it was read")
-                data = None
-            if err is not None:
-                self.counters["errors"] += 1
-            if cb is not None:
-                try:
-                    cb(Completion(seq, op, err, data if err is None else None, None))
-                except Exception:
-                    self.counters["callback_errors"] += 1
+    def _queue_event(self) -> None:
+        """Any thread: a DeviceQueue finished a read or failed an op; the owner looks at the next poll."""
+        self._idle = False
+        wake = self.wakeup
+        if wake is not None:
+            wake()
 
     # -- background ------------------------------------------------------------------------
     def _background(self, busy: bool) -> None:
@@ -680,240 +468,6 @@ class Controller:
             except Exception:
                 self.counters["callback_errors"] += 1
 
-    # -- owner thread and blocking conveniences --------------------------------------------------
-    def start(self) -> None:
-        """Run the controller loop on a thread of its own (the owner thread)."""
-        if self._thread is not None:
-            return
-        self.wakeup = self._event.set
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="splitpoint-controller", daemon=True)
-        self._owner = -1
-        self._thread.start()
-
-    def _loop(self) -> None:
-        self._owner = threading.get_ident()
-        ev = self._event
-        while not self._stop:
-            n = self.poll()
-            if n:
-                continue
-            delay = self.next_background()
-            if delay == 0.0:
-                continue
-            ev.clear()
-            if len(self._ring) or self._stop:
-                continue
-            ev.wait(delay)
-
-    def stop(self) -> None:
-        """Stop the owner thread started by start() (requests already queued stay queued)."""
-        t = self._thread
-        if t is None:
-            return
-        self._stop = True
-        self._event.set()
-        t.join()
-        self._thread = None
-        self._owner = None
-        self.wakeup = None
-
-    def claim_owner(self) -> None:
-        """Declare the calling thread the owner (a front end's event loop that calls poll() itself)."""
-        self._owner = threading.get_ident()
-
-    def _call(self, lun, op, offset=0, length=0, data=None, flags=0, label=None) -> Completion:
-        box: list[Completion] = []
-        owner = self._owner
-        if owner is None or owner == threading.get_ident():
-            with self._inline_lock:
-                while True:
-                    try:
-                        self.submit(lun, op, offset, length, data, flags, label, box.append)
-                        break
-                    except E.QueueFullError:
-                        self.poll()
-                while not box:
-                    self.poll()
-        else:
-            done = threading.Event()
-
-            def cb(c, box=box, done=done):
-                box.append(c)
-                done.set()
-            while True:
-                try:
-                    self.submit(lun, op, offset, length, data, flags, label, cb)
-                    break
-                except E.QueueFullError:
-                    time.sleep(0.0005)
-            done.wait()
-        c = box[0]
-        if c.error is not None:
-            raise c.error
-        return c
-
-    def write(self, lun, offset: int, data, fua: bool = False) -> None:
-        self._call(lun, _WRITE, offset, 0, data, FLAG_FUA if fua else 0)
-
-    def read(self, lun, offset: int, length: int) -> bytes:
-        return self._call(lun, _READ, offset, length).data
-
-    def flush(self, lun) -> None:
-        self._call(lun, _FLUSH)
-
-    def trim(self, lun, offset: int, length: int) -> None:
-        self._call(lun, _TRIM, offset, length)
-
-    def write_zeroes(self, lun, offset: int, length: int, flags: int = 0) -> None:
-        self._call(lun, _ZEROES, offset, length, None, flags)
-
-    def trigger(self, lun, label=None) -> TriggerResult:
-        return self._call(lun, _TRIGGER, label=label).trigger
-
-    def drain(self) -> None:
-        """Owner thread (or no owner): complete every queued request and every async mirror op."""
-        while len(self._ring):
-            self.poll()
-        for path in self._async_paths:
-            path.drain()
-
-    def settle(self) -> None:
-        """Owner thread (or no owner): finish queued requests, mirror queues, resyncs and digests now."""
-        with self._inline_lock:
-            self.drain()
-            while True:
-                for node in self._nodes:
-                    node.finish_sweep()
-                for pool in self._pools:
-                    if pool.upstream is not None:
-                        pool.upstream.drain()
-                    pool.finish()
-                if not any(p.has_background() for p in self._pools) and not any(n.sweep for n in self._nodes):
-                    break
-            for dq in self._queues:
-                dq.drain()
-            self._bg = False
-
-    # -- reports -----------------------------------------------------------------------------------
-    def _lun(self, lun) -> Lun:
-        if isinstance(lun, Lun):
-            return lun
-        got = self.luns.get(lun)
-        if got is None:
-            raise E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
-        return got
-
-    def _find_backup(self, lun: Lun, which) -> PoolMember:
-        found = [m for pool in lun.pools for m in pool.backups()
-                 if which == "latest" or m.manifest.trigger_id == which]
-        if found:
-            return max(found, key=_newest_first)
-        if which == "latest":
-            raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup yet")
-        raise E.NoSuchBackupError(f"LUN {lun.name} has no consistent backup cut by TRIGGER {which} "
-                                  f"(never cut, recycled, or still completing)")
-
-    def backups(self, lun) -> list[BackupInfo]:
-        """Consistent frozen copies of ``lun``, newest TRIGGER first."""
-        lun = self._lun(lun)
-        out = [m.backup_info() for pool in lun.pools for m in pool.backups()]
-        out.sort(key=lambda b: (b.trigger_id, b.time), reverse=True)
-        return out
-
-    def read_backup(self, lun, trigger_id, offset: int, length: int) -> bytes:
-        """Bytes of the backup cut by ``trigger_id`` (or "latest")."""
-        lun = self._lun(lun)
-        member = self._find_backup(lun, trigger_id)
-        check_range(lun, offset, length, False)
-        gen = member.generation
-        data = member.device.read(offset, length)
-        if member.generation != gen or member.state != FROZEN:
-            raise E.NoSuchBackupError(f"the backup of TRIGGER {trigger_id} was recycled while it was read")
-        return data
-
-    def allocation(self, lun, offset: int, length: int) -> list[tuple[int, int, int]]:
-        """NBD base:allocation runs over [offset, offset+length): (offset, length, HOLE|ZERO bits)."""
-        target = self.luns.get(lun) if isinstance(lun, str) else lun
-        if target is None:
-            target = self._resolve_target(lun)
-            if target is None:
-                raise E.NoSuchLunError(f"no LUN named {lun!r}; LUNs: {', '.join(self.luns)}")
-        base = target.lun if isinstance(target, BackupTarget) else target
-        check_range(base, offset, length, False, aligned=False)
-        if isinstance(target, BackupTarget):
-            return [(offset, length, 0)]
-        return target.allocation(offset, length, STATE_HOLE | STATE_ZERO)
-
-    def verify(self, lun, trigger_id=None, progress=None) -> list[VerifyResult]:
-        """Recompute the digest of each consistent backup (or the one named) against its manifest."""
-        lun = self._lun(lun)
-        members = [self._find_backup(lun, trigger_id)] if trigger_id is not None else \
-            [m for pool in lun.pools for m in pool.backups()]
-        out = []
-        for m in members:
-            note = ""
-            gen = m.generation
-            manifest = m.manifest
-            if manifest is None:
-                continue
-            if manifest.digest is None:
-                # a digest taken now would only vouch for whatever the member holds now: nothing to compare
-                h = m.hasher
-                done = "" if h is None else f" ({100.0 * h.offset / max(h.size, 1):.0f} % hashed)"
-                out.append(VerifyResult(manifest.trigger_id, m.name, None, None, None,
-                                        note=f"digest pending: still being computed{done}; verify again later",
-                                        pending=True))
-                continue
-            outcome = verify_device(m.device, manifest, progress)
-            if m.generation != gen:
-                out.append(VerifyResult(manifest.trigger_id, m.name, False, manifest.digest, outcome.actual,
-                                        note="recycled while it was verified; verify again"))
-                continue
-            if not outcome.ok:
-                # the bytes are not the ones the manifest vouches for: stop exporting them as a backup
-                where = ", ".join(f"[{o}, {o}+{n})" for o, n in outcome.bad_regions[:4]) or "the whole copy"
-                m.pool.demote(m, f"verify found a mismatch (digest {outcome.actual:016x}, manifest "
-                                 f"{manifest.digest:016x}) in {where}")
-                note = (note + "; " if note else "") + "demoted: no longer a consistent backup"
-            out.append(VerifyResult(manifest.trigger_id, m.name, outcome.ok, manifest.digest, outcome.actual,
-                                    outcome.bad_regions, note))
-        return out
-
-    def status(self) -> dict:
-        """One JSON-able structure: LUNs, mirror paths, pools and members, queue, counters."""
-        now = time.time()
-        owner = self._owner
-        mine = owner is None or owner == threading.get_ident()   # only the owner acts on a lost medium
-        luns = []
-        for lun in self.luns.values():
-            doc = lun.status()
-            doc["pools"] = [p.status(now, check=mine) for p in lun.pools]
-            wi = None if self.metadata is None else self.metadata.intents.get(lun)
-            doc["write_intent"] = None if wi is None else wi.status()
-            doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
-                               "member": b.member} for b in self.backups(lun)]
-            luns.append(doc)
-        return {"luns": luns,
-                "queue": {"depth": len(self._ring), "capacity": self._ring.capacity, "next_seq": self._ring.next_seq,
-                          "async_mirror_ops": sum(len(p) for p in self._async_paths)},
-                "counters": dict(self.counters),
-                "devices": self._device_status(),
-                "kernels": pyx.implementations(),
-                "metadata": None if self.metadata is None else self.metadata.status()}
-
-    def _device_status(self) -> list[dict]:
-        """Per device behind a link (a board): the host's retransmission and reconnect counters."""
-        queues = {dq.device: dq for dq in self._queues}
-        out = []
-        for what, url, dev in self._roles:
-            link = getattr(dev, "link_status", None)
-            if link is not None:
-                dq = queues.get(dev)
-                out.append({"device": what, "url": url, "link": link(),
-                            "queue": None if dq is None else dq.status()})
-        return out
-
     # -- shutdown ------------------------------------------------------------------------------------
     def close(self) -> None:
         """Drain the queue and the mirror paths, persist metadata (clean shutdown), release devices."""
@@ -938,20 +492,10 @@ class Controller:
     def _close_devices(self) -> None:
         if self.metadata is not None:
             self.metadata.close_logs()
-        for dev in self._devices:
-            try:
-                dev.close()
-            except Exception:
-                pass
-        self._devices = []
+        self.topology.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _newest_first(m: PoolMember) -> tuple:
-    """The order of "newest cut": TRIGGER ids grow per LUN across restarts (sequence numbers once did not)."""
-    return (m.manifest.trigger_id, m.manifest.time)

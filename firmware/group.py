@@ -74,27 +74,15 @@ class ConsistencyGroup:
                     ctl.submit(lun, Op.TRIGGER, label=label, callback=done(i), group=token)
                     break
                 except E.QueueFullError:
-                    self._make_progress(ctl)
+                    ctl.poll_or_wait()
         # phase 2, commit: every device has queued it
         token.committed = True
         for ctl in {id(c): c for c, _ in self.members}.values():
             ctl.release(token)
         for i, (ctl, _lun) in enumerate(self.members):
             while not events[i].is_set():
-                self._make_progress(ctl, events[i])
+                ctl.poll_or_wait(events[i])
         self.triggers += 1
         if errors:
             raise errors[0]
         return results
-
-    @staticmethod
-    def _make_progress(ctl, event=None) -> None:
-        """Poll ``ctl`` ourselves when it has no owner thread (or we are it); else wait for its owner."""
-        owner = ctl._owner
-        if owner is None or owner == threading.get_ident():
-            with ctl._inline_lock:
-                ctl.poll()
-        elif event is not None:
-            event.wait(0.05)
-        else:
-            threading.Event().wait(0.0005)

@@ -11,11 +11,13 @@ may trust: recovery (``firmware/recovery.py``) does.
 """
 from __future__ import annotations
 
+import errno
 import time
 
 import numpy as np
 
 from splitpoint import pyx
+from splitpoint.firmware import errors as E
 from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.firmware.resync import Sweep, copy_between
 from splitpoint.hal import HalError
@@ -24,6 +26,7 @@ _em = pyx.select("epochmap")
 
 _WRITE = int(Op.WRITE)
 _TRIM = int(Op.TRIM)
+_ZEROES = int(Op.WRITE_ZEROES)
 
 
 class LunNode:
@@ -74,6 +77,25 @@ class LunNode:
         self.epoch = epoch
         for forward in self._forwards:
             forward(op, offset, length, data, flags, epoch)
+
+    def check_range(self, offset: int, length: int, writing: bool, aligned: bool = True) -> None:
+        """The one range check of a request on this LUN: non-empty, inside it and (``aligned``) on its blocks.
+
+        Raises the specific error; a write past the end answers ENOSPC (as NBD asks), a read EINVAL."""
+        if length and 0 <= offset and offset + length <= self.size:
+            if not (aligned and (offset | length) & (self.block_size - 1)):
+                return
+        if not length:
+            raise E.ZeroLengthError(f"zero-length request at offset {offset} on {self.name}")
+        if offset < 0 or offset + length > self.size:
+            raise E.OutOfRangeError(f"request [{offset}, {offset}+{length}) is past the end of {self.name} "
+                                    f"({self.size} bytes)", errno.ENOSPC if writing else errno.EINVAL)
+        raise E.MisalignedError(f"request [{offset}, {offset}+{length}) is not aligned to {self.name}'s "
+                                f"block size {self.block_size}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes of [offset, offset+length) through the device's contract (its own bounds check applies)."""
+        return self.device.read(offset, length)
 
     def add_path(self, path) -> None:
         """Feed ``path`` from now on, after the paths already fed."""
@@ -250,6 +272,45 @@ class Lun(LunNode):
         self.holds: list = []          # uncommitted consistency-group TRIGGERs cut here: completions wait
         self.held: list = []           # (callback, Completion) held for them, in order
         self.created = time.time()
+
+    def apply_unaligned(self, op: int, offset: int, length: int, data, flags: int) -> None:
+        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned, in the current epoch.
+
+        Executed in its place in the sequence: the partial blocks at either end are read and
+        rewritten whole, so a request sequenced just before or after it is never lost. A TRIM only
+        trims the whole blocks inside its range (a trim is advisory). What goes down the mirror paths
+        is aligned, as always."""
+        bs = self.block_size
+        end = offset + length
+        start, stop = offset - offset % bs, -(-end // bs) * bs
+        inner0, inner1 = -(-offset // bs) * bs, end - end % bs   # the whole blocks inside the range
+        if op == _TRIM:
+            if inner0 < inner1:
+                self.apply(_TRIM, inner0, inner1 - inner0, None, flags, self.epoch)
+        elif op == _WRITE:
+            self._write_whole_blocks(start, stop, offset, data, flags)
+        elif inner0 < inner1:
+            self.apply(_ZEROES, inner0, inner1 - inner0, None, flags, self.epoch)
+            if offset < inner0:
+                self._write_whole_blocks(start, inner0, offset, bytes(inner0 - offset), flags)
+            if inner1 < end:
+                self._write_whole_blocks(inner1, stop, inner1, bytes(end - inner1), flags)
+        else:
+            self._write_whole_blocks(start, stop, offset, bytes(length), flags)
+
+    def _write_whole_blocks(self, start: int, stop: int, offset: int, body, flags: int) -> None:
+        """Write ``body`` at ``offset`` as the whole blocks [start, stop): the bytes around it are read first."""
+        bs = self.block_size
+        end = offset + memoryview(body).nbytes
+        head = tail = b""
+        if offset > start:
+            first = self.device.read(start, bs)
+            head = first[:offset - start]
+            if end < stop and stop - start == bs:
+                tail = first[end - start:]
+        if end < stop and not tail:
+            tail = self.device.read(stop - bs, bs)[end - (stop - bs):]
+        self.apply(_WRITE, start, stop - start, b"".join((head, body, tail)), flags & FLAG_FUA, self.epoch)
 
     def flush_all(self) -> None:
         """Flush this LUN, its primary backup LUN and every pool member's device (a clean close);

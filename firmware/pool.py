@@ -142,6 +142,11 @@ class BackupPool:
         self.on_backups_changed(self)
 
     # -- transitions ---------------------------------------------------------------------
+    def start_in_sync(self) -> None:
+        """The source and the first member are known to hold the same bytes (both fresh RAM): no resync."""
+        first = self.members[0]
+        first.sweep, first.state = None, ACTIVE
+
     def activate(self, m: PoolMember, notify: bool = True) -> None:
         """Make ``m`` the member that mirrors the source from now on (at start, on a TRIGGER or after a restore)."""
         was_backup = m.state == FROZEN
@@ -354,7 +359,9 @@ class BackupPool:
             self._digested(m)
 
     def finish(self) -> None:
-        """Complete every sweep and digest now (tests, clean shutdown of RAM-only setups)."""
+        """Apply what the upstream path still queues, then complete every sweep and digest now (settle)."""
+        if self.upstream is not None:
+            self.upstream.drain()
         while self.has_background():
             self.background(False, force=True)
 

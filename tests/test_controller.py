@@ -281,6 +281,21 @@ def test_writes_to_a_frozen_backup_are_refused(ctl):
         ctl.read_backup("lun0", 7, 0, 512)
 
 
+def test_a_backup_takes_read_flush_and_cache_and_refuses_everything_else(ctl):
+    ctl.write("lun0", 0, pattern(512, 1))
+    ctl.trigger("lun0")
+    done = []
+    for op in (Op.READ, Op.FLUSH, Op.CACHE, Op.TRIGGER, Op.WRITE):
+        ctl.submit("lun0.t1", op, 0, 512, pattern(512, 2) if op == Op.WRITE else None, callback=done.append)
+    while len(done) < 5:
+        ctl.poll()
+    assert [c.error for c in done[:3]] == [None, None, None]
+    assert done[0].data == pattern(512, 1)
+    assert isinstance(done[3].error, E.BadRequestError) and "only READ, FLUSH and CACHE" in str(done[3].error)
+    assert isinstance(done[4].error, E.FrozenMemberError)
+    assert ctl.read_backup("lun0", 1, 0, 512) == pattern(512, 1)
+
+
 def test_unknown_lun_and_read_only_lun():
     ctl = make(lun_url=f"ram://?size={SIZE}&readonly=1", member_url=f"ram://?size={SIZE}")
     try:

@@ -30,7 +30,7 @@ url = "ram://?size={SIZE}"
 mirror = "async"
 members = ["ram://?size={SIZE}", "ram://?size={SIZE}"]
 """))
-    path = ctl._async_paths[0]
+    path = ctl.topology.async_paths[0]
     seen = []   # (queue depth, queued bytes) right after each request was forwarded
     done = []
 
