@@ -361,6 +361,8 @@ class SerialDevice(BlockDevice):
             return
         self._closed = True
         with self._cv:
+            self._session.fail_all(lambda req: DeviceClosedError(f"serial device {self.port_url!r} closed with seq "
+                                                                 f"{req.seq} unanswered"))
             self._session.close()
             self._cv.notify_all()
         for t in (self._reader, self._writer):
