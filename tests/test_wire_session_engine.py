@@ -328,3 +328,42 @@ def test_handshake_refuses_a_board_with_another_id():
     handshaken(board, host)
     assert host.state == DOWN and isinstance(host.handshake_error, WireProtocolError)
     assert "not 'other'" in str(host.handshake_error)
+
+
+class EmulatedFirmware:
+    """The Python board's engine (boards/emulator) in MemoryBoard's place: the same DeviceSession, on RAM."""
+
+    def __init__(self, window):
+        from splitpoint.boards.emulator import BoardEngine
+        from splitpoint.hal import open_device
+
+        self.engine = BoardEngine(open_device(f"ram://?size={BLOCK * BLOCKS}&block={BLOCK}"), "emu", window=window,
+                                  max_transfer=4096)
+        self.session = self.engine.protocol
+        self.executed = []
+        run_medium = self.session.execute
+
+        def execute(msg):
+            self.executed.append((msg.seq, msg.type, getattr(msg, "offset", None)))
+            return run_medium(msg)
+        self.session.execute = execute
+
+
+@settings(max_examples=60, deadline=None)
+@given(kinds=st.lists(st.tuples(st.sampled_from(["write", "read", "flush", "trigger", "bad"]), st.integers(0, 3)),
+                      min_size=1, max_size=30),
+       up_fates=st.lists(FATES, max_size=20), down_fates=st.lists(REPLY_FATES, max_size=20),
+       board_window=st.integers(1, 8))
+def test_the_python_board_runs_the_same_session(kinds, up_fates, down_fates, board_window):
+    reqs = make_requests(kinds)
+    board = EmulatedFirmware(board_window)
+    host = HostSession("emu", rto=0.05, rate=10**9, retries=40, session=0x77, first_seq=0xFFFFFFF0)  # wraps
+    done, submitted = run(host, board, reqs, list(up_fates), list(down_fates))
+    want, medium = expected_replies(reqs)
+    assert [seq for seq, _, _ in board.executed] == [wire.seq_add(0xFFFFFFF0, i) for i in range(len(reqs))]
+    assert board.engine.device.read(0, BLOCK * BLOCKS) == bytes(medium)
+    for req, expect in zip(submitted, want):
+        if expect is OutOfRangeError:
+            assert isinstance(req.error, OutOfRangeError)
+        else:
+            assert req.error is None and (not isinstance(expect, bytes) or req.data == expect)

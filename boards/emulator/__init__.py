@@ -1,6 +1,6 @@
 """splitpoint.boards.emulator: the Python bridge board (``splitpoint emulate BOARD_ID --link PATH``).
 
-Owns the board side of the wire protocol over a medium (``engine``), the pty
+Owns the board's firmware over a medium (``engine``, on the shared session engine of hal/wire), the pty
 link with its modelled rate, faults and unplug/replug (``board``), and the
 control channel (``control``). It runs a board definition; it never changes one.
 """

@@ -2,7 +2,8 @@
 
 Owns ``Emulator``: the pty whose slave is linked at PATH, the link rate
 modelled in software, fault filters on each direction, unplug/replug, and a
-control-channel pty (``control``). The session itself is ``BoardEngine``'s
+control-channel pty (``control``). The session is the shared engine's
+(``splitpoint.hal.wire.session.DeviceSession``) inside ``BoardEngine``
 (``engine``); this module only moves its bytes. It never decides what a
 TRIGGER means: it forwards TRIGGERs to the listener it is given.
 """
@@ -22,7 +23,6 @@ from splitpoint.hal.contract import BlockDevice
 from splitpoint.hal.filters import frame_chain
 from splitpoint.hal.wire import Feature, Flag, MsgType
 
-frame = wire.frame
 
 PACE_SLACK = 0.002  # seconds a link's virtual clock may run ahead before the emulator waits
 
@@ -65,7 +65,7 @@ class Emulator:
                                   wire.pack_version(board.firmware), self._wire_trigger)
         self.rx_chain = frame_chain(faults, "rx", seed, link=self)
         self.tx_chain = frame_chain(faults, "tx", seed, link=self)
-        self.decoder = frame.FrameDecoder(board.max_transfer + 64)
+        self.decoder = self.engine.decoder  # the session's: the io path only splits at delimiters for the filters
         self.stats = self.engine.stats
         self.plug_count = 0
         self._lock = threading.RLock()
@@ -255,7 +255,7 @@ class Emulator:
             if item is not None:
                 arrived, data = item
                 if data is None:
-                    self.decoder.reset()
+                    self.engine.protocol.reset_link()
                     self._rx_split.clear()
                 else:
                     if self.rate:  # the chunk counts as received when its last byte crossed the link
@@ -293,14 +293,7 @@ class Emulator:
             buf.clear()
 
     def _deliver(self, wire_bytes: bytes):
-        replies = []
-        before = self.decoder.rejected
-        for frm in self.decoder.feed(wire_bytes):
-            replies += self.engine.on_frame(frm)
-        for _ in range(self.decoder.rejected - before):
-            replies += self.engine.on_rejected_frame()
-        self.decoder.pop_errors()
-        for msg in replies:
+        for msg in self.engine.feed(wire_bytes):
             if msg.flags & Flag.REPLAY and self._tx_waiting[(self._generation, msg.seq)]:
                 # an earlier copy of this reply has not even left yet: it answers the duplicate too, and a
                 # second copy would only lengthen the queue every later reply waits in (a host that

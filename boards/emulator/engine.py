@@ -1,150 +1,83 @@
-"""The board's side of a session over its medium, transport-free: frames in, reply messages out.
+"""The board's side of a session over its medium, transport-free: bytes or frames in, reply messages out.
 
-Owns ``BoardEngine``: the handshake, in-order execution within the window,
-the reply cache that answers a duplicate without running it again, NAKs, and
-the mapping of the medium's errors to the protocol's codes. It never touches
-a pty, a thread or a clock, and never decides what a TRIGGER means: it hands
-each one, in seq order, to the callback it is given.
+Owns ``BoardEngine``: what each request does to the medium (READ, WRITE,
+FLUSH, TRIM, zeroes, TRIGGER), the board's INFO, and the mapping of the
+medium's errors to the protocol's codes. The session rules (handshake, seq
+order within the window, the reply cache, NAKs) are the shared engine's,
+``splitpoint.hal.wire.session.DeviceSession``. It never touches a pty, a
+thread or a clock, and never decides what a TRIGGER means: it hands each one,
+in seq order, to the callback it is given.
 """
 from __future__ import annotations
-
-import collections
 
 from splitpoint.hal import wire
 from splitpoint.hal.contract import (BlockDevice, HalError, MisalignedError, OutOfRangeError, ReadOnlyError,
                                      ZeroLengthError)
 from splitpoint.hal.wire import ErrorCode, Feature, Flag, MsgType
+from splitpoint.hal.wire.session import DeviceSession
 
 _HAL_ERRORS = ((OutOfRangeError, ErrorCode.OUT_OF_RANGE), (MisalignedError, ErrorCode.MISALIGNED),
                (ZeroLengthError, ErrorCode.MISALIGNED), (ReadOnlyError, ErrorCode.READ_ONLY))
 
 
 class BoardEngine:
-    """The board's side of a session, transport-agnostic: frames in, reply messages out.
+    """A bridge board's firmware over ``device``: the shared DeviceSession, executing on the medium.
 
-    Requests execute strictly in seq order. Out-of-order arrivals inside the
-    window wait in ``buffered``; the replies of the last ``window`` executed
-    seqs stay in ``replies`` so a duplicate is answered again, never re-run.
+    ``feed(bytes)`` (or ``on_frame``/``on_rejected_frame`` for frames already
+    decoded) returns the reply messages to send, in order.
     """
 
     def __init__(self, device: BlockDevice, board_id: str, window: int = 8, max_transfer: int = 16384,
                  features: int = 0, firmware: int = 0, on_trigger=None):
-        if not 1 <= window <= wire.MAX_WINDOW:
-            raise ValueError(f"window {window} must be 1..{wire.MAX_WINDOW}")
         self.device = device
         self.board_id = board_id
-        self.window = window
         self.max_transfer = max_transfer
         self.features = features | (Feature.READ_ONLY if device.read_only else 0)
         self.firmware = firmware
         self.on_trigger = on_trigger  # fn(id, label, seq), called in seq order
-        self.session = None
-        self.expected = 0
-        self.buffered: dict[int, object] = {}
-        self.replies: collections.OrderedDict[int, wire.Message] = collections.OrderedDict()
-        self._nak_for = None
-        self.stats = collections.Counter()
+        self.protocol = DeviceSession(window, self._run, self._describe, max_transfer + 64)
+        self.stats = self.protocol.stats
+        self.decoder = self.protocol.decoder
+
+    # the session's state, as a board's status and tests read it
+    window = property(lambda self: self.protocol.window)
+    expected = property(lambda self: self.protocol.expected, doc="The next seq the board executes.")
+    buffered = property(lambda self: self.protocol.buffered)
+    replies = property(lambda self: self.protocol.replies)
+
+    @property
+    def session(self) -> int | None:
+        """The session the board holds (None: none yet). Setting None models a power loss."""
+        return self.protocol.session
+
+    @session.setter
+    def session(self, value: int | None) -> None:
+        self.protocol.session = value
+
+    def _describe(self) -> wire.BoardInfo:
+        return wire.BoardInfo(self.device.size, self.device.block_size, self.max_transfer, self.window,
+                              self.features, self.firmware, board_id=self.board_id)
 
     def info(self) -> wire.BoardInfo:
-        return wire.BoardInfo(self.device.size, self.device.block_size, self.max_transfer, self.window,
-                              self.features, self.firmware, self.session or 0, self.expected, self.board_id)
+        return self.protocol.info()
 
-    def _received_bitmap(self) -> int:
-        bits = 0
-        for seq in self.buffered:
-            d = wire.seq_after(seq, self.expected) - 1
-            if 0 <= d < 32:
-                bits |= 1 << d
-        return bits
-
-    def nak(self) -> wire.Nak:
-        self.stats["naks"] += 1
-        return wire.Nak(seq=0, expected=self.expected, received=self._received_bitmap())
-
-    def on_rejected_frame(self) -> list:
-        """A frame failed its COBS/length/CRC check: ask for a resend of what is missing."""
-        self.stats["rejected_frames"] += 1
-        return [self.nak()] if self.session is not None else []
+    def feed(self, data: bytes) -> list:
+        """Reply messages for bytes received from the host."""
+        return self.protocol.feed(data)
 
     def on_frame(self, frm: tuple) -> list:
         """Replies to send for one decoded frame (version, type, flags, seq, payload)."""
-        try:
-            msg = wire.decode_message(frm)
-        except wire.WireError as exc:
-            self.stats["bad_messages"] += 1
-            if exc.type >= 0x80:
-                return []  # a reply type travelling the wrong way: nothing to answer
-            if exc.type == MsgType.INFO:  # INFO is never sequenced: answer at once
-                return [wire.Error(seq=exc.seq, of=MsgType.INFO, code=exc.code, message=str(exc))]
-            msg = exc  # a malformed or unknown request still takes its turn in seq order
-        if not isinstance(msg, wire.WireError) and msg.type not in wire.REQUEST_TYPES:
-            self.stats["ignored"] += 1
-            return []
-        if isinstance(msg, wire.Info):
-            return [self._handshake(msg)]
-        seq = msg.seq
-        if self.session is None:
-            return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.NO_SESSION,
-                               message="no session: send INFO first")]
-        d = wire.seq_after(seq, self.expected)
-        if d < 0:
-            cached = self.replies.get(seq)
-            if cached is None:
-                self.stats["stale"] += 1
-                return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.STALE, flags=Flag.REPLAY,
-                                   message=f"seq {seq} is older than the reply cache (expected {self.expected})")]
-            self.stats["replays"] += 1
-            cached.flags |= Flag.REPLAY
-            return [cached]
-        if d >= self.window:
-            self.stats["window"] += 1
-            return [wire.Error(seq=seq, of=msg.type & 0xFF, code=ErrorCode.WINDOW,
-                               message=f"seq {seq} is beyond expected {self.expected} + window {self.window}")]
-        if d > 0:
-            if seq in self.buffered:
-                self.stats["duplicates_buffered"] += 1
-                return []
-            self.buffered[seq] = msg
-            if self._nak_for != self.expected:  # one NAK per gap; the host's timer covers the rest
-                self._nak_for = self.expected
-                return [self.nak()]
-            return []
-        out = [self._execute(msg)]
-        while self.expected in self.buffered:
-            out.append(self._execute(self.buffered.pop(self.expected)))
-        return out
+        return self.protocol.on_frame(frm)
 
-    def _handshake(self, msg: wire.Info) -> wire.Ack:
-        if msg.session == 0:
-            return wire.Error(seq=msg.seq, of=MsgType.INFO, code=ErrorCode.BAD_PAYLOAD,
-                              message="session 0 is reserved; pick a random non-zero session")
-        if msg.session != self.session:
-            self.stats["sessions"] += 1
-            self.session = msg.session
-            self.expected = msg.first_seq
-            self.buffered.clear()
-            self.replies.clear()
-            flags = 0
-        else:
-            self.stats["resumes"] += 1
-            flags = Flag.RESUMED
-        self._nak_for = None
-        return wire.Ack(seq=msg.seq, flags=flags, of=MsgType.INFO, info=self.info())
+    def on_rejected_frame(self) -> list:
+        """A frame failed its COBS/length/CRC check: ask for a resend of what is missing."""
+        return self.protocol.on_rejected_frame()
 
-    def _execute(self, msg) -> wire.Message:
-        seq = self.expected
-        reply = self._run(msg)
-        self.expected = wire.seq_add(self.expected, 1)
-        self._nak_for = None
-        self.replies[seq] = reply
-        while len(self.replies) > self.window:
-            self.replies.popitem(last=False)
-        self.stats["executed"] += 1
-        return reply
+    def nak(self) -> wire.Nak:
+        return self.protocol.nak()
 
     def _run(self, msg) -> wire.Message:
-        if isinstance(msg, wire.WireError):
-            return wire.Error(seq=msg.seq, of=msg.type & 0xFF, code=msg.code, message=str(msg))
+        """Execute one well-formed request on the medium (the session calls it in seq order)."""
         dev = self.device
         try:
             if isinstance(msg, wire.Read):

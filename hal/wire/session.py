@@ -413,7 +413,7 @@ class HostSession:
     def submit(self, msg: wire.Message, reply_bytes: int, now: float) -> Request:
         """Number ``msg`` and queue it; the caller checks ``can_submit`` first (the window bound)."""
         if self.closed:
-            raise DeviceClosedError(f"serial device {self.link!r} is closed")
+            raise DeviceClosedError(f"the session on {self.link!r} is closed")
         if self.state != UP and self.gone is not None:
             raise DeviceGoneError(str(self.gone))
         if not self.can_submit():
@@ -455,7 +455,7 @@ class HostSession:
         """No more requests; the outstanding ones fail with DeviceClosedError."""
         self.closed = True
         self._go_down()
-        self.fail_all(lambda req: DeviceClosedError(f"serial device {self.link!r} closed with seq {req.seq} "
+        self.fail_all(lambda req: DeviceClosedError(f"the session on {self.link!r} closed with seq {req.seq} "
                                                     f"unanswered"))
 
 
