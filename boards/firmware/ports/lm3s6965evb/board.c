@@ -1,6 +1,7 @@
 /* The lm3s6965evb port (QEMU `-M lm3s6965evb`): PL011 UART0 is the data channel, UART1 the control
- * channel, and the medium is SRAM. The main loop polls both receivers and hands the bytes to the core;
- * the transmitter waits for FIFO room (QEMU's UART model then holds the host back, as flow control). */
+ * channel, and the medium is SRAM. The main loop drains both receivers and hands the bytes to the core;
+ * with nothing to read it sleeps in WFI until a UART has a byte. Interrupts stay masked (PRIMASK), so no
+ * handler runs: a pending UART interrupt only ends the WFI. The transmitter waits for FIFO room. */
 #include <stdint.h>
 
 #include "sp_board.h"
@@ -25,8 +26,17 @@
 #define UART_FBRD 0x028u
 #define UART_LCRH 0x02Cu
 #define UART_CTL 0x030u
+#define UART_IMSC 0x038u
+#define UART_ICR 0x044u
 #define FR_RXFE 0x10u
 #define FR_TXFF 0x20u
+#define INT_RX 0x10u  /* receive */
+#define INT_RT 0x40u  /* receive timeout */
+
+/* NVIC set-enable and clear-pending registers; UART0 is interrupt 5, UART1 interrupt 6 */
+#define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
+#define NVIC_ICPR0 (*(volatile uint32_t *)0xE000E280u)
+#define UART_IRQS ((1u << 5) | (1u << 6))
 
 static volatile uint32_t *reg(uint32_t base, uint32_t off) { return (volatile uint32_t *)(base + off); }
 
@@ -36,7 +46,20 @@ static void uart_init(uint32_t base)
     *reg(base, UART_IBRD) = 1; /* QEMU ignores the divisor; a real board sets its baud here */
     *reg(base, UART_FBRD) = 0;
     *reg(base, UART_LCRH) = 0x70u;  /* 8 bits, FIFOs on */
+    *reg(base, UART_IMSC) = INT_RX | INT_RT; /* a byte pends the UART's interrupt: it ends the WFI */
     *reg(base, UART_CTL) = 0x301u;  /* UARTEN | TXE | RXE */
+}
+
+static int rx_empty(uint32_t base) { return (*reg(base, UART_FR) & FR_RXFE) != 0; }
+
+/* sleep until a UART has a byte (a byte that came after the last check ends the WFI at once) */
+static void idle(void)
+{
+    *reg(UART0_BASE, UART_ICR) = INT_RX | INT_RT;
+    *reg(UART1_BASE, UART_ICR) = INT_RX | INT_RT;
+    NVIC_ICPR0 = UART_IRQS;
+    if (rx_empty(UART0_BASE) && rx_empty(UART1_BASE))
+        __asm volatile("wfi");
 }
 
 static void port_tx(void *ctx, int channel, const uint8_t *p, size_t n)
@@ -94,7 +117,7 @@ static sp_board board;
 static size_t uart_take(uint32_t base, uint8_t *buf, size_t cap)
 {
     size_t n = 0;
-    while (n < cap && !(*reg(base, UART_FR) & FR_RXFE))
+    while (n < cap && !rx_empty(base))
         buf[n++] = (uint8_t)*reg(base, UART_DR);
     return n;
 }
@@ -115,8 +138,10 @@ int main(void)
         .tx = port_tx,
         .tx_ctx = 0,
     };
+    __asm volatile("cpsid i"); /* no handler ever runs: interrupts only wake the WFI */
     uart_init(UART0_BASE);
     uart_init(UART1_BASE);
+    NVIC_ISER0 = UART_IRQS;
     if (sp_board_init(&board, &cfg, &storage) != 0) {
         static const uint8_t msg[] = "ERR firmware configuration refused\n";
         port_tx(0, SP_CHANNEL_CONTROL, msg, sizeof msg - 1u);
@@ -128,8 +153,10 @@ int main(void)
         size_t n = uart_take(UART0_BASE, buf, sizeof buf);
         if (n)
             sp_board_data_in(&board, buf, n);
-        n = uart_take(UART1_BASE, buf, sizeof buf);
-        if (n)
-            sp_board_control_in(&board, buf, n);
+        size_t m = uart_take(UART1_BASE, buf, sizeof buf);
+        if (m)
+            sp_board_control_in(&board, buf, m);
+        if (!n && !m)
+            idle();
     }
 }
