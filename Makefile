@@ -7,7 +7,7 @@ DEBS := qemu-utils libnbd-bin nbdkit fio fuse3 socat e2fsprogs
 # a command each package provides, in the same order, to tell whether it is installed
 DEB_PROBES := qemu-img nbdinfo nbdkit fio fusermount3 socat mkfs.ext4
 
-.PHONY: demo test bench build venv debs clean firmware firmware-debs
+.PHONY: demo test bench build venv debs clean firmware firmware-debs fuzz
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ firmware-debs:
 firmware: firmware-debs
 	@for mk in $(FIRMWARE_PORTS); do port=$$(dirname $$mk); echo "== $$(basename $$port)"; \
 		$(MAKE) -s -C $$port || exit 1; done
+
+# the firmware core's parsers under AddressSanitizer/UBSan: a long run (CI runs a short one in the tests)
+fuzz:
+	$(MAKE) -C boards/firmware/host fuzz FUZZ_RUNS=$${FUZZ_RUNS:-5000000}
 
 test: build debs firmware
 	$(PY) -m pytest -q -n 2 --dist loadgroup
