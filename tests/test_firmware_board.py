@@ -193,3 +193,26 @@ def test_board_definitions_load_into_the_firmware_and_bad_ones_are_refused():
         CBoard(window=33)
     with pytest.raises(FirmwareConfigError):
         CBoard(board_id="x" * 33)
+
+
+def test_status_json_escapes_labels_the_host_chose():
+    b = CBoard(capacity=64 << 10, pool_members=2)
+    hello(b)
+    label = 'a"b\\c\x01é'
+    one(b.data_in(wire.Trigger(seq=1, id=1, label=label).encode()))
+    assert json.loads(b.control_line("STATUS"))["backups"][0]["label"] == label
+
+
+def test_the_port_template_compiles_against_the_core(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    root = os.path.join(os.path.dirname(__file__), "..", "boards", "firmware")
+    out = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-c", "-I", os.path.join(root, "core"),
+                          os.path.join(root, "ports", "template", "board.c"), "-o", str(tmp_path / "t.o")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -32,7 +32,6 @@ from tests.reference import FLUSH, TRIGGER, TRIM, WRITE, ZEROES, ReferenceLun
 BLOCK = 512
 BLOCKS = 64
 SIZE = BLOCK * BLOCKS
-WINDOW = 8
 MAX_TRANSFER = 16384
 FEATURES = 0x2F
 FIRMWARE = 0x010000
@@ -72,13 +71,13 @@ class ModelLun(BlockDevice):
 class PythonBoard:
     """The Python board over the Python model: same wire interface as CBoard (bytes in, bytes out)."""
 
-    def __init__(self, members: int):
+    def __init__(self, members: int, window: int):
         urls = ", ".join(f'"ram://m{i}?size={SIZE}&block={BLOCK}"' for i in range(members))
         self.ctl = Controller.from_config(loads(
             f'[[lun]]\nname = "lun0"\nurl = "ram://lun0?size={SIZE}&block={BLOCK}"\n\n'
             f'[lun.pool]\nmirror = "sync"\nmembers = [{urls}]\n'))
         self.lun = self.ctl.luns["lun0"]
-        self.engine = BoardEngine(ModelLun(self.ctl, self.lun), BOARD_ID, WINDOW, MAX_TRANSFER, FEATURES, FIRMWARE,
+        self.engine = BoardEngine(ModelLun(self.ctl, self.lun), BOARD_ID, window, MAX_TRANSFER, FEATURES, FIRMWARE,
                                   on_trigger=lambda tid, label, seq: self.ctl.trigger(self.lun, label=label or None))
         self.decoder = wire.frame.FrameDecoder(MAX_TRANSFER + 64)
         self._shim = types.SimpleNamespace(board=types.SimpleNamespace(id=BOARD_ID), trigger_listener=self._listen)
@@ -167,10 +166,10 @@ def request(op, seq, tid):
     return wire.Message(seq=seq, flags=Flag.ZEROES), None   # an INFO-typed frame is unsequenced: use FLUSH below
 
 
-def run_stream(members, first_seq, ops, shuffle_seed, dup_rate):
-    cb = CBoard(BOARD_ID, SIZE, BLOCK, WINDOW, MAX_TRANSFER, FEATURES, FIRMWARE, chunk_size=4096,
+def run_stream(members, window, first_seq, ops, shuffle_seed, dup_rate):
+    cb = CBoard(BOARD_ID, SIZE, BLOCK, window, MAX_TRANSFER, FEATURES, FIRMWARE, chunk_size=4096,
                 pool_members=members)
-    pb = PythonBoard(members)
+    pb = PythonBoard(members, window)
     ref = ReferenceLun(SIZE)
     rng = random.Random(shuffle_seed)
     try:
@@ -207,10 +206,10 @@ def run_stream(members, first_seq, ops, shuffle_seed, dup_rate):
                 ref.apply(effect[0], effect[1], effect[2])
             batch.append(msg)
             seq = (seq + 1) & 0xFFFFFFFF
-            if len(batch) == WINDOW or rng.random() < 0.3:
+            if len(batch) == window or rng.random() < 0.3:
                 deliver()
         deliver()
-        for dup in range(3):                        # late duplicates of the last requests: replayed, never re-run
+        for dup in range(min(3, window) + 1):   # late duplicates: replayed, never re-run (or older than the cache)
             old = wire.Flush(seq=(seq - 1 - dup) & 0xFFFFFFFF).encode()
             assert replies(cb.data_in(old)) == replies(pb.data_in(old))
 
@@ -229,8 +228,9 @@ def run_stream(members, first_seq, ops, shuffle_seed, dup_rate):
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(members=st.integers(1, 3), first_seq=st.sampled_from([1, 1000, 0xFFFFFFF8]),
+@given(members=st.integers(1, 3), window=st.sampled_from([1, 3, 8, 32]),
+       first_seq=st.sampled_from([1, 1000, 0xFFFFFFF8, 0xFFFFFFFE]),
        ops=st.lists(OPS, max_size=40), shuffle_seed=st.integers(0, 2**32 - 1),
        dup_rate=st.sampled_from([0.0, 0.1, 0.3]))
-def test_c_firmware_and_python_model_agree_byte_for_byte(members, first_seq, ops, shuffle_seed, dup_rate):
-    run_stream(members, first_seq, ops, shuffle_seed, dup_rate)
+def test_c_firmware_and_python_model_agree_byte_for_byte(members, window, first_seq, ops, shuffle_seed, dup_rate):
+    run_stream(members, window, first_seq, ops, shuffle_seed, dup_rate)

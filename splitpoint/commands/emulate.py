@@ -15,7 +15,10 @@ import click
 @click.option("--rate", type=int, metavar="BYTES_PER_S",
               help="Override the link rate of the board definition (0 = unlimited).")
 @click.option("--seed", type=int, help="Seed for the fault filters (repeatable runs).")
-def command(board_id, link, control_link, storage, faults, rate, seed):
+@click.option("--qemu", is_flag=True,
+              help="Run the C firmware under qemu-system-arm instead (data UART at PATH, control UART at "
+                   "PATH.control; see docs/firmware.md).")
+def command(board_id, link, control_link, storage, faults, rate, seed, qemu):
     """Serve the wire protocol as emulated board BOARD_ID on a pseudo-terminal.
 
     The link rate of the board definition is modelled in software (a pty ignores
@@ -23,6 +26,8 @@ def command(board_id, link, control_link, storage, faults, rate, seed):
     channel is recorded at the board's current point in the request stream and
     answered `OK <id> seq=<n>`; TRIGGERs on the data link are printed as they run.
     """
+    if qemu:
+        return _run_qemu(board_id, link, control_link, storage, faults, rate)
     from splitpoint.boards.schema import BoardDefinitionError, load_board
     from splitpoint.boards.emulator import Emulator, open_storage
     from splitpoint.hal import HalError
@@ -72,3 +77,31 @@ def command(board_id, link, control_link, storage, faults, rate, seed):
         emu.stop()
         device.close()
     click.echo(f"stopped: {dict(emu.stats)}")
+
+
+def _run_qemu(board_id, link, control_link, storage, faults, rate):
+    """`emulate --qemu`: the firmware's lm3s6965evb port in QEMU until SIGINT/SIGTERM."""
+    from splitpoint.boards.firmware.qemu import QemuBoard, QemuError, build
+    from splitpoint.boards.schema import BoardDefinitionError, load_board
+
+    for name, value in (("--storage", storage), ("--faults", faults), ("--rate", rate)):
+        if value is not None:
+            raise click.ClickException(f"{name} is not supported with --qemu: the firmware keeps its medium "
+                                       f"in the board's SRAM and QEMU's UARTs run unthrottled")
+    try:
+        load_board(board_id)
+        board = QemuBoard(build(board_id), link, control_link).start()
+    except (BoardDefinitionError, QemuError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"board {board_id} (C firmware, qemu-system-arm -M {board.machine}) on {board.link_path} -> "
+               f"{board.ptys['serial0']}, control on {board.control_path} -> {board.ptys['serial1']}")
+    try:
+        while not stop.wait(0.2):
+            if board.proc.poll() is not None:
+                raise click.ClickException(f"qemu-system-arm exited: {' | '.join(board.output[-3:])}")
+    finally:
+        board.stop()
+    click.echo("stopped")

@@ -8,7 +8,7 @@
 #define SP_CONFIG_H
 
 #ifndef SP_WINDOW_MAX
-#define SP_WINDOW_MAX 8u /* requests buffered and replies cached; 1..32 (NAK bitmap width) */
+#define SP_WINDOW_MAX 8u /* requests buffered and replies cached; a power of two up to 32 (NAK bitmap width) */
 #endif
 
 #ifndef SP_MAX_TRANSFER_MAX
@@ -48,6 +48,7 @@
 #define SP_MAX_PAYLOAD (SP_MAX_TRANSFER_MAX + 64u)
 
 _Static_assert(SP_WINDOW_MAX >= 1u && SP_WINDOW_MAX <= SP_PROTOCOL_WINDOW_MAX, "SP_WINDOW_MAX must be 1..32");
+_Static_assert((SP_WINDOW_MAX & (SP_WINDOW_MAX - 1u)) == 0u, "SP_WINDOW_MAX must be a power of two (slot index)");
 _Static_assert((SP_RING_SLOTS & (SP_RING_SLOTS - 1u)) == 0u, "SP_RING_SLOTS must be a power of two");
 _Static_assert(SP_POOL_MAX >= 1u, "the pool needs at least one region");
 _Static_assert(SP_COPY_BYTES >= 512u, "the copy buffer holds at least one block");

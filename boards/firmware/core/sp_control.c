@@ -6,7 +6,6 @@
  * goes through the board's ring like every other request; nothing here
  * touches the pool or the data channel directly.
  */
-#include <stdio.h>
 #include <string.h>
 
 #include "sp_board.h"
@@ -34,11 +33,27 @@ static void put(text *t, const char *s, size_t n)
 
 static void puts_(text *t, const char *s) { put(t, s, strlen(s)); }
 
-static void putu(text *t, unsigned long long v)
+/* decimal digits of v (no printf: the firmware links no stdio) */
+static void putu(text *t, uint64_t v)
 {
-    char buf[24];
-    int n = snprintf(buf, sizeof buf, "%llu", v);
-    put(t, buf, (size_t)n);
+    char buf[20];
+    size_t n = sizeof buf;
+    do {
+        buf[--n] = (char)('0' + v % 10u);
+        v /= 10u;
+    } while (v);
+    put(t, buf + n, sizeof buf - n);
+}
+
+/* `digits` lowercase hex digits of v */
+static void putx(text *t, uint32_t v, int digits)
+{
+    char buf[8];
+    for (int i = digits - 1; i >= 0; i--) {
+        buf[i] = "0123456789abcdef"[v & 0xFu];
+        v >>= 4;
+    }
+    put(t, buf, (size_t)digits);
 }
 
 /* a JSON string: quotes, backslashes and control characters escaped; UTF-8 passes through */
@@ -51,9 +66,8 @@ static void putjs(text *t, const char *s, size_t n)
             char esc[2] = {'\\', (char)c};
             put(t, esc, 2);
         } else if (c < 0x20) {
-            char esc[8];
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            put(t, esc, 6);
+            put(t, "\\u", 2);
+            putx(t, c, 4);
         } else {
             put(t, (const char *)&c, 1);
         }
@@ -134,10 +148,9 @@ size_t sp_board_status(sp_board *b, char *out, size_t cap)
         putjs(&t, m->manifest.label, m->manifest.label_len);
         field(&t, "seq", m->manifest.seq, 1);
         field(&t, "epoch", m->manifest.epoch, 1);
-        char digest[16];
-        snprintf(digest, sizeof digest, "%08lx", (unsigned long)m->manifest.digest);
-        puts_(&t, ", \"digest\": ");
-        putjs(&t, digest, strlen(digest));
+        puts_(&t, ", \"digest\": \"");
+        putx(&t, m->manifest.digest, 8);
+        puts_(&t, "\"");
         puts_(&t, "}");
     }
     puts_(&t, "]}");
@@ -240,18 +253,20 @@ size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap)
                 puts_(&t, ": it has one LUN");
             }
         } else if (rn > SP_LABEL_MAX) {
-            char msg[64];
-            snprintf(msg, sizeof msg, "ERR label is %u bytes; at most %u", (unsigned)rn, (unsigned)SP_LABEL_MAX);
-            puts_(&t, msg);
+            puts_(&t, "ERR label is ");
+            putu(&t, rn);
+            puts_(&t, " bytes; at most ");
+            putu(&t, SP_LABEL_MAX);
         } else {
             uint64_t id = 0;
             int64_t seq = sp_board_trigger(b, rest, (uint32_t)rn, &id);
             if (seq < 0) {
                 puts_(&t, "ERR trigger failed: the board could not cut it");
             } else {
-                char msg[64];
-                snprintf(msg, sizeof msg, "OK %llu seq=%llu", (unsigned long long)id, (unsigned long long)seq);
-                puts_(&t, msg);
+                puts_(&t, "OK ");
+                putu(&t, id);
+                puts_(&t, " seq=");
+                putu(&t, (uint64_t)seq);
             }
         }
     } else if (verb_is(s, vn, "VERIFY") || verb_is(s, vn, "PIN") || verb_is(s, vn, "UNPIN") ||

@@ -3,6 +3,9 @@
 
 #include <string.h>
 
+/* the slot of seq: SP_WINDOW_MAX is a power of two, so it divides 2^32 and wrapping keeps slots apart */
+static uint32_t slot(uint32_t seq) { return seq & (SP_WINDOW_MAX - 1u); }
+
 void sp_session_init(sp_session *s, uint16_t window, sp_execute_fn execute, sp_send_fn send, sp_info_fn info,
                      void *ctx)
 {
@@ -25,7 +28,7 @@ void sp_session_init(sp_session *s, uint16_t window, sp_execute_fn execute, sp_s
 static uint32_t received_bitmap(const sp_session *s)
 {
     uint32_t bits = 0;
-    for (uint32_t i = 0; i < s->window; i++) {
+    for (uint32_t i = 0; i < SP_WINDOW_MAX; i++) {
         const sp_buffered *b = &s->buffered[i];
         if (!b->used)
             continue;
@@ -84,7 +87,7 @@ static void handshake(sp_session *s, const sp_frame *f)
 static void run(sp_session *s, const sp_frame *f, int code, const char *why)
 {
     uint32_t seq = s->expected;
-    sp_reply *r = &s->replies[seq % s->window];
+    sp_reply *r = &s->replies[slot(seq)];
     if (code)
         sp_reply_error(r, seq, f->type, (uint16_t)code, why);
     else
@@ -127,7 +130,7 @@ void sp_session_frame(sp_session *s, const sp_frame *f)
     }
     int64_t d = sp_seq_after(seq, s->expected);
     if (d < 0) {
-        sp_reply *cached = &s->replies[seq % s->window];
+        sp_reply *cached = &s->replies[slot(seq)];
         if (-d > s->window || !cached->used || cached->seq != seq) {
             s->stats.stale++;
             sp_reply_error(&s->out, seq, f->type, SP_ERR_STALE, "seq is older than the reply cache");
@@ -147,7 +150,7 @@ void sp_session_frame(sp_session *s, const sp_frame *f)
         return;
     }
     if (d > 0) {
-        sp_buffered *b = &s->buffered[seq % s->window];
+        sp_buffered *b = &s->buffered[slot(seq)];
         if (b->used && b->seq == seq) {
             s->stats.duplicates_buffered++;
             return;
@@ -168,7 +171,7 @@ void sp_session_frame(sp_session *s, const sp_frame *f)
     }
     run(s, f, code, why);
     for (;;) {
-        sp_buffered *b = &s->buffered[s->expected % s->window];
+        sp_buffered *b = &s->buffered[slot(s->expected)];
         if (!b->used || b->seq != s->expected)
             break;
         sp_frame next = {b->version, b->type, b->flags, b->seq, b->length, b->payload};

@@ -5,8 +5,10 @@
  * and NAKs (docs/wire-protocol.md, section 3). It never touches a UART, a
  * clock or the medium: in-order requests go to `execute`, replies to `send`.
  *
- * Slots: the reorder buffer and the reply cache are arrays of `window` slots
- * indexed by seq % window. Only seqs in one window can be live at once:
+ * Slots: the reorder buffer and the reply cache are arrays of SP_WINDOW_MAX
+ * slots indexed by seq mod SP_WINDOW_MAX (a power of two, so the index stays
+ * consecutive across the wrap of seq at 2^32). Only seqs in one window
+ * (window <= SP_WINDOW_MAX) can be live at once:
  *
  *        replies (cached)          buffered (waiting)
  *   ... [e-w ........ e-1]  e  [e+1 ........ e+w-1] ...     e = expected, w = window

@@ -1,0 +1,112 @@
+"""The firmware under QEMU: build a port, run it in qemu-system-arm with its UARTs on ptys.
+
+Owns ``QemuBoard``: the QEMU process (ended by its pid), the two ptys QEMU
+creates for UART0 (data, linked at PATH) and UART1 (control, at
+PATH.control), and ``build``, which runs the port's Makefile. It never speaks
+the wire protocol: the host opens PATH with ``board://BOARD_ID?port=PATH``
+and handshakes with its own INFO; the firmware prints no banner.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+PORTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ports")
+#: port -> QEMU machine
+MACHINES = {"lm3s6965evb": "lm3s6965evb"}
+_PTY_LINE = re.compile(r"char device redirected to (\S+) \(label (\w+)\)")
+
+
+class QemuError(RuntimeError):
+    """The firmware could not be built or QEMU could not run it; the message says what to install or fix."""
+
+
+def build(board_id: str, port: str = "lm3s6965evb") -> str:
+    """Build ``port`` announcing ``board_id``; the path of its firmware.elf."""
+    if port not in MACHINES:
+        raise QemuError(f"no QEMU port {port!r}; ports: {', '.join(MACHINES)}")
+    if shutil.which("arm-none-eabi-gcc") is None:
+        raise QemuError("arm-none-eabi-gcc is missing: run `make firmware` (it installs gcc-arm-none-eabi)")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", board_id):
+        raise QemuError(f"board id {board_id!r} must be 1-32 letters, digits, dots, dashes or underscores")
+    out = subprocess.run(["make", "-s", "-C", os.path.join(PORTS, port), f"BOARD_ID={board_id}"],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise QemuError(f"building the {port} firmware failed:\n{out.stdout}{out.stderr}")
+    return os.path.join(PORTS, port, "build", board_id, "firmware.elf")
+
+
+def _link(target: str, path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+
+
+class QemuBoard:
+    """The firmware ``elf`` running in ``qemu-system-arm -M machine``, UART0 at ``link``, UART1 at
+    ``link + '.control'``."""
+
+    def __init__(self, elf: str, link: str, control_link: str | None = None, machine: str = "lm3s6965evb"):
+        self.elf = elf
+        self.link_path = os.path.abspath(link)
+        self.control_path = os.path.abspath(control_link or link + ".control")
+        self.machine = machine
+        self.proc: subprocess.Popen | None = None
+        self.ptys: dict[str, str] = {}
+        self.output: list[str] = []
+
+    def start(self, timeout: float = 10.0) -> "QemuBoard":
+        qemu = shutil.which("qemu-system-arm")
+        if qemu is None:
+            raise QemuError("qemu-system-arm is missing: run `make firmware` (it installs qemu-system-arm)")
+        self.proc = subprocess.Popen([qemu, "-M", self.machine, "-display", "none", "-monitor", "none",
+                                      "-serial", "pty", "-serial", "pty", "-kernel", self.elf],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     text=True)
+        found = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip())
+                m = _PTY_LINE.search(line)
+                if m:
+                    self.ptys[m.group(2)] = m.group(1)
+                    if {"serial0", "serial1"} <= self.ptys.keys():
+                        found.set()
+
+        threading.Thread(target=read, name="qemu-output", daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise QemuError(f"qemu-system-arm did not offer its UARTs: {' | '.join(self.output[-5:])}")
+        _link(self.ptys["serial0"], self.link_path)
+        _link(self.ptys["serial1"], self.control_path)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for path, label in ((self.link_path, "serial0"), (self.control_path, "serial1")):
+            try:
+                if os.path.islink(path) and os.readlink(path) == self.ptys.get(label):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

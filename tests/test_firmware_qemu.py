@@ -1,0 +1,129 @@
+"""The C firmware's lm3s6965evb port under qemu-system-arm, through the real host side: board:// over
+its UART0 pty, the control channel on UART1, TRIGGER frames that rotate the board's own pool (checked
+against the reference replay by the manifests' digests), and `splitpoint emulate --qemu`."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import serial
+
+from splitpoint.hal import open_device
+from splitpoint.pyx import frame_py
+from tests.reference import TRIGGER, WRITE, ReferenceLun
+
+BOARD = "emu-uart-3m"
+SIZE = 8192          # the port's SRAM medium: 8 KiB primary and three 8 KiB regions
+URL_OPTS = "rto=0.3&retries=16"
+
+pytestmark = [pytest.mark.xdist_group("qemu"),
+              pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
+                                 reason="qemu-system-arm / gcc-arm-none-eabi missing: `make firmware` installs them")]
+
+
+@pytest.fixture(scope="module")
+def elf():
+    from splitpoint.boards.firmware.qemu import build
+
+    return build(BOARD)
+
+
+@pytest.fixture
+def qemu_board(elf, tmp_path):
+    from splitpoint.boards.firmware.qemu import QemuBoard
+
+    board = QemuBoard(elf, str(tmp_path / "qemu")).start()
+    yield board, f"board://{BOARD}?port={board.link_path}&{URL_OPTS}"
+    board.stop()
+
+
+def control(board, *lines):
+    with serial.serial_for_url(board.control_path, timeout=10) as ctl:
+        answers = []
+        for line in lines:
+            ctl.write(line.encode() + b"\n")
+            answers.append(ctl.readline().decode().rstrip("\n"))
+        return answers
+
+
+def test_round_trip_and_ranges(qemu_board):
+    _, url = qemu_board
+    rng = random.Random(1)
+    ref = bytearray(SIZE)
+    with open_device(url) as dev:
+        assert (dev.info.board_id, dev.size, dev.info.max_transfer, dev.info.window) == (BOARD, SIZE, 1024, 4)
+        pend = []
+        for _ in range(40):
+            off = rng.randrange(0, SIZE // 512) * 512
+            n = min(rng.choice((512, 1024)), SIZE - off)
+            data = rng.randbytes(n)
+            pend.append(dev.submit_write(off, data))
+            ref[off:off + n] = data
+        assert all(p.result(30) is None for p in pend)
+        assert dev.read(0, SIZE) == bytes(ref)
+        dev.write_zeroes(0, 2048, fua=True)
+        dev.trim(4096, 512)
+        ref[0:2048] = bytes(2048)
+        ref[4096:4608] = bytes(512)
+        assert dev.read(0, SIZE) == bytes(ref)
+
+
+def test_trigger_frames_rotate_the_boards_pool_at_exactly_their_point(qemu_board):
+    board, url = qemu_board
+    rng = random.Random(2)
+    ref = ReferenceLun(SIZE)
+    with open_device(url) as dev:
+        for cut in range(1, 5):
+            pend = []
+            for _ in range(12):
+                off = rng.randrange(0, SIZE // 512) * 512
+                data = rng.randbytes(512)
+                pend.append(dev.submit_write(off, data))
+                ref.apply(WRITE, off, data)
+            dev.trigger(cut, f"cut{cut}")
+            ref.apply(TRIGGER)
+            assert all(p.result(30) is None for p in pend)
+        (line,) = control(board, "STATUS")
+    status = json.loads(line)
+    assert status["triggers"] == 4 and status["pool"]["rotations"] == 4
+    kept = {b["trigger_id"]: b for b in status["backups"]}
+    assert sorted(kept) == [3, 4]
+    for tid, b in kept.items():   # the region's CRC32C, taken by the firmware at the cut
+        assert b["label"] == f"cut{tid}" and int(b["digest"], 16) == frame_py.crc32c(ref.snapshot(tid))
+
+
+def test_control_channel_answers_in_the_controllers_grammar(qemu_board):
+    board, url = qemu_board
+    with open_device(url) as dev:
+        dev.write(0, b"\x42" * 512)
+        ping, trig, bad = control(board, "PING", "TRIGGER from qemu", "TRIGGER ON lun1")
+    assert ping == "PONG" and trig.startswith("OK 1 seq=")
+    assert bad == f"ERR TRIGGER ON is not supported by board {BOARD}: it has one LUN"
+    (line,) = control(board, "STATUS")
+    b = json.loads(line)["backups"][0]
+    assert b["label"] == "from qemu"
+    assert int(b["digest"], 16) == frame_py.crc32c(b"\x42" * 512 + bytes(SIZE - 512))
+
+
+def test_emulate_qemu_command_runs_until_sigterm(tmp_path):
+    link = str(tmp_path / "board")
+    proc = subprocess.Popen([sys.executable, "-m", "splitpoint", "emulate", "--qemu", BOARD, "--link", link],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (os.path.lexists(link) and os.path.lexists(link + ".control")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        with open_device(f"board://{BOARD}?port={link}&{URL_OPTS}") as dev:
+            dev.write(512, b"\x07" * 512)
+            assert dev.read(512, 512) == b"\x07" * 512
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "C firmware" in out and not os.path.lexists(link)
