@@ -35,7 +35,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests.test_crash import config_for
     from splitpoint.firmware.controller import Controller
-    from splitpoint.firmware.requests import Op
+    from splitpoint.firmware.requests import FLAG_FUA, Op
 
     workdir, seed, clean_ops = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(seed)
@@ -58,7 +58,7 @@ CHILD = textwrap.dedent("""
             fua = rng.random() < 0.2
             data = value.to_bytes(4, "little") * ({block} // 4)
             box = []
-            seq = ctl.submit("lun0", Op.WRITE, block * {block}, data=data, flags=1 if fua else 0, callback=box.append)
+            seq = ctl.submit("lun0", Op.WRITE, block * {block}, data=data, flags=FLAG_FUA if fua else 0, callback=box.append)
             note(f"W {{seq}} {{block}} {{value}}")
             while not box:
                 ctl.poll()
