@@ -81,7 +81,7 @@ class LunNode:
     def check_range(self, offset: int, length: int, writing: bool, aligned: bool = True) -> None:
         """The one range check of a request on this LUN: non-empty, inside it and (``aligned``) on its blocks.
 
-        Raises the specific error; a write past the end answers ENOSPC (as NBD asks), a read EINVAL."""
+        Raises the specific error; past the end it is OutOfRangeError with ENOSPC for a write, EINVAL for a read."""
         if length and 0 <= offset and offset + length <= self.size:
             if not (aligned and (offset | length) & (self.block_size - 1)):
                 return

@@ -2,7 +2,7 @@
 
 Owns the names of backup exports (``<lun>.t<id>``, ``<lun>.latest``: a
 BackupTarget), finding the pool member that holds a backup, the backup listing,
-direct reads of a backup, NBD base:allocation, verify and the status document.
+direct reads of a backup, allocation runs (holes and zeros), verify and the status document.
 
 ``Reports`` is mixed into the Controller: it reads the controller's LUNs, ring,
 counters, topology and recovery through their public state, and changes nothing
@@ -61,7 +61,7 @@ class Reports:
         return out
 
     def allocation(self, lun, offset: int, length: int) -> list[tuple[int, int, int]]:
-        """NBD base:allocation runs over [offset, offset+length): (offset, length, HOLE|ZERO bits)."""
+        """Allocation runs over [offset, offset+length): (offset, length, STATE_HOLE|STATE_ZERO bits)."""
         target = self.luns.get(lun) if isinstance(lun, str) else lun
         if target is None:
             target = self._resolve_target(lun)
