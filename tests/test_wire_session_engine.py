@@ -457,3 +457,23 @@ def test_a_resume_from_a_delayed_old_info_starts_a_new_session():
     later = host.submit(wire.Flush(), 0, 0.2)
     exchange(board, host, 0.2)
     assert later.error is None
+
+
+def test_a_nak_resends_only_what_the_board_provably_lacks_and_not_within_the_holdoff():
+    board = MemoryBoard(window=8)
+    host = HostSession("mem", rto=0.2, rate=10**9, session=5)
+    handshaken(board, host)
+    reqs = [host.submit(wire.Flush(), 0, 0.0) for _ in range(5)]
+    frames = [host.next_frame(0.0) for _ in reqs]
+    for f in frames[1:3] + frames[4:]:  # the first and the fourth are lost; 2, 3 and 5 arrive
+        board.session.feed(f)
+    (nak,) = board.session.on_rejected_frame()  # as for a torn frame: the bitmap of what is buffered
+    assert isinstance(nak, wire.Nak) and (nak.expected, nak.received) == (reqs[0].seq, 0b1011)
+    host.feed(nak.encode(), 0.01)  # within a quarter rto of the sends: a NAK storm is not answered
+    assert host.outgoing(0.01) == b""
+    host.feed(nak.encode(), 0.1)
+    resent = host.outgoing(0.1)
+    assert [m.seq for m in map(wire.decode_wire, [f + b"\0" for f in resent.split(b"\0") if f])] == \
+        [reqs[0].seq, reqs[3].seq]
+    replies = board.session.feed(resent)
+    assert [r.seq for r in replies] == [r.seq for r in reqs]
