@@ -66,32 +66,35 @@ class Line:
 
     def __init__(self, fates):
         self.fates = fates
-        self.flight = []  # (deliver_at, order, bytes)
+        self.flight = []  # (deliver_at, order, bytes, corrupted)
         self.order = 0
+        self.corrupted = 0  # corrupted frames delivered
 
     def send(self, data: bytes, now: float):
         fate, arg = self.fates.pop(0) if self.fates else ("ok", 0)
         at = now + LATENCY
+        bad = fate == "corrupt"
         if fate == "drop":
             return
         if fate == "delay":
             at += arg * STEP  # later frames overtake it: reordering
         if fate == "corrupt":
             raw = bytearray(data)
-            raw[arg % max(1, len(raw) - 1)] ^= 0x5A  # may even make a 0x00: the frame is torn in two
+            raw[arg % max(1, len(raw) - 1)] ^= 0x5A  # never the delimiter; may make a 0x00: the frame is torn in two
             data = bytes(raw)
-        self._put(at, data)
+        self._put(at, data, bad)
         if fate == "dup":
-            self._put(at + arg * STEP, data)
+            self._put(at + arg * STEP, data, bad)
 
-    def _put(self, at, data):
+    def _put(self, at, data, bad):
         self.order += 1
-        self.flight.append((at, self.order, data))
+        self.flight.append((at, self.order, data, bad))
 
     def due(self, now: float) -> list:
         ready = sorted(f for f in self.flight if f[0] <= now)
         self.flight = [f for f in self.flight if f[0] > now]
-        return [data for _, _, data in ready]
+        self.corrupted += sum(bad for *_, bad in ready)
+        return [data for _, _, data, _ in ready]
 
 
 LINE_FATES = ["ok", "ok", "drop", "dup", "delay", "corrupt"]
@@ -182,6 +185,8 @@ def run(host, board, reqs, up_fates, down_fates, budget=20_000):
             host.link_lost(now)
     else:
         pytest.fail(f"{len(done)} of {len(reqs)} answered; state {host.state}, stats {dict(host.stats)}")
+    # every corrupted frame that reached the board was rejected by the frame layer (CRC, COBS or length)
+    assert board.session.decoder.rejected >= up.corrupted
     return done, submitted
 
 
