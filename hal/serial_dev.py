@@ -22,9 +22,9 @@ from splitpoint.hal.contract import BadURLError, BlockDevice, DeviceClosedError,
 from splitpoint.hal.contract import ReadOnlyError, check_io
 from splitpoint.hal.url import LINK_OPTIONS, link_options, split_port_url
 from splitpoint.hal.wire import Flag
-from splitpoint.hal.wire.session import (DEFAULT_RATE, DEFAULT_RECONNECT, DEFAULT_RETRIES,  # noqa: F401
-                                         DEFAULT_RTO, DOWN, HANDSHAKING, HOST_WINDOW, UP, BoardIOError,
-                                         BoardResetError, HostSession, Request, WireProtocolError, backoff)
+from splitpoint.hal.wire.session import (DEFAULT_RECONNECT, DEFAULT_RETRIES, DEFAULT_RTO, DOWN, HANDSHAKING,
+                                         HOST_WINDOW, UP, BoardIOError, BoardResetError, HostSession, Request,
+                                         WireProtocolError, backoff)
 
 log = logging.getLogger("splitpoint.hal.serial")
 

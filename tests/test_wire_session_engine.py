@@ -25,12 +25,22 @@ LATENCY = 0.001  # seconds a frame takes on the line
 STEP = 0.005  # the virtual clock's tick
 
 
+def tag(msg):
+    """What tells one request of a test stream from the others once it crossed the line."""
+    if isinstance(msg, wire.Write):
+        return ("write", msg.offset, msg.data[:1])
+    if isinstance(msg, wire.Trigger):
+        return ("trigger", msg.id)
+    return None
+
+
 class MemoryBoard:
     """A device side: DeviceSession over a bytearray, recording what it executed in order."""
 
     def __init__(self, window=4, max_transfer=4096):
         self.medium = bytearray(BLOCK * BLOCKS)
         self.executed = []  # (seq, type, offset)
+        self.tags = []  # tag() of each request executed
         self.max_transfer = max_transfer
         self.session = DeviceSession(window, self.execute, self.describe, max_transfer + 64)
 
@@ -39,6 +49,7 @@ class MemoryBoard:
 
     def execute(self, msg):
         self.executed.append((msg.seq, msg.type, getattr(msg, "offset", None)))
+        self.tags.append(tag(msg))
         if isinstance(msg, (wire.Read, wire.Write)):
             length = msg.length if isinstance(msg, wire.Read) else len(msg.data)
             if msg.offset + length > len(self.medium):
@@ -55,32 +66,35 @@ class Line:
 
     def __init__(self, fates):
         self.fates = fates
-        self.flight = []  # (deliver_at, order, bytes)
+        self.flight = []  # (deliver_at, order, bytes, corrupted)
         self.order = 0
+        self.corrupted = 0  # corrupted frames delivered
 
     def send(self, data: bytes, now: float):
         fate, arg = self.fates.pop(0) if self.fates else ("ok", 0)
         at = now + LATENCY
+        bad = fate == "corrupt"
         if fate == "drop":
             return
         if fate == "delay":
             at += arg * STEP  # later frames overtake it: reordering
         if fate == "corrupt":
             raw = bytearray(data)
-            raw[arg % max(1, len(raw) - 1)] ^= 0x5A  # may even make a 0x00: the frame is torn in two
+            raw[arg % max(1, len(raw) - 1)] ^= 0x5A  # never the delimiter; may make a 0x00: the frame is torn in two
             data = bytes(raw)
-        self._put(at, data)
+        self._put(at, data, bad)
         if fate == "dup":
-            self._put(at + arg * STEP, data)
+            self._put(at + arg * STEP, data, bad)
 
-    def _put(self, at, data):
+    def _put(self, at, data, bad):
         self.order += 1
-        self.flight.append((at, self.order, data))
+        self.flight.append((at, self.order, data, bad))
 
     def due(self, now: float) -> list:
         ready = sorted(f for f in self.flight if f[0] <= now)
         self.flight = [f for f in self.flight if f[0] > now]
-        return [data for _, _, data in ready]
+        self.corrupted += sum(bad for *_, bad in ready)
+        return [data for _, _, data, _ in ready]
 
 
 LINE_FATES = ["ok", "ok", "drop", "dup", "delay", "corrupt"]
@@ -149,6 +163,9 @@ def run(host, board, reqs, up_fates, down_fates, budget=20_000):
             assert wire.seq_after(seqs[-1], seqs[0]) < host.window  # the window rule, not only its count
         host.tick(now)
         while (data := host.next_frame(now)) is not None:
+            if up.fates and up.fates[0][0] == "reset":  # the board loses power: no session, no reply cache
+                up.fates.pop(0)
+                board.session.session = None
             if up.fates and up.fates[0][0] == "unplug":
                 up.fates.pop(0)
                 up.flight.clear()
@@ -168,6 +185,8 @@ def run(host, board, reqs, up_fates, down_fates, budget=20_000):
             host.link_lost(now)
     else:
         pytest.fail(f"{len(done)} of {len(reqs)} answered; state {host.state}, stats {dict(host.stats)}")
+    # every corrupted frame that reached the board was rejected by the frame layer (CRC, COBS or length)
+    assert board.session.decoder.rejected >= up.corrupted
     return done, submitted
 
 
@@ -367,3 +386,99 @@ def test_the_python_board_runs_the_same_session(kinds, up_fates, down_fates, boa
             assert isinstance(req.error, OutOfRangeError)
         else:
             assert req.error is None and (not isinstance(expect, bytes) or req.data == expect)
+
+
+@settings(max_examples=150, deadline=None)
+@given(kinds=st.lists(st.tuples(st.sampled_from(["write", "trigger", "read"]), st.integers(0, 3)), min_size=1,
+                      max_size=30),
+       up_fates=st.lists(st.one_of(FATES, st.just(("reset", 0))), max_size=30),
+       down_fates=st.lists(REPLY_FATES, max_size=20))
+def test_a_board_reset_never_applies_a_request_twice(kinds, up_fates, down_fates):
+    """Power losses of the board: a request it may have run fails with BoardResetError (maybe applied,
+    never twice); every request is answered once, and every success was executed exactly once, in order."""
+    reqs = make_requests(kinds)
+    board = MemoryBoard(window=4)
+    host = HostSession("mem", rto=0.05, rate=10**9, retries=40, session=0x99)
+    done, submitted = run(host, board, reqs, list(up_fates), list(down_fates))
+    assert sorted(id(r) for r in done) == sorted(id(r) for r in submitted)
+    index = {tag(m): i for i, m in enumerate(reqs) if tag(m) is not None}
+    ran = [index[t] for t in board.tags if t is not None]
+    assert ran == sorted(set(ran))  # never twice, and in submission order
+    for i, req in enumerate(submitted):
+        if tag(req.msg) is None:
+            continue
+        if req.error is None:
+            assert i in ran
+        else:
+            assert isinstance(req.error, BoardResetError)
+
+
+def test_a_resume_the_board_began_from_our_own_lost_info_is_a_reset():
+    """After a power loss the board starts our session from INFO, but its ACK is lost; the resent INFO
+    then finds the session and comes back RESUMED. The host must still see the reset: the board's
+    next_seq is past everything it sent, so no request it had outstanding can be answered from there."""
+    board = MemoryBoard()
+    host = HostSession("mem", rto=0.1, session=5)
+    handshaken(board, host)
+    ran = host.submit(wire.Write(offset=0, data=b"a" * BLOCK), 0, 0.0)
+    board.session.feed(host.outgoing(0.0))  # executed; the ACK is lost with the link
+    host.link_lost(0.1)
+    board.session.session = None  # power loss
+    host.connect(0.2)
+    assert board.session.feed(host.outgoing(0.2))  # the board starts the session; its ACK is lost
+    host.tick(1.0)  # INFO's timer: sent again
+    exchange(board, host, 1.0)
+    assert host.state == UP and host.stats["false_resumes"] == 1
+    assert isinstance(ran.error, BoardResetError) and host.incarnation == 1
+    later = host.submit(wire.Flush(), 0, 1.0)
+    exchange(board, host, 1.0)
+    assert later.error is None and board.executed[-1][1] == MsgType.FLUSH
+
+
+def test_a_resume_from_a_delayed_old_info_starts_a_new_session():
+    """After a power loss a duplicate INFO of an earlier handshake, late on the line, restarts the
+    session at an old first_seq; resuming there could run old frames still in flight as new requests,
+    so the host starts a new session past every seq it sent."""
+    board = MemoryBoard()
+    host = HostSession("mem", rto=0.1, session=5, first_seq=1)
+    host.connect(0.0)
+    old_info = host.outgoing(0.0)
+    exchange_bytes = board.session.feed(old_info)
+    host.feed(exchange_bytes[0].encode(), 0.0)
+    for i in range(2):
+        host.submit(wire.Write(offset=i * BLOCK, data=b"w" * BLOCK), 0, 0.0)
+    exchange(board, host, 0.0)
+    ran = host.submit(wire.Write(offset=0, data=b"x" * BLOCK), 0, 0.0)
+    board.session.feed(host.outgoing(0.0))  # seq 3 ran; its ACK is lost with the link
+    host.link_lost(0.1)
+    board.session.session = None  # power loss
+    board.session.feed(old_info)  # the first INFO, late: the session restarts at seq 1
+    host.connect(0.2)
+    exchange(board, host, 0.2)  # RESUMED at 1, which no outstanding request allows: a new session instead
+    exchange(board, host, 0.2)
+    assert host.state == UP and host.stats["false_resumes"] == 1 and host.session != 5
+    assert isinstance(ran.error, BoardResetError) and host.incarnation == 1
+    assert wire.seq_after(board.session.expected, 4) >= wire.MAX_WINDOW  # past every seq of the old session
+    later = host.submit(wire.Flush(), 0, 0.2)
+    exchange(board, host, 0.2)
+    assert later.error is None
+
+
+def test_a_nak_resends_only_what_the_board_provably_lacks_and_not_within_the_holdoff():
+    board = MemoryBoard(window=8)
+    host = HostSession("mem", rto=0.2, rate=10**9, session=5)
+    handshaken(board, host)
+    reqs = [host.submit(wire.Flush(), 0, 0.0) for _ in range(5)]
+    frames = [host.next_frame(0.0) for _ in reqs]
+    for f in frames[1:3] + frames[4:]:  # the first and the fourth are lost; 2, 3 and 5 arrive
+        board.session.feed(f)
+    (nak,) = board.session.on_rejected_frame()  # as for a torn frame: the bitmap of what is buffered
+    assert isinstance(nak, wire.Nak) and (nak.expected, nak.received) == (reqs[0].seq, 0b1011)
+    host.feed(nak.encode(), 0.01)  # within a quarter rto of the sends: a NAK storm is not answered
+    assert host.outgoing(0.01) == b""
+    host.feed(nak.encode(), 0.1)
+    resent = host.outgoing(0.1)
+    assert [m.seq for m in map(wire.decode_wire, [f + b"\0" for f in resent.split(b"\0") if f])] == \
+        [reqs[0].seq, reqs[3].seq]
+    replies = board.session.feed(resent)
+    assert [r.seq for r in replies] == [r.seq for r in reqs]

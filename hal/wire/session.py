@@ -138,6 +138,7 @@ class HostSession:
         self._nonce = 0
         self._hello_tries = 0
         self._hello_due = 0.0
+        self._first_seq = first_seq  # the first_seq the latest INFO proposed
         self._lost_at: float | None = None
         self._abandoned = False  # requests were failed unanswered: the next handshake starts a new session
         self._decoder = wire.frame.FrameDecoder()
@@ -180,6 +181,7 @@ class HostSession:
         # old session still on the line (a retransmission in the board's receive path) is then older than
         # the new session and answered STALE, never executed as the new request of its seq.
         first_seq = self.next_seq if self.info is None else wire.seq_add(self.next_seq, wire.MAX_WINDOW)
+        self._first_seq = first_seq
         msg = wire.Info(seq=self._nonce, flags=Flag.RETRANSMIT if self._hello_tries else 0, session=self.session,
                         first_seq=first_seq)
         self._hello = b"\x00" + msg.encode()  # the leading delimiter ends any torn frame on the line
@@ -234,6 +236,17 @@ class HostSession:
             return
         resumed = bool(reply.flags & Flag.RESUMED)
         first = self.info is None
+        if resumed and not first and not self._resumable(info.next_seq):
+            # The board "resumed" a session it began from one of our own INFOs after it lost its state.
+            self.stats["false_resumes"] += 1
+            if info.next_seq != self._first_seq:
+                # from an INFO of an earlier handshake, delayed on the line: frames of that time may still be
+                # on their way with seqs this session would reuse; only a new session is safe
+                self.session = new_session_id()
+                self._hello_tries = 0
+                self._send_hello(now)
+                return
+            resumed = False  # from this handshake's INFO whose ACK was lost: it starts past all we ever sent
         if not first:
             self.stats["reconnects"] += 1
             log.warning("board on %r: reconnected, session %s", self.link,
@@ -255,6 +268,12 @@ class HostSession:
         for req in self.out.values():  # resend in seq order; the board replays what it already ran
             req.tries += 1
             self._enqueue(req, now)
+
+    def _resumable(self, board_next: int) -> bool:
+        """Whether a board whose next seq is ``board_next`` can hold our session: it has executed every
+        answered request and none we never sent, so it stands between the oldest outstanding and next_seq."""
+        oldest = next(iter(self.out)) if self.out else self.next_seq
+        return wire.seq_after(board_next, oldest) >= 0 and wire.seq_after(board_next, self.next_seq) <= 0
 
     def _renumber(self, first_seq: int) -> None:
         """Number the requests still outstanding (never written) from ``first_seq`` on."""
