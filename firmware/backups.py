@@ -111,7 +111,7 @@ class BackupRequests:
         """Queue a backup read on its member's DeviceQueue; it completes at a later poll."""
         def done(data, error, late=late, seq=seq, op=op, cb=cb):
             self._late.append((late, seq, op, cb, data, error))
-            self._queue_event()
+            self._wake_owner()
         try:
             late.member.read_async(late.offset, late.length, done)
         except HalError as exc:

@@ -84,7 +84,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
         self._batch = np.zeros(256, dtype=self._dtype)
         self._entries: dict[int, tuple] = {}
         self._cookies = itertools.count(1)
-        self.topology = Topology(config, queue_event=self._queue_event, pool_changed=self._pool_changed,
+        self.topology = Topology(config, queue_event=self._wake_owner, pool_changed=self._pool_changed,
                                  backups_changed=self._backups_changed)
         topo = self.topology
         self.luns: dict[str, Lun] = topo.luns      # the loop walks the topology's own lists
@@ -226,6 +226,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                                            if (op == _WRITE or op == _TRIM or op == _ZEROES)
                                            and type(entries[cookie][0]) is Lun])
         lun_ops = self._lun_ops
+        sub_block_ops = self._sub_block_ops
         for seq, offset, cookie, length, op, flags in descs:
             lun, data, label, cb, err = entries.pop(cookie)
             result = None
@@ -234,7 +235,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                 try:
                     if type(lun) is Lun:
                         try:
-                            handler = (self._sub_block_ops if flags & FLAG_SUB_BLOCK else lun_ops)[op]
+                            handler = (sub_block_ops if flags & FLAG_SUB_BLOCK else lun_ops)[op]
                         except KeyError:
                             handler = self._unknown_op
                         result = handler(lun, seq, op, offset, length, data, flags, label, refused)
@@ -367,10 +368,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
     def release(self, group) -> None:
         """Any thread: ``group`` has committed; completions held for it are delivered at the next poll."""
         self._released.append(group)
-        self._idle = False
-        wake = self.wakeup
-        if wake is not None:
-            wake()
+        self._wake_owner()
 
     def _apply_releases(self) -> None:
         released, self._released = self._released, []
@@ -388,8 +386,9 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                     self.counters["callback_errors"] += 1
         del released
 
-    def _queue_event(self) -> None:
-        """Any thread: a DeviceQueue finished a read or failed an op; the owner looks at the next poll."""
+    def _wake_owner(self) -> None:
+        """Any thread: the owner has work at its next poll (a group committed; a DeviceQueue finished a
+        read or failed an op)."""
         self._idle = False
         wake = self.wakeup
         if wake is not None:
