@@ -48,15 +48,18 @@ static void tx(void *ctx, int channel, const uint8_t *p, size_t n)
         control_fill += n;
         return;
     }
-    for (size_t i = 0; i < n; i++) {
+    while (n) {
         sp_frame f;
-        int st = sp_decoder_byte(&check, p[i], &f);
+        size_t used = 0;
+        int st = sp_decoder_push(&check, p, n, &used, &f);
         if (st > 0) {
             fprintf(stderr, "the board sent a frame its own decoder rejects (status %d)\n", st);
             broken++;
         } else if (st == SP_FRAME_OK) {
             replies++;
         }
+        p += used;
+        n -= used;
     }
 }
 
