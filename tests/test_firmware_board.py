@@ -216,3 +216,18 @@ def test_the_port_template_compiles_against_the_core(tmp_path):
                           os.path.join(root, "ports", "template", "board.c"), "-o", str(tmp_path / "t.o")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_long_status_streams_whole_over_the_control_channel():
+    """STATUS with seven backups under labels of control characters (escaped six bytes each) is far
+    longer than the board's answer buffer: it still arrives as one line of valid JSON."""
+    b = CBoard(capacity=64 << 10, pool_members=8)
+    hello(b)
+    for i in range(1, 10):
+        one(b.data_in(wire.Trigger(seq=i, id=i, label="\x01" * 64).encode()))
+    out = b.control_in(b"STATUS\n")
+    assert len(out) > 3000 and out.endswith(b"\n") and out.count(b"\n") == 1
+    status = json.loads(out)
+    assert [x["trigger_id"] for x in sorted(status["backups"], key=lambda x: x["trigger_id"])] == list(range(3, 10))
+    assert all(x["label"] == "\x01" * 64 for x in status["backups"])
+    assert b.status() == status                     # the bounded API gives the same document

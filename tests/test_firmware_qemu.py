@@ -18,7 +18,7 @@ from splitpoint.pyx import frame_py
 from tests.reference import TRIGGER, WRITE, ReferenceLun
 
 BOARD = "emu-uart-3m"
-SIZE = 8192          # the port's SRAM medium: 8 KiB primary and three 8 KiB regions
+SIZE = 4096          # the port's SRAM medium (no SD image given): 4 KiB primary and three 4 KiB regions
 URL_OPTS = "rto=0.3&retries=16"
 
 pytestmark = [pytest.mark.xdist_group("qemu"),
@@ -56,7 +56,7 @@ def test_round_trip_and_ranges(qemu_board):
     rng = random.Random(1)
     ref = bytearray(SIZE)
     with open_device(url) as dev:
-        assert (dev.info.board_id, dev.size, dev.info.max_transfer, dev.info.window) == (BOARD, SIZE, 1024, 4)
+        assert (dev.info.board_id, dev.size, dev.info.max_transfer, dev.info.window) == (BOARD, SIZE, 4096, 2)
         pend = []
         for _ in range(40):
             off = rng.randrange(0, SIZE // 512) * 512
@@ -67,9 +67,9 @@ def test_round_trip_and_ranges(qemu_board):
         assert all(p.result(30) is None for p in pend)
         assert dev.read(0, SIZE) == bytes(ref)
         dev.write_zeroes(0, 2048, fua=True)
-        dev.trim(4096, 512)
+        dev.trim(3072, 512)
         ref[0:2048] = bytes(2048)
-        ref[4096:4608] = bytes(512)
+        ref[3072:3584] = bytes(512)
         assert dev.read(0, SIZE) == bytes(ref)
 
 
@@ -127,3 +127,24 @@ def test_emulate_qemu_command_runs_until_sigterm(tmp_path):
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "C firmware" in out and not os.path.lexists(link)
+
+
+def test_sd_card_medium_keeps_the_primary_across_a_restart(elf, tmp_path):
+    """With an SD image the port keeps its regions on the card (SD over SPI): what the host wrote is in
+    the image at the primary's offsets, and a restarted board serves it again."""
+    from splitpoint.boards.firmware.qemu import QemuBoard
+
+    image = tmp_path / "sd.img"
+    with open(image, "wb") as fh:
+        fh.truncate(16 << 20)
+    data = random.Random(3).randbytes(8192)
+    with QemuBoard(elf, str(tmp_path / "a"), sd_image=str(image)) as board:
+        with open_device(f"board://{BOARD}?port={board.link_path}&{URL_OPTS}") as dev:
+            assert dev.size == 2 << 20              # 16 MiB over a primary and three regions, capped by the map
+            dev.write(1 << 20, data, fua=True)
+    with open(image, "rb") as fh:
+        fh.seek(1 << 20)
+        assert fh.read(len(data)) == data            # region 0 of the card is the primary
+    with QemuBoard(elf, str(tmp_path / "b"), sd_image=str(image)) as board:
+        with open_device(f"board://{BOARD}?port={board.link_path}&{URL_OPTS}") as dev:
+            assert dev.read(1 << 20, len(data)) == data

@@ -2,7 +2,9 @@
 
 Owns ``QemuBoard``: the QEMU process (ended by its pid), the two ptys QEMU
 creates for UART0 (data, linked at PATH) and UART1 (control, at
-PATH.control), and ``build``, which runs the port's Makefile. It never speaks
+PATH.control), the SD card image it may be given (the port's SD-over-SPI
+driver uses it; without one the board keeps its medium in SRAM), and
+``build``, which runs the port's Makefile. It never speaks
 the wire protocol: the host opens PATH with ``board://BOARD_ID?port=PATH``
 and handshakes with its own INFO; the firmware prints no banner.
 """
@@ -40,6 +42,17 @@ def build(board_id: str, port: str = "lm3s6965evb") -> str:
     return os.path.join(PORTS, port, "build", board_id, "firmware.elf")
 
 
+def check_sd_image(path: str) -> None:
+    """Refuse an SD image QEMU would refuse: it must exist and its size be a power of two."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise QemuError(f"SD image {path!r}: {exc.strerror}; create one with `truncate -s 16M {path}`") from None
+    if size < 1 << 20 or size & (size - 1):
+        raise QemuError(f"SD image {path!r} is {size} bytes; QEMU needs a power of two (at least 1 MiB), "
+                        f"e.g. `truncate -s 16M {path}`")
+
+
 def _link(target: str, path: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     if os.path.lexists(tmp):
@@ -52,8 +65,10 @@ class QemuBoard:
     """The firmware ``elf`` running in ``qemu-system-arm -M machine``, UART0 at ``link``, UART1 at
     ``link + '.control'``."""
 
-    def __init__(self, elf: str, link: str, control_link: str | None = None, machine: str = "lm3s6965evb"):
+    def __init__(self, elf: str, link: str, control_link: str | None = None, machine: str = "lm3s6965evb",
+                 sd_image: str | None = None):
         self.elf = elf
+        self.sd_image = sd_image   # a raw SD card image (its size a power of two); None: the board's SRAM
         self.link_path = os.path.abspath(link)
         self.control_path = os.path.abspath(control_link or link + ".control")
         self.machine = machine
@@ -65,8 +80,12 @@ class QemuBoard:
         qemu = shutil.which("qemu-system-arm")
         if qemu is None:
             raise QemuError("qemu-system-arm is missing: run `make firmware` (it installs qemu-system-arm)")
-        self.proc = subprocess.Popen([qemu, "-M", self.machine, "-display", "none", "-monitor", "none",
-                                      "-serial", "pty", "-serial", "pty", "-kernel", self.elf],
+        args = [qemu, "-M", self.machine, "-display", "none", "-monitor", "none", "-serial", "pty", "-serial", "pty",
+                "-kernel", self.elf]
+        if self.sd_image:
+            check_sd_image(self.sd_image)
+            args += ["-drive", f"if=sd,format=raw,file={os.path.abspath(self.sd_image)}"]
+        self.proc = subprocess.Popen(args,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      text=True)
         found = threading.Event()

@@ -17,7 +17,7 @@ import click
 @click.option("--seed", type=int, help="Seed for the fault filters (repeatable runs).")
 @click.option("--qemu", is_flag=True,
               help="Run the C firmware under qemu-system-arm instead (data UART at PATH, control UART at "
-                   "PATH.control; see docs/firmware.md).")
+                   "PATH.control; --storage is then a raw SD card image; see docs/firmware.md).")
 def command(board_id, link, control_link, storage, faults, rate, seed, qemu):
     """Serve the wire protocol as emulated board BOARD_ID on a pseudo-terminal.
 
@@ -84,13 +84,13 @@ def _run_qemu(board_id, link, control_link, storage, faults, rate):
     from splitpoint.boards.firmware.qemu import QemuBoard, QemuError, build
     from splitpoint.boards.schema import BoardDefinitionError, load_board
 
-    for name, value in (("--storage", storage), ("--faults", faults), ("--rate", rate)):
+    for name, value in (("--faults", faults), ("--rate", rate)):
         if value is not None:
-            raise click.ClickException(f"{name} is not supported with --qemu: the firmware keeps its medium "
-                                       f"in the board's SRAM and QEMU's UARTs run unthrottled")
+            raise click.ClickException(f"{name} is not supported with --qemu: QEMU's UARTs run unthrottled")
     try:
         load_board(board_id)
-        board = QemuBoard(build(board_id), link, control_link).start()
+        # --storage with --qemu: a raw SD card image (the board's SD-over-SPI medium); without it, SRAM
+        board = QemuBoard(build(board_id), link, control_link, sd_image=storage).start()
     except (BoardDefinitionError, QemuError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()

@@ -167,13 +167,16 @@ int sp_board_init(sp_board *b, const sp_board_config *cfg, const sp_storage *st)
 
 void sp_board_data_in(sp_board *b, const uint8_t *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    while (n) {
         sp_frame f;
-        int st = sp_decoder_byte(&b->rx, p[i], &f);
+        size_t used = 0;
+        int st = sp_decoder_push(&b->rx, p, n, &used, &f);
         if (st == SP_FRAME_OK)
             sp_session_frame(&b->session, &f);
         else if (st > 0)
             sp_session_rejected(&b->session);
+        p += used;
+        n -= used;
     }
 }
 

@@ -89,9 +89,10 @@ int sp_board_backup_info(const sp_board *b, uint32_t k, sp_manifest *out, uint32
 /* read n bytes at offset of the backup cut by trigger_id; 0 or a protocol error code */
 int sp_board_backup_read(sp_board *b, uint64_t trigger_id, uint64_t offset, uint8_t *dst, uint32_t n);
 
-/* the STATUS line (JSON, no newline) into out; its length */
+/* the STATUS line (JSON, no newline) into out; its length, or 0 when it does not fit in cap */
 size_t sp_board_status(sp_board *b, char *out, size_t cap);
-/* the answer to one control line (NUL-terminated UTF-8, no newline) into out; its length (0: no answer) */
+/* the answer to one control line (NUL-terminated UTF-8, no newline) into out, cut at cap; its length
+ * (0: no answer). The control channel itself streams answers of any length. */
 size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap);
 
 #endif

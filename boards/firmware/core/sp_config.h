@@ -36,7 +36,7 @@
 #endif
 
 #ifndef SP_CONTROL_OUT_MAX
-#define SP_CONTROL_OUT_MAX 2048u /* bytes of one control-channel answer (STATUS is the longest) */
+#define SP_CONTROL_OUT_MAX 512u /* buffer a control-channel answer streams through (STATUS may be longer) */
 #endif
 
 #define SP_LABEL_MAX 64u      /* TRIGGER label bytes (protocol limit) */
@@ -52,5 +52,6 @@ _Static_assert((SP_WINDOW_MAX & (SP_WINDOW_MAX - 1u)) == 0u, "SP_WINDOW_MAX must
 _Static_assert((SP_RING_SLOTS & (SP_RING_SLOTS - 1u)) == 0u, "SP_RING_SLOTS must be a power of two");
 _Static_assert(SP_POOL_MAX >= 1u, "the pool needs at least one region");
 _Static_assert(SP_COPY_BYTES >= 512u, "the copy buffer holds at least one block");
+_Static_assert(SP_CONTROL_OUT_MAX >= 128u, "a control answer buffer holds at least a short answer");
 
 #endif

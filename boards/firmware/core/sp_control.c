@@ -13,15 +13,28 @@
 #define COMMANDS "TRIGGER [ON <lun|group>] [label], STATUS, VERIFY [name] [id], PING, PIN <backup>, " \
                  "UNPIN <backup>, RESTORE <backup> [ON <lun>]"
 
-/* a bounded text builder: writes past cap are dropped and remembered */
+/* a text builder over a buffer. Without a sink it is bounded: what does not fit is dropped and
+ * `overflow` says so. With a sink (the board) a full buffer is sent on the control channel and
+ * reused, so an answer of any length streams through a buffer of SP_CONTROL_OUT_MAX bytes. */
 typedef struct {
     char *p;
     size_t n, cap;
     int overflow;
+    sp_board *sink;
+    size_t sent;   /* bytes already sent to the sink */
 } text;
 
 static void put(text *t, const char *s, size_t n)
 {
+    while (t->sink && t->n + n >= t->cap) {
+        size_t room = t->cap - 1u - t->n;
+        memcpy(t->p + t->n, s, room);
+        t->sink->cfg.tx(t->sink->cfg.tx_ctx, SP_CHANNEL_CONTROL, (const uint8_t *)t->p, t->n + room);
+        t->sent += t->n + room;
+        t->n = 0;
+        s += room;
+        n -= room;
+    }
     if (t->n + n >= t->cap) {
         t->overflow = 1;
         n = t->cap > t->n + 1u ? t->cap - t->n - 1u : 0;
@@ -86,12 +99,9 @@ static void field(text *t, const char *name, unsigned long long v, int comma)
 
 static const char *const state_name[] = {"empty", "active", "frozen", "inconsistent"};
 
-size_t sp_board_status(sp_board *b, char *out, size_t cap)
+static void status(sp_board *b, text *t_)
 {
-    text t = {out, 0, cap, 0};
-    if (cap == 0)
-        return 0;
-    out[0] = 0;
+    text t = *t_;
     const sp_session *s = &b->session;
     const sp_pool *p = &b->pool;
     puts_(&t, "{\"board\": ");
@@ -154,7 +164,17 @@ size_t sp_board_status(sp_board *b, char *out, size_t cap)
         puts_(&t, "}");
     }
     puts_(&t, "]}");
-    return t.n;
+    *t_ = t;
+}
+
+size_t sp_board_status(sp_board *b, char *out, size_t cap)
+{
+    text t = {out, 0, cap, 0, 0, 0};
+    if (cap == 0)
+        return 0;
+    out[0] = 0;
+    status(b, &t);
+    return t.overflow ? 0 : t.n; /* never half a JSON document */
 }
 
 /* whitespace as the controller's grammar trims it (Python's str.strip: Unicode White_Space and the
@@ -216,17 +236,15 @@ static int verb_is(const char *verb, size_t n, const char *name)
     return 1;
 }
 
-size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap)
+/* the answer to one line into t (nothing for a blank line) */
+static void answer(sp_board *b, const char *line, text *t_)
 {
-    text t = {out, 0, cap, 0};
-    if (cap == 0)
-        return 0;
-    out[0] = 0;
+    text t = *t_;
     const char *s = line, *e = line + strlen(line);
     s = skip_space(s, e);
     e = trim_space_end(s, e);
     if (s == e)
-        return 0; /* a blank line (a CR LF line end) gets no answer */
+        return; /* a blank line (a CR LF line end) gets no answer */
     const char *sp = memchr(s, ' ', (size_t)(e - s));
     const char *verb_end = sp ? sp : e;
     size_t vn = (size_t)(verb_end - s);
@@ -241,7 +259,7 @@ size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap)
         } else if (verb_is(s, vn, "PING")) {
             puts_(&t, "PONG");
         } else {
-            return sp_board_status(b, out, cap);
+            status(b, &t);
         }
     } else if (verb_is(s, vn, "TRIGGER")) {
         if ((rn == 2 || (rn > 2 && rest[2] == ' ')) && rest[0] == 'O' && rest[1] == 'N') {
@@ -283,23 +301,31 @@ size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap)
         put(&t, s, vn < 32 ? vn : 32);
         puts_(&t, "'; commands: " COMMANDS);
     }
+    *t_ = t;
+}
+
+size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap)
+{
+    text t = {out, 0, cap, 0, 0, 0};
+    if (cap == 0)
+        return 0;
+    out[0] = 0;
+    answer(b, line, &t);
     return t.n;
 }
 
 static void answer_line(sp_board *b)
 {
     b->control_line[b->control_fill] = 0;
-    size_t n;
-    if (!sp_utf8_valid((const uint8_t *)b->control_line, b->control_fill)) {
-        strcpy(b->control_out, "ERR line is not UTF-8");
-        n = strlen(b->control_out);
-    } else {
-        n = sp_control_answer(b, b->control_line, b->control_out, sizeof b->control_out - 1u);
-        if (n == 0)
-            return;
-    }
-    b->control_out[n++] = '\n';
-    b->cfg.tx(b->cfg.tx_ctx, SP_CHANNEL_CONTROL, (const uint8_t *)b->control_out, n);
+    text t = {b->control_out, 0, sizeof b->control_out, 0, b, 0};
+    if (!sp_utf8_valid((const uint8_t *)b->control_line, b->control_fill))
+        puts_(&t, "ERR line is not UTF-8");
+    else
+        answer(b, b->control_line, &t);
+    if (t.n == 0 && t.sent == 0)
+        return; /* a blank line: no answer */
+    put(&t, "\n", 1);
+    b->cfg.tx(b->cfg.tx_ctx, SP_CHANNEL_CONTROL, (const uint8_t *)t.p, t.n);
 }
 
 void sp_board_control_in(sp_board *b, const uint8_t *p, size_t n)

@@ -152,37 +152,47 @@ static int reject(sp_decoder *d, int status, uint32_t nbytes)
     return status;
 }
 
-int sp_decoder_byte(sp_decoder *d, uint8_t byte, sp_frame *f)
+int sp_decoder_push(sp_decoder *d, const uint8_t *p, size_t n, size_t *used, sp_frame *f)
 {
-    if (byte != 0) {
+    size_t i = 0;
+    while (i < n) {
+        const uint8_t *z = memchr(p + i, 0, n - i);
+        size_t run = (z ? (size_t)(z - p) : n) - i; /* bytes before the next delimiter */
         if (d->skipping) {
-            d->garbage_bytes++;
-            return -1;
-        }
-        if (d->fill >= d->max_wire) {
+            d->garbage_bytes += (uint32_t)run;
+        } else if (run > d->max_wire - d->fill) {
             /* no delimiter within the largest legal frame: discard up to the next one */
-            d->garbage_bytes += d->fill + 1u;
+            d->garbage_bytes += d->fill + (uint32_t)run;
             d->fill = 0;
             d->skipping = 1;
+            *used = i + run;
             return reject(d, SP_FRAME_TOO_LARGE, 0);
+        } else {
+            memcpy(d->wire + d->fill, p + i, run);
+            d->fill += (uint32_t)run;
         }
-        d->wire[d->fill++] = byte;
-        return -1;
+        i += run;
+        if (!z)
+            break;
+        i++; /* the delimiter */
+        if (d->skipping) {
+            d->skipping = 0;
+            continue;
+        }
+        uint32_t chunk = d->fill;
+        d->fill = 0;
+        if (chunk == 0)
+            continue; /* idle delimiter */
+        size_t raw_n = 0;
+        int st = sp_cobs_decode(d->wire, chunk, d->raw, sizeof d->raw, &raw_n);
+        if (st == SP_FRAME_OK)
+            st = sp_frame_check(d->raw, raw_n, d->max_payload, f);
+        *used = i;
+        if (st != SP_FRAME_OK)
+            return reject(d, st, chunk);
+        d->frames++;
+        return SP_FRAME_OK;
     }
-    if (d->skipping) {
-        d->skipping = 0;
-        return -1;
-    }
-    uint32_t n = d->fill;
-    d->fill = 0;
-    if (n == 0)
-        return -1; /* idle delimiter */
-    size_t raw_n = 0;
-    int st = sp_cobs_decode(d->wire, n, d->raw, sizeof d->raw, &raw_n);
-    if (st == SP_FRAME_OK)
-        st = sp_frame_check(d->raw, raw_n, d->max_payload, f);
-    if (st != SP_FRAME_OK)
-        return reject(d, st, n);
-    d->frames++;
-    return SP_FRAME_OK;
+    *used = i;
+    return -1;
 }

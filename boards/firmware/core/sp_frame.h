@@ -74,8 +74,9 @@ typedef struct {
 void sp_decoder_init(sp_decoder *d, uint32_t max_payload);
 /* drop a partial chunk (the link changed); counters stay */
 void sp_decoder_reset(sp_decoder *d);
-/* take one byte: SP_FRAME_OK with *f filled when it completed a frame, -1 when nothing completed,
- * or the sp_frame_status of a rejected chunk */
-int sp_decoder_byte(sp_decoder *d, uint8_t byte, sp_frame *f);
+/* take bytes up to the end of the first frame or rejected chunk among the n at p; *used says how many
+ * were taken. SP_FRAME_OK with *f filled (its payload valid until the next push), the sp_frame_status
+ * of a rejected chunk, or -1 when all n bytes were taken and nothing completed */
+int sp_decoder_push(sp_decoder *d, const uint8_t *p, size_t n, size_t *used, sp_frame *f);
 
 #endif

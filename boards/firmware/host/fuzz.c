@@ -3,8 +3,9 @@
  * Owns generating inputs (well-formed frames of every type, then mutated: bit flips, random bytes,
  * insertions, deletions, truncations, stray delimiters, splices; raw noise; control lines) and two
  * oracles besides the sanitizers: every byte the board sends on the data channel decodes as a valid
- * frame, and every control answer is one line. Usage: fuzz [iterations] [seed]; it prints its
- * counts and exits non-zero on the first broken oracle (a sanitizer aborts by itself).
+ * frame, and after each input the control channel holds whole lines only. Usage:
+ * fuzz [iterations] [seed]; it prints its counts and exits non-zero on the first broken oracle (a
+ * sanitizer aborts by itself).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,30 +31,48 @@ static uint8_t medium[CAPACITY * (POOL + 1u)];
 static sp_board board;
 static sp_decoder check;          /* decodes the board's replies: the first oracle */
 static unsigned long replies, control_answers, broken;
-static uint8_t tx_line[SP_CONTROL_OUT_MAX + 2];
+
+static uint8_t control_out[1u << 16]; /* the control channel's bytes since the last input */
+static size_t control_fill;
 
 static void tx(void *ctx, int channel, const uint8_t *p, size_t n)
 {
     (void)ctx;
     if (channel == SP_CHANNEL_CONTROL) {
-        /* the second oracle: one line, ending in its only newline */
-        if (n == 0 || n > sizeof tx_line || p[n - 1] != '\n' || memchr(p, '\n', n - 1)) {
-            fprintf(stderr, "broken control answer of %zu bytes\n", n);
+        if (n > sizeof control_out - control_fill) {
+            fprintf(stderr, "control answers of more than %zu bytes for one input\n", sizeof control_out);
             broken++;
+            return;
         }
-        control_answers++;
+        memcpy(control_out + control_fill, p, n);
+        control_fill += n;
         return;
     }
-    for (size_t i = 0; i < n; i++) {
+    while (n) {
         sp_frame f;
-        int st = sp_decoder_byte(&check, p[i], &f);
+        size_t used = 0;
+        int st = sp_decoder_push(&check, p, n, &used, &f);
         if (st > 0) {
             fprintf(stderr, "the board sent a frame its own decoder rejects (status %d)\n", st);
             broken++;
         } else if (st == SP_FRAME_OK) {
             replies++;
         }
+        p += used;
+        n -= used;
     }
+}
+
+/* the second oracle: after each input the control channel holds whole lines only */
+static void check_control(void)
+{
+    if (control_fill && control_out[control_fill - 1] != '\n') {
+        fprintf(stderr, "a control answer was left without its line end\n");
+        broken++;
+    }
+    for (size_t i = 0; i < control_fill; i++)
+        control_answers += control_out[i] == '\n';
+    control_fill = 0;
 }
 
 static uint8_t scratch[SP_MAX_PAYLOAD + SP_FRAME_OVERHEAD];
@@ -154,6 +173,7 @@ static void control_input(void)
             buf[i] = (char)(below(8) == 0 ? '\n' : rnd());
     }
     sp_board_control_in(&board, (const uint8_t *)buf, n);
+    check_control();
 }
 
 /* the frame layer on its own: buffers exactly as large as the capacity passed, so a write past

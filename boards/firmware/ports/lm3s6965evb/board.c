@@ -1,21 +1,24 @@
 /* The lm3s6965evb port (QEMU `-M lm3s6965evb`): PL011 UART0 is the data channel, UART1 the control
- * channel, and the medium is SRAM. The main loop drains both receivers and hands the bytes to the core;
+ * channel, and the medium is an SD card on SSI0 when one answers (sd_spi.c), else SRAM. The main loop drains both receivers and hands the bytes to the core;
  * with nothing to read it sleeps in WFI until a UART has a byte. Interrupts stay masked (PRIMASK), so no
  * handler runs: a pending UART interrupt only ends the WFI. The transmitter waits for FIFO room. */
 #include <stdint.h>
 
+#include "sd_spi.h"
 #include "sp_board.h"
 
 #ifndef PORT_BOARD_ID
 #define PORT_BOARD_ID "emu-uart-3m"
 #endif
 #ifndef PORT_CAPACITY
-#define PORT_CAPACITY (8u * 1024u) /* bytes of the primary and of each of the pool's regions */
+#define PORT_CAPACITY (4u * 1024u) /* bytes of the primary and of each of the pool's regions in SRAM */
 #endif
 #ifndef PORT_POOL
 #define PORT_POOL 3u
 #endif
 #define PORT_CHUNK 1024u
+#define PORT_SD_CHUNK 4096u
+#define PORT_SD_CAPACITY (SP_MAX_CHUNKS * PORT_SD_CHUNK) /* the most the dirty map covers */
 
 /* PL011 registers (word offsets) and flag bits */
 #define UART0_BASE 0x4000C000u
@@ -124,8 +127,8 @@ static size_t uart_take(uint32_t base, uint8_t *buf, size_t cap)
 
 int main(void)
 {
-    static const sp_storage storage = {0, sizeof ram, 1, ram_read, ram_write, ram_zero, ram_flush};
-    const sp_board_config cfg = {
+    static sp_storage storage;
+    sp_board_config cfg = {
         .board_id = PORT_BOARD_ID,
         .firmware = 0x010000u,
         .features = SP_FEAT_FLUSH | SP_FEAT_TRIM | SP_FEAT_FUA | SP_FEAT_TRIGGER | SP_FEAT_CONTROL,
@@ -142,6 +145,14 @@ int main(void)
     uart_init(UART0_BASE);
     uart_init(UART1_BASE);
     NVIC_ISER0 = UART_IRQS;
+    if (sd_spi_init(&storage) == 0) {
+        /* the card holds the primary and the pool's regions: as large as the card and the dirty map allow */
+        uint64_t capacity = storage.size / (PORT_POOL + 1u) / PORT_SD_CHUNK * PORT_SD_CHUNK;
+        cfg.capacity = capacity < PORT_SD_CAPACITY ? capacity : PORT_SD_CAPACITY;
+        cfg.chunk_size = PORT_SD_CHUNK;
+    } else {
+        storage = (sp_storage){0, sizeof ram, 1, ram_read, ram_write, ram_zero, ram_flush};
+    }
     if (sp_board_init(&board, &cfg, &storage) != 0) {
         static const uint8_t msg[] = "ERR firmware configuration refused\n";
         port_tx(0, SP_CHANNEL_CONTROL, msg, sizeof msg - 1u);
