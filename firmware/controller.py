@@ -33,7 +33,7 @@ import numpy as np
 from splitpoint import pyx
 from splitpoint.firmware import errors as E
 from splitpoint.firmware.calls import BlockingCalls
-from splitpoint.firmware.group import GroupToken
+from splitpoint.firmware.group import ConfiguredGroup, GroupToken
 from splitpoint.firmware.lun import Lun
 from splitpoint.firmware.metadata import MetadataStore
 from splitpoint.firmware.pool import INCONSISTENT, BackupPool
@@ -117,6 +117,10 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                 meta.attach(self.luns, self._async_paths, self._queues)
                 meta.restore()
                 self._wake_background()
+            #: configured consistency groups of these LUNs, by name (``TRIGGER ON <group>``)
+            self.groups: dict[str, ConfiguredGroup] = {
+                g.name: ConfiguredGroup(g.name, [self.luns[n] for n in g.luns], None if meta is None else meta.store)
+                for g in getattr(config, "groups", ())}
         except BaseException:
             self._close_devices()
             raise
@@ -130,6 +134,10 @@ class Controller(BlockingCalls, BackupRequests, Reports):
         return cls(config)
 
     # -- producers -------------------------------------------------------------------------
+    def ring_room(self) -> int:
+        """Free slots in the request ring now (another producer may take some before you push)."""
+        return self._ring.capacity - len(self._ring)
+
     def submit(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
                callback=None, group=None) -> int:
         """Queue one request; ``callback(Completion)`` runs on the owner thread. Returns its seq.

@@ -123,6 +123,7 @@ class Reports:
                                "member": b.member} for b in self.backups(lun)]
             luns.append(doc)
         return {"luns": luns,
+                "groups": [g.status() for g in self.groups.values()],
                 "queue": {"depth": len(self._ring), "capacity": self._ring.capacity, "next_seq": self._ring.next_seq,
                           "async_mirror_ops": sum(len(p) for p in self._async_paths)},
                 "counters": dict(self.counters),

@@ -298,14 +298,25 @@ def reply_unsupported(command, who: str = "this controller") -> str:
     return reply_error(f"{command.verb} is not supported by {who}")
 
 
-def reply_no_target(name: str, luns) -> str:
+def reply_no_target(name: str, luns, groups=()) -> str:
     """The answer when ``ON <name>`` (or VERIFY's name) names no LUN or group of this controller."""
-    return reply_error(f"no LUN or group named {name!r}; LUNs: {', '.join(luns)}")
+    listed = f"LUNs: {', '.join(luns)}" + (f"; groups: {', '.join(groups)}" if groups else "")
+    return reply_error(f"no LUN or group named {name!r}; {listed}")
 
 
 def reply_triggered(trigger_id: int, seq: int) -> str:
     """``OK <id> seq=<n>``: sent once the TRIGGER has split the mirror."""
     return f"OK {trigger_id} seq={seq}"
+
+
+def reply_group_triggered(trigger_id: int, group: str, seqs: str) -> str:
+    """``OK <id> group=<name> seq=<lun>:<n>,<lun>:<n>...``: every LUN of the group has split."""
+    return f"OK {trigger_id} group={group} seq={seqs}"
+
+
+def group_backup_export(group: str, trigger_id: int, lun: str) -> str:
+    """The export of LUN ``lun``'s backup cut by the group's TRIGGER ``trigger_id``."""
+    return f"{group}.t{trigger_id}.{lun}"
 
 
 def reply_json(doc) -> str:

@@ -83,8 +83,17 @@ class LunConfig:
 
 
 @dataclass(frozen=True)
+class GroupConfig:
+    """A consistency group of this controller's LUNs, cut by one TRIGGER (``TRIGGER ON <name>``)."""
+
+    name: str
+    luns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     luns: tuple[LunConfig, ...]
+    groups: tuple[GroupConfig, ...] = ()
     chunk_size: int = 64 << 10          # dirty-tracking granularity (bytes, power of two)
     ring_capacity: int = 4096           # request ring slots (power of two)
     metadata_dir: str | None = None     # where pool state and manifests persist (None: nowhere)
@@ -96,7 +105,7 @@ class Config:
     source: str = "<default>"           # where it was loaded from, for messages
 
 
-_TOP_KEYS = {"controller", "resync", "nbd", "lun"}
+_TOP_KEYS = {"controller", "resync", "nbd", "lun", "group"}
 _CONTROLLER_KEYS = {"chunk_size", "ring_capacity", "metadata_dir", "digest_region",
                     "async_queue_ops", "async_queue_bytes"}
 _RESYNC_KEYS = {"rate", "deadline", "slice"}
@@ -106,6 +115,7 @@ _MAX_REQUEST = 64 << 20
 _LUN_KEYS = {"name", "url", "pool", "backup"}
 _POOL_KEYS = {"members", "mirror"}
 _BACKUP_KEYS = {"url", "mirror", "pool"}
+_GROUP_KEYS = {"name", "luns"}
 
 
 def _check_keys(table, valid: set[str], where: str, source: str) -> None:
@@ -249,6 +259,7 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
             raise ConfigError(f"{source}: LUN name {name!r} is used twice")
 
     _refuse_aliases(luns, source)
+    groups = _groups(doc.get("group", []), names, source)
 
     kw = {}
     if "chunk_size" in ctl:
@@ -278,7 +289,40 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
         rkw["deadline"] = float(d)
     if "slice" in rs:
         rkw["slice"] = _size(rs["slice"], "slice", "resync", source, minimum=512)
-    return Config(luns=luns, resync=ResyncConfig(**rkw), nbd=nbd, source=source, **kw)
+    return Config(luns=luns, groups=groups, resync=ResyncConfig(**rkw), nbd=nbd, source=source, **kw)
+
+
+def _groups(doc, lun_names: list[str], source: str) -> tuple[GroupConfig, ...]:
+    """[[group]] tables: a name no LUN has, and two or more distinct LUNs of this configuration."""
+    if isinstance(doc, dict):
+        raise ConfigError(f"{source}: 'group' must be an array of tables: write each group as [[group]] with "
+                          f"name = \"...\" and luns = [\"...\", ...]")
+    if not isinstance(doc, list):
+        raise ConfigError(f"{source}: 'group' must be an array of [[group]] tables, got {doc!r}")
+    out = []
+    for index, table in enumerate(doc):
+        name = table.get("name") if isinstance(table, dict) else None
+        where = f"group {name}" if isinstance(name, str) and name else f"group #{index + 1}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{where}] must be a table with name and luns")
+        _check_keys(table, _GROUP_KEYS, where, source)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"{source}: [{where}] name must be letters and digits starting with a letter "
+                              f"(exports are named <group>.t<id>.<lun>), got {name!r}")
+        if name in lun_names:
+            raise ConfigError(f"{source}: [{where}] name is also a LUN's: TRIGGER ON {name} must name one thing")
+        if any(g.name == name for g in out):
+            raise ConfigError(f"{source}: group name {name!r} is used twice")
+        luns = table.get("luns")
+        if not isinstance(luns, list) or len(luns) < 2 or not all(isinstance(x, str) for x in luns):
+            raise ConfigError(f"{source}: [{where}] luns must be a list of two or more LUN names, got {luns!r}")
+        for lun in luns:
+            if lun not in lun_names:
+                raise ConfigError(f"{source}: [{where}] names no LUN {lun!r}; LUNs: {', '.join(lun_names)}")
+            if luns.count(lun) > 1:
+                raise ConfigError(f"{source}: [{where}] lists LUN {lun!r} twice")
+        out.append(GroupConfig(name=name, luns=tuple(luns)))
+    return tuple(out)
 
 
 def _nbd(table, source: str) -> NbdConfig:

@@ -111,10 +111,17 @@ class ControlProtocol:
             return self.lun
         lun = self.ctl.luns.get(name)
         if lun is None:
-            self.reply(triggers.reply_no_target(name, self.ctl.luns))
+            self.reply(triggers.reply_no_target(name, self.ctl.luns, self.ctl.groups))
         return lun
 
     def _trigger(self, command):
+        group = self.ctl.groups.get(command.target) if command.target is not None else None
+        if group is not None:
+            if self.fe.stopping:
+                self.reply("ERR server is shutting down")
+                return
+            self.fe.trigger_group(group, command.label, self._group_triggered)
+            return
         lun = self._named_lun(command.target)
         if lun is None:
             return
@@ -122,6 +129,12 @@ class ControlProtocol:
             self.reply("ERR server is shutting down")
             return
         self.fe.submit(None, lun, Op.TRIGGER, 0, 0, None, 0, command.label, self._triggered)
+
+    def _group_triggered(self, cut):
+        if isinstance(cut, Exception):
+            self.reply(triggers.reply_error(f"trigger failed: {cut}"))
+            return
+        self.reply(triggers.reply_group_triggered(cut.id, cut.group, cut.seqs()))
 
     def _verify(self, command):
         lun = self._named_lun(command.name)

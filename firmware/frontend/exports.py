@@ -12,6 +12,9 @@ Exports, for every LUN ``<lun>`` of the controller (``lun0`` on the default):
 - ``trigger`` and ``trigger.<lun>``: the special LUN of the first LUN (of ``<lun>``): a WRITE at
   offset 0 is a TRIGGER whose label the written bytes carry (``triggers.special_lun_label``);
   reads return zeros; other writes are ignored.
+- For every configured group ``<group>`` (``[[group]]``): ``trigger.<group>``, whose write at offset 0
+  cuts every LUN of the group at one point, and ``<group>.t<id>.<lun>``: LUN ``<lun>``'s backup cut
+  by the group's TRIGGER number ``<id>`` (the same backup as ``<lun>.t<n>``), while its pool keeps it.
 
 Which names are trigger exports, and the label rules, are ``firmware/triggers.py``'s.
 
@@ -32,6 +35,7 @@ TRIGGER_LUN_BLOCK = 512
 #: preferred block size advertised for every export
 PREFERRED_BLOCK = 4096
 
+_GROUP_BACKUP_NAME = re.compile(r"^(?P<group>[A-Za-z][A-Za-z0-9]*)\.t(?P<id>[1-9][0-9]*)\.(?P<lun>[A-Za-z][A-Za-z0-9]*)$")
 _BACKUP_NAME = re.compile(r"^(?P<lun>[A-Za-z0-9.]+?)\.(?:t(?P<id>[1-9][0-9]*)|(?P<latest>latest))$")
 
 
@@ -206,6 +210,31 @@ class TriggerLunExport(Export):
         return [(length, STATE_ZERO)]
 
 
+class GroupTriggerExport(TriggerLunExport):
+    """The special LUN of a consistency group: a write at offset 0 cuts every LUN of ``group`` at one point."""
+
+    def __init__(self, frontend, group, name: str):
+        self.fe = frontend
+        self.group = group
+        self.lun = group.luns[0]
+        self.name = name
+        self.description = (f"special LUN: a write at offset 0 is a TRIGGER of group {group.name} "
+                            f"({', '.join(lun.name for lun in group.luns)}), its bytes up to the first NUL "
+                            f"(at most {triggers.LABEL_MAX}) the label")
+
+    def write(self, conn, cookie, offset, data, flags):
+        if offset != 0:
+            conn.reply_ok(cookie)
+            return
+
+        def done(cut):
+            if isinstance(cut, Exception):
+                conn.reply_exception(cookie, cut, f"group {self.group.name} TRIGGER failed: {cut}")
+            else:
+                conn.reply_ok(cookie)
+        self.fe.trigger_group(self.group, triggers.special_lun_label(data), done)
+
+
 class BackupExport(Export):
     """A frozen point-in-time backup, read-only; reads fail once the pool recycles it."""
 
@@ -267,13 +296,34 @@ class ExportTable:
                 out.append((f"{lun.name}.latest", BackupExport(self.fe, lun, newest, f"{lun.name}.latest").description))
             for info in sorted(backups, key=lambda b: b.trigger_id):
                 out.append((f"{lun.name}.t{info.trigger_id}", describe_backup(lun.name, info)))
+        for group in self.ctl.groups.values():
+            special = GroupTriggerExport(self.fe, group, triggers.special_lun_export(group.name))
+            out.append((special.name, special.description))
+            for gid in sorted(group.cuts):
+                for lun in group.luns:
+                    info = self._group_backup(group, gid, lun)
+                    if info is not None:
+                        out.append((triggers.group_backup_export(group.name, gid, lun.name),
+                                    f"group {group.name} t{gid}: " + describe_backup(lun.name, info)))
         out.append((triggers.TRIGGER_EXPORT, TriggerLunExport(self.fe, self.default_lun).description))
         return out
+
+    def _group_backup(self, group, gid: int, lun):
+        """The backup of ``lun`` that group TRIGGER ``gid`` cut, while the pool still holds it (else None)."""
+        wanted = group.member_backup(gid, lun.name)
+        if wanted is None:
+            return None
+        for info in self.ctl.backups(lun):
+            if info.trigger_id == wanted:
+                return info
+        return None
 
     def _trigger_export(self, name: str) -> Export | None:
         target = triggers.trigger_export(name)
         if target is None:
             return None
+        if target.kind == triggers.SPECIAL_LUN and target.name in self.ctl.groups:
+            return GroupTriggerExport(self.fe, self.ctl.groups[target.name], name)
         lun = self.default_lun if target.name is None else self._lun(target.name)
         if lun is None:
             return None
@@ -293,6 +343,12 @@ class ExportTable:
         special = self._trigger_export(name)
         if special is not None:
             return special
+        g = _GROUP_BACKUP_NAME.match(name)
+        if g is not None and g["group"] in self.ctl.groups:
+            group = self.ctl.groups[g["group"]]
+            lun = self._lun(g["lun"])
+            info = None if lun is None or lun not in group.luns else self._group_backup(group, int(g["id"]), lun)
+            return None if info is None else BackupExport(self.fe, lun, info, name)
         m = _BACKUP_NAME.match(name)
         if m is None:
             return None

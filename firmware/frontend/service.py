@@ -196,6 +196,17 @@ class FrontEnd:
             conn.pause("backlog")
         self.kick()
 
+    def trigger_group(self, group, label, callback):
+        """Cut every LUN of a configured group (``firmware/group.py``); ``callback(GroupCut | error)``.
+
+        A ring without room for all of the group's TRIGGERs answers the error at once: nothing is cut."""
+        try:
+            group.trigger(self.ctl, label, callback)
+        except (QueueFullError, ShuttingDownError) as exc:
+            callback(exc)
+            return
+        self.kick()
+
     def _drain_backlog(self):
         backlog = self._backlog
         submit = self.ctl.submit
