@@ -88,7 +88,7 @@ def command(board_id, link, control_link, storage, faults, rate, seed, qemu, cff
 
 def _run_qemu(board_id, link, control_link, storage, faults, rate):
     """`emulate --qemu`: the firmware's lm3s6965evb port in QEMU until SIGINT/SIGTERM."""
-    from splitpoint.boards.firmware.qemu import QemuBoard, QemuError, build
+    from splitpoint.boards.firmware.qemu import MACHINES, QemuBoard, QemuError, build, port_for
     from splitpoint.boards.schema import BoardDefinitionError, load_board
 
     for name, value in (("--faults", faults), ("--rate", rate)):
@@ -97,7 +97,8 @@ def _run_qemu(board_id, link, control_link, storage, faults, rate):
     try:
         load_board(board_id)
         # --storage with --qemu: a raw SD card image (the board's SD-over-SPI medium); without it, SRAM
-        board = QemuBoard(build(board_id), link, control_link, sd_image=storage).start()
+        port = port_for(board_id)
+        board = QemuBoard(build(board_id, port), link, control_link, machine=MACHINES[port], sd_image=storage).start()
     except (BoardDefinitionError, QemuError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
