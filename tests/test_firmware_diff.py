@@ -117,7 +117,8 @@ def replies(data: bytes) -> list:
 
 blocks = st.integers(0, BLOCKS - 1)
 lengths = st.integers(1, 16)
-labels = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x17F), max_size=12)
+labels = st.text(st.characters(min_codepoint=0x00, max_codepoint=0x3010, blacklist_characters="\n\r",
+                                blacklist_categories=("Cs",)), max_size=12)
 OPS = st.one_of(
     st.tuples(st.just("write"), blocks, lengths, st.integers(1, 255), st.booleans()),
     st.tuples(st.just("trim"), blocks, lengths),

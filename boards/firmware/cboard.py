@@ -137,7 +137,7 @@ class CBoard:
         for k in range(lib.sp_board_backup_count(self._board)):
             if lib.sp_board_backup_info(self._board, k, mf, member):
                 break
-            out.append({"trigger_id": mf.trigger_id, "label": ffi.string(mf.label, mf.label_len).decode(),
+            out.append({"trigger_id": mf.trigger_id, "label": ffi.unpack(mf.label, mf.label_len).decode(),
                         "seq": mf.seq, "epoch": mf.epoch, "digest": mf.digest, "member": member[0]})
         return out
 
