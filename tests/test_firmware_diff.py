@@ -10,13 +10,15 @@ duplicated). Both boards get exactly the same bytes on their wire interfaces:
 
 Every reply must match (type, seq, flags, request type, error code, READ data), and at the end the
 primary and every backup must be byte-identical between the two and equal to the independent
-reference replay (tests/reference.py). The default run draws 1,000 streams; FIRMWARE_DIFF_EXAMPLES
-changes that (docs/firmware.md: running it against your own firmware changes).
+reference replay (tests/reference.py). The default run draws 1,000 streams; the `slow` run twenty
+times as many, three times as long; FIRMWARE_DIFF_EXAMPLES scales both (docs/firmware.md: running it
+against your own firmware changes).
 """
 import os
 import random
 import types
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -234,4 +236,14 @@ def run_stream(members, window, first_seq, ops, shuffle_seed, dup_rate):
        ops=st.lists(OPS, max_size=40), shuffle_seed=st.integers(0, 2**32 - 1),
        dup_rate=st.sampled_from([0.0, 0.1, 0.3]))
 def test_c_firmware_and_python_model_agree_byte_for_byte(members, window, first_seq, ops, shuffle_seed, dup_rate):
+    run_stream(members, window, first_seq, ops, shuffle_seed, dup_rate)
+
+
+@pytest.mark.slow
+@settings(max_examples=20 * EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(members=st.integers(1, 3), window=st.sampled_from([1, 2, 3, 8, 16, 32]),
+       first_seq=st.integers(0, 2**32 - 1), ops=st.lists(OPS, max_size=120), shuffle_seed=st.integers(0, 2**32 - 1),
+       dup_rate=st.sampled_from([0.0, 0.05, 0.3]))
+def test_c_firmware_and_python_model_agree_on_long_streams(members, window, first_seq, ops, shuffle_seed, dup_rate):
+    """The long run (`-m slow`): twenty times the streams, three times as long, any first seq."""
     run_stream(members, window, first_seq, ops, shuffle_seed, dup_rate)
