@@ -87,7 +87,7 @@ def command(board_id, link, control_link, storage, faults, rate, seed, qemu, cff
 
 
 def _run_qemu(board_id, link, control_link, storage, faults, rate):
-    """`emulate --qemu`: the firmware's lm3s6965evb port in QEMU until SIGINT/SIGTERM."""
+    """`emulate --qemu`: the firmware port for BOARD_ID (qemu.port_for) in QEMU until SIGINT/SIGTERM."""
     from splitpoint.boards.firmware.qemu import MACHINES, QemuBoard, QemuError, build, port_for
     from splitpoint.boards.schema import BoardDefinitionError, load_board
 
