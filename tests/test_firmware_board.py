@@ -231,3 +231,10 @@ def test_a_long_status_streams_whole_over_the_control_channel():
     assert [x["trigger_id"] for x in sorted(status["backups"], key=lambda x: x["trigger_id"])] == list(range(3, 10))
     assert all(x["label"] == "\x01" * 64 for x in status["backups"])
     assert b.status() == status                     # the bounded API gives the same document
+
+
+def test_control_lines_may_carry_nuls_and_unknown_verbs_are_echoed_safely(board):
+    assert board.control_in(b"TRIGGER a\x00b\n").startswith(b"OK 1 seq=")
+    assert board.backups()[0]["label"] == "a\x00b"
+    out = board.control_in(b"\x01" + "é".encode() * 20 + b"\n").decode()   # valid UTF-8, cut at 32 bytes
+    assert out.startswith("ERR unknown command '?" + "é" * 15 + "'") and "\x01" not in out

@@ -103,3 +103,40 @@ def test_trigger_frames_in_sequence_with_the_writes_cut_the_boards_own_pool(c_bo
         for b in backups:
             assert link.board.read_backup(b["trigger_id"]) == ref.snapshot(b["trigger_id"])
         assert link.board.primary() == bytes(ref.data)
+
+
+def test_emulate_cffi_command_runs_until_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    link = str(tmp_path / "board")
+    proc = subprocess.Popen([sys.executable, "-m", "splitpoint", "emulate", "--cffi", BOARD, "--link", link],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.lexists(link) and os.path.lexists(link + ".control")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        with open_device(f"board://{BOARD}?port={link}&{FAST}") as dev:
+            assert dev.size == 64 << 20              # the board definition's capacity
+            dev.write(4096, b"\x09" * 4096)
+            assert dev.read(4096, 4096) == b"\x09" * 4096
+        with serial.serial_for_url(link + ".control", timeout=5) as ctl:
+            ctl.write(b"TRIGGER by hand\n")
+            assert ctl.readline().startswith(b"OK 1 seq=")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "C firmware, host build" in out and not os.path.lexists(link)
+
+
+def test_emulate_refuses_both_firmware_runners(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "splitpoint", "emulate", "--cffi", "--qemu", BOARD, "--link",
+                          str(tmp_path / "x")], capture_output=True, text=True)
+    assert out.returncode != 0 and "choose one" in out.stderr

@@ -1,6 +1,7 @@
-"""The C firmware's lm3s6965evb port under qemu-system-arm, through the real host side: board:// over
-its UART0 pty, the control channel on UART1, TRIGGER frames that rotate the board's own pool (checked
-against the reference replay by the manifests' digests), and `splitpoint emulate --qemu`."""
+"""The C firmware's ports under qemu-system-arm (lm3s6965evb; stm32f411 on netduinoplus2), through the
+real host side: board:// over the data UART's pty, the control channel on the second UART, TRIGGER
+frames that rotate the board's own pool (checked against the reference replay by the manifests'
+digests), the lm3s6965evb port's SD card medium, and `splitpoint emulate --qemu`."""
 import json
 import os
 import random
@@ -18,8 +19,10 @@ from splitpoint.pyx import frame_py
 from tests.reference import TRIGGER, WRITE, ReferenceLun
 
 BOARD = "emu-uart-3m"
-SIZE = 4096          # the port's SRAM medium (no SD image given): 4 KiB primary and three 4 KiB regions
 URL_OPTS = "rto=0.3&retries=16"
+#: port -> (QEMU machine, the primary in SRAM, max_transfer, window)
+PORTS = {"lm3s6965evb": ("lm3s6965evb", 4096, 4096, 2), "stm32f411": ("netduinoplus2", 16384, 4096, 4)}
+SIZE = PORTS["lm3s6965evb"][1]
 
 pytestmark = [pytest.mark.xdist_group("qemu"),
               pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
@@ -30,14 +33,18 @@ pytestmark = [pytest.mark.xdist_group("qemu"),
 def elf():
     from splitpoint.boards.firmware.qemu import build
 
-    return build(BOARD)
+    return build(BOARD, "lm3s6965evb")
 
 
-@pytest.fixture
-def qemu_board(elf, tmp_path):
-    from splitpoint.boards.firmware.qemu import QemuBoard
+@pytest.fixture(params=sorted(PORTS))
+def qemu_board(request, tmp_path):
+    """(QemuBoard, board URL, its SRAM primary size) for each port."""
+    from splitpoint.boards.firmware.qemu import QemuBoard, build
 
-    board = QemuBoard(elf, str(tmp_path / "qemu")).start()
+    machine, size, _, _ = PORTS[request.param]
+    board = QemuBoard(build(BOARD, request.param), str(tmp_path / "qemu"), machine=machine).start()
+    board.size = size
+    board.port = request.param
     yield board, f"board://{BOARD}?port={board.link_path}&{URL_OPTS}"
     board.stop()
 
@@ -52,11 +59,12 @@ def control(board, *lines):
 
 
 def test_round_trip_and_ranges(qemu_board):
-    _, url = qemu_board
+    board, url = qemu_board
+    SIZE = board.size
     rng = random.Random(1)
     ref = bytearray(SIZE)
     with open_device(url) as dev:
-        assert (dev.info.board_id, dev.size, dev.info.max_transfer, dev.info.window) == (BOARD, SIZE, 4096, 2)
+        assert (dev.info.board_id, dev.size, dev.info.max_transfer, dev.info.window) == (BOARD,) + PORTS[board.port][1:]
         pend = []
         for _ in range(40):
             off = rng.randrange(0, SIZE // 512) * 512
@@ -75,6 +83,7 @@ def test_round_trip_and_ranges(qemu_board):
 
 def test_trigger_frames_rotate_the_boards_pool_at_exactly_their_point(qemu_board):
     board, url = qemu_board
+    SIZE = board.size
     rng = random.Random(2)
     ref = ReferenceLun(SIZE)
     with open_device(url) as dev:
@@ -99,6 +108,7 @@ def test_trigger_frames_rotate_the_boards_pool_at_exactly_their_point(qemu_board
 
 def test_control_channel_answers_in_the_controllers_grammar(qemu_board):
     board, url = qemu_board
+    SIZE = board.size
     with open_device(url) as dev:
         dev.write(0, b"\x42" * 512)
         ping, trig, bad = control(board, "PING", "TRIGGER from qemu", "TRIGGER ON lun1")
@@ -148,3 +158,22 @@ def test_sd_card_medium_keeps_the_primary_across_a_restart(elf, tmp_path):
     with QemuBoard(elf, str(tmp_path / "b"), sd_image=str(image)) as board:
         with open_device(f"board://{BOARD}?port={board.link_path}&{URL_OPTS}") as dev:
             assert dev.read(1 << 20, len(data)) == data
+
+
+def test_emulate_qemu_runs_the_black_pill_on_its_stm32f4_port(tmp_path):
+    link = str(tmp_path / "bp")
+    proc = subprocess.Popen([sys.executable, "-m", "splitpoint", "emulate", "--qemu", "blackpill-f411-cdc", "--link",
+                             link], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.lexists(link + ".control"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        with open_device(f"board://blackpill-f411-cdc?port={link}&{URL_OPTS}") as dev:
+            assert dev.info.board_id == "blackpill-f411-cdc" and dev.size == PORTS["stm32f411"][1]
+            dev.write(0, b"\x0b" * 4096)
+            assert dev.read(0, 4096) == b"\x0b" * 4096
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "netduinoplus2" in out, out

@@ -28,6 +28,13 @@ class FirmwareConfigError(ValueError):
     """The board's configuration is outside what the firmware's host build accepts."""
 
 
+#: sp_board_init's reasons (core/sp_board.h)
+_INIT_REASONS = {-1: "the board id must be UTF-8 of at most 32 bytes", -2: "the window must be 1..32",
+                 -3: "max_transfer must be at least the block size and at most 65536",
+                 -4: "block size, capacity, chunk size or pool size outside the host build's limits",
+                 -5: "the medium failed while the first pool member was brought in sync"}
+
+
 @ffi.def_extern()
 def sp_host_tx(ctx, channel, p, n):
     ffi.from_handle(ctx)._out[channel] += ffi.buffer(p, n)
@@ -65,8 +72,9 @@ class CBoard:
         rc = lib.sp_board_init(self._board, cfg, self._storage)
         if rc:
             raise FirmwareConfigError(
-                f"firmware refused board {board_id!r} (reason {rc}): capacity {capacity}, block {block_size}, "
-                f"window {window}, max_transfer {max_transfer}, chunk {chunk_size}, pool {pool_members}")
+                f"firmware refused board {board_id!r}: {_INIT_REASONS.get(rc, f'reason {rc}')} (capacity "
+                f"{capacity}, block {block_size}, window {window}, max_transfer {max_transfer}, chunk {chunk_size}, "
+                f"pool {pool_members})")
 
     @classmethod
     def from_definition(cls, board, capacity: int | None = None, pool_members: int = 3,
@@ -129,7 +137,7 @@ class CBoard:
         for k in range(lib.sp_board_backup_count(self._board)):
             if lib.sp_board_backup_info(self._board, k, mf, member):
                 break
-            out.append({"trigger_id": mf.trigger_id, "label": ffi.string(mf.label, mf.label_len).decode(),
+            out.append({"trigger_id": mf.trigger_id, "label": ffi.unpack(mf.label, mf.label_len).decode(),
                         "seq": mf.seq, "epoch": mf.epoch, "digest": mf.digest, "member": member[0]})
         return out
 

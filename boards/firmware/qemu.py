@@ -18,8 +18,15 @@ import threading
 import time
 
 PORTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ports")
-#: port -> QEMU machine
-MACHINES = {"lm3s6965evb": "lm3s6965evb"}
+#: port -> QEMU machine (netduinoplus2 is an STM32F405: the F411's USARTs and memory map)
+MACHINES = {"lm3s6965evb": "lm3s6965evb", "stm32f411": "netduinoplus2"}
+#: board id -> the port that runs it under QEMU; any other board id runs on lm3s6965evb
+PORT_FOR_BOARD = {"blackpill-f411-cdc": "stm32f411"}
+
+
+def port_for(board_id: str) -> str:
+    """The port ``splitpoint emulate --qemu BOARD_ID`` runs."""
+    return PORT_FOR_BOARD.get(board_id, "lm3s6965evb")
 _PTY_LINE = re.compile(r"char device redirected to (\S+) \(label (\w+)\)")
 
 
@@ -27,8 +34,9 @@ class QemuError(RuntimeError):
     """The firmware could not be built or QEMU could not run it; the message says what to install or fix."""
 
 
-def build(board_id: str, port: str = "lm3s6965evb") -> str:
-    """Build ``port`` announcing ``board_id``; the path of its firmware.elf."""
+def build(board_id: str, port: str | None = None) -> str:
+    """Build ``port`` (default: ``port_for(board_id)``) announcing ``board_id``; the path of its firmware.elf."""
+    port = port or port_for(board_id)
     if port not in MACHINES:
         raise QemuError(f"no QEMU port {port!r}; ports: {', '.join(MACHINES)}")
     if shutil.which("arm-none-eabi-gcc") is None:
@@ -83,6 +91,8 @@ class QemuBoard:
         args = [qemu, "-M", self.machine, "-display", "none", "-monitor", "none", "-serial", "pty", "-serial", "pty",
                 "-kernel", self.elf]
         if self.sd_image:
+            if self.machine != "lm3s6965evb":
+                raise QemuError(f"an SD card image needs the lm3s6965evb port; {self.machine} keeps its medium in SRAM")
             check_sd_image(self.sd_image)
             args += ["-drive", f"if=sd,format=raw,file={os.path.abspath(self.sd_image)}"]
         self.proc = subprocess.Popen(args,

@@ -18,7 +18,10 @@ import click
 @click.option("--qemu", is_flag=True,
               help="Run the C firmware under qemu-system-arm instead (data UART at PATH, control UART at "
                    "PATH.control; --storage is then a raw SD card image; see docs/firmware.md).")
-def command(board_id, link, control_link, storage, faults, rate, seed, qemu):
+@click.option("--cffi", is_flag=True,
+              help="Run the C firmware's host build instead (data at PATH, control at PATH.control or "
+                   "--control-link; RAM of the board's capacity for the primary and each of 3 backup regions).")
+def command(board_id, link, control_link, storage, faults, rate, seed, qemu, cffi):
     """Serve the wire protocol as emulated board BOARD_ID on a pseudo-terminal.
 
     The link rate of the board definition is modelled in software (a pty ignores
@@ -26,8 +29,12 @@ def command(board_id, link, control_link, storage, faults, rate, seed, qemu):
     channel is recorded at the board's current point in the request stream and
     answered `OK <id> seq=<n>`; TRIGGERs on the data link are printed as they run.
     """
+    if qemu and cffi:
+        raise click.ClickException("--qemu and --cffi each run the C firmware: choose one")
     if qemu:
         return _run_qemu(board_id, link, control_link, storage, faults, rate)
+    if cffi:
+        return _run_cffi(board_id, link, control_link, storage, faults, rate)
     from splitpoint.boards.schema import BoardDefinitionError, load_board
     from splitpoint.boards.emulator import Emulator, open_storage
     from splitpoint.hal import HalError
@@ -80,8 +87,8 @@ def command(board_id, link, control_link, storage, faults, rate, seed, qemu):
 
 
 def _run_qemu(board_id, link, control_link, storage, faults, rate):
-    """`emulate --qemu`: the firmware's lm3s6965evb port in QEMU until SIGINT/SIGTERM."""
-    from splitpoint.boards.firmware.qemu import QemuBoard, QemuError, build
+    """`emulate --qemu`: the firmware port for BOARD_ID (qemu.port_for) in QEMU until SIGINT/SIGTERM."""
+    from splitpoint.boards.firmware.qemu import MACHINES, QemuBoard, QemuError, build, port_for
     from splitpoint.boards.schema import BoardDefinitionError, load_board
 
     for name, value in (("--faults", faults), ("--rate", rate)):
@@ -90,7 +97,8 @@ def _run_qemu(board_id, link, control_link, storage, faults, rate):
     try:
         load_board(board_id)
         # --storage with --qemu: a raw SD card image (the board's SD-over-SPI medium); without it, SRAM
-        board = QemuBoard(build(board_id), link, control_link, sd_image=storage).start()
+        port = port_for(board_id)
+        board = QemuBoard(build(board_id, port), link, control_link, machine=MACHINES[port], sd_image=storage).start()
     except (BoardDefinitionError, QemuError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
@@ -102,6 +110,31 @@ def _run_qemu(board_id, link, control_link, storage, faults, rate):
         while not stop.wait(0.2):
             if board.proc.poll() is not None:
                 raise click.ClickException(f"qemu-system-arm exited: {' | '.join(board.output[-3:])}")
+    finally:
+        board.stop()
+    click.echo("stopped")
+
+
+def _run_cffi(board_id, link, control_link, storage, faults, rate):
+    """`emulate --cffi`: the firmware core's host build behind ptys until SIGINT/SIGTERM."""
+    from splitpoint.boards.firmware.cboard import CBoard, FirmwareConfigError
+    from splitpoint.boards.firmware.pty_link import CBoardLink
+    from splitpoint.boards.schema import BoardDefinitionError, load_board
+
+    for name, value in (("--storage", storage), ("--faults", faults), ("--rate", rate)):
+        if value is not None:
+            raise click.ClickException(f"{name} is not supported with --cffi: the host build keeps its medium "
+                                       f"in RAM and its ptys run unthrottled")
+    try:
+        board = CBoardLink(CBoard.from_definition(load_board(board_id)), link, control_link).start()
+    except (BoardDefinitionError, FirmwareConfigError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"board {board_id} (C firmware, host build) on {board.link_path}, control on {board.control_path}")
+    try:
+        stop.wait()
     finally:
         board.stop()
     click.echo("stopped")

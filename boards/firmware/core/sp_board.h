@@ -70,7 +70,11 @@ typedef struct sp_board {
 
 /* bytes of sp_board, for a host that allocates it */
 size_t sp_board_size(void);
-/* check cfg and the medium, lay out the regions, activate the first member; 0, or a negative reason */
+/* check cfg and the medium, lay out the regions, activate the first member; 0, or a negative reason:
+ * -1 board id (or transmitter) missing, or not UTF-8 of at most 32 bytes; -2 window outside
+ * 1..SP_WINDOW_MAX; -3 max_transfer below the block size or above SP_MAX_TRANSFER_MAX; -4 geometry or
+ * pool size outside the limits, or the medium too small; -5 the medium failed while the first member
+ * was brought in sync */
 int sp_board_init(sp_board *b, const sp_board_config *cfg, const sp_storage *st);
 /* take bytes from the data channel; replies go out through cfg.tx */
 void sp_board_data_in(sp_board *b, const uint8_t *p, size_t n);

@@ -236,11 +236,11 @@ static int verb_is(const char *verb, size_t n, const char *name)
     return 1;
 }
 
-/* the answer to one line into t (nothing for a blank line) */
-static void answer(sp_board *b, const char *line, text *t_)
+/* the answer to one line of n bytes (UTF-8, NULs allowed) into t (nothing for a blank line) */
+static void answer(sp_board *b, const char *line, size_t n, text *t_)
 {
     text t = *t_;
-    const char *s = line, *e = line + strlen(line);
+    const char *s = line, *e = line + n;
     s = skip_space(s, e);
     e = trim_space_end(s, e);
     if (s == e)
@@ -298,7 +298,11 @@ static void answer(sp_board *b, const char *line, text *t_)
         puts_(&t, b->board_id);
     } else {
         puts_(&t, "ERR unknown command '");
-        put(&t, s, vn < 32 ? vn : 32);
+        size_t m = vn < 32 ? vn : 32;
+        while (m < vn && m && ((unsigned char)s[m] & 0xC0u) == 0x80u) /* never cut a character */
+            m--;
+        for (size_t i = 0; i < m; i++) /* control characters never reach the answer line */
+            put(&t, (unsigned char)s[i] < 0x20 ? "?" : s + i, 1);
         puts_(&t, "'; commands: " COMMANDS);
     }
     *t_ = t;
@@ -310,7 +314,7 @@ size_t sp_control_answer(sp_board *b, const char *line, char *out, size_t cap)
     if (cap == 0)
         return 0;
     out[0] = 0;
-    answer(b, line, &t);
+    answer(b, line, strlen(line), &t);
     return t.n;
 }
 
@@ -321,7 +325,7 @@ static void answer_line(sp_board *b)
     if (!sp_utf8_valid((const uint8_t *)b->control_line, b->control_fill))
         puts_(&t, "ERR line is not UTF-8");
     else
-        answer(b, b->control_line, &t);
+        answer(b, b->control_line, b->control_fill, &t);
     if (t.n == 0 && t.sent == 0)
         return; /* a blank line: no answer */
     put(&t, "\n", 1);
@@ -343,8 +347,8 @@ void sp_board_control_in(sp_board *b, const uint8_t *p, size_t n)
             b->control_overflow = 0;
         } else if (b->control_overflow) {
             continue;
-        } else if (b->control_fill >= SP_CONTROL_LINE_MAX || c == 0) {
-            b->control_overflow = 1; /* a NUL never belongs to a line: treat it like an overlong one */
+        } else if (b->control_fill >= SP_CONTROL_LINE_MAX) {
+            b->control_overflow = 1;
         } else {
             b->control_line[b->control_fill++] = (char)c;
         }

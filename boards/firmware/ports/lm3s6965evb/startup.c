@@ -1,5 +1,6 @@
 /* Cortex-M3 startup of the lm3s6965evb port: the vector table, and a reset handler that copies
- * .data from flash, zeroes .bss and runs main. No interrupt is used: the main loop polls the UARTs. */
+ * .data from flash, zeroes .bss and runs main. No interrupt handler runs: interrupts stay masked and
+ * only wake the main loop's WFI. */
 #include <stdint.h>
 
 extern uint32_t _etext, _sdata, _edata, _sbss, _ebss, _stack_top;

@@ -1,4 +1,5 @@
-/* The few C library functions the core calls, so the port links no libc (and no allocator). */
+/* The few C library functions the core calls, so a port links no libc (and no allocator); shared by
+ * every port. */
 #include <stddef.h>
 #include <stdint.h>
 
