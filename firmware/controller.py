@@ -96,6 +96,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
         self._demotions: dict = {}                # PoolMember -> the error last logged for it
         self.wakeup = None                        # called from any thread by a submit while the owner may be idle
         self.on_backups_changed = None            # called on the owner thread when a backup appears or goes
+        self.status_sources: dict = {}            # name -> callable: more of status() (device links)
         self._bg = True                           # background work may be pending
         self._bg_at = 0.0                         # ... but not before this monotonic time (throttle)
         self._closing = False
