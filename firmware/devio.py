@@ -69,6 +69,7 @@ class DeviceQueue:
         self.measured = False
         self.queued_bytes = 0               # data bytes waiting or running
         self.stats = collections.Counter()
+        self.missed_triggers: list[dict] = []   # TRIGGERs (a device that cuts itself) that failed or were dropped
         self._q: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._busy = False
@@ -222,7 +223,7 @@ class DeviceQueue:
             depth = len(self._q) + (1 if self._busy else 0)
             lag = time.monotonic() - self._q[0][5] if self._q else 0.0   # how old the oldest waiting op is
         return {"queued_ops": depth, "queued_bytes": self.queued_bytes, "lag_seconds": round(lag, 3),
-                "rate": round(self.rate),
+                "rate": round(self.rate), "missed_triggers": list(self.missed_triggers),
                 "measured": self.measured, **{k: v for k, v in self.stats.items()}}
 
     def close(self) -> None:
@@ -306,6 +307,9 @@ class DeviceQueue:
                     self._error = self._failing = error
                     report = True
                 self._cv.notify_all()
+            if op == _TRIGGER and error is not None:   # the device never cut there: say so in status
+                self.missed_triggers.append({"id": offset, "label": data[0], "why": str(error)})
+                del self.missed_triggers[:-64]
             if op == _READ:
                 try:
                     data(result, error)

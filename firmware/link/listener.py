@@ -73,6 +73,7 @@ class LinkedLun:
         self.connections = 0
         self.cuts: dict[int, tuple[str, int]] = {}   # this LUN's TRIGGER id -> (origin, the sender's id)
         self.missed: list[dict] = []
+        self.last_id = 0                             # the sender's newest TRIGGER id seen (a gap: missed ones)
         self.stats = self.session.stats
 
     def _describe(self) -> wire.BoardInfo:
@@ -108,9 +109,11 @@ class LinkedLun:
         elif t == MsgType.FLUSH:
             submit(None, lun, Op.FLUSH, 0, 0, None, 0, None, done)
         elif t == MsgType.TRIGGER and msg.flags & Flag.MISSED:
-            self._missed(msg)
+            self._note_trigger(msg.id)
+            self._missed(msg.id, msg.label, "the sender was behind (resyncing) at this point")
             submit(None, lun, Op.FLUSH, 0, 0, None, 0, None, done)   # a barrier in its place, no cut
         elif t == MsgType.TRIGGER:
+            self._note_trigger(msg.id)
             submit(None, lun, Op.TRIGGER, 0, 0, None, 0, msg.label or None, done)
         else:
             return wire.Error(seq=msg.seq, of=t, code=ErrorCode.UNKNOWN_TYPE, message=f"{t.name} is not a request")
@@ -132,11 +135,21 @@ class LinkedLun:
                 self.conn.send(reply, pending.flags & Flag.REPLAY)
         return done
 
-    def _missed(self, msg) -> None:
+    def _note_trigger(self, trigger_id: int) -> None:
+        """The sender numbers its TRIGGERs: ids skipped since the last one never arrived (their requests
+        failed while the link was down), so they were not cut here either."""
+        last = self.last_id
+        if last and trigger_id > last + 1:
+            for lost in range(max(last + 1, trigger_id - MISSED_KEPT), trigger_id):
+                self._missed(lost, "", "never arrived: the link was down and the stream was resynced")
+        self.last_id = trigger_id   # a smaller id: the sender started counting again (a restart)
+
+    def _missed(self, trigger_id: int, label: str, why: str) -> None:
         self.stats["missed"] += 1
-        log.warning("LUN %s: TRIGGER %d from %s could not be cut at its exact point (the sender was behind): "
-                    "recorded as missed, no backup", self.lun.name, msg.id, self.origin or "?")
-        self.missed.append({"id": msg.id, "label": msg.label, "origin": self.origin, "time": time.time()})
+        log.warning("LUN %s: TRIGGER %d from %s not cut at its exact point (%s): recorded as missed, no backup",
+                    self.lun.name, trigger_id, self.origin or "?", why)
+        self.missed.append({"id": trigger_id, "label": label, "origin": self.origin, "why": why,
+                            "time": time.time()})
         del self.missed[:-MISSED_KEPT]
 
     def origin_of(self, trigger_id: int) -> str | None:
