@@ -409,6 +409,8 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                 self._log_demotions(m.pool)
             if dq.queued_bytes and not dq.write_budget():
                 gated = True
+        if not self._bg and any(n.sweep is not None for n in self._nodes):
+            self._bg = True   # a mirror path's device failure restarted a node's sweep outside this step
         if self._bg:
             now = time.monotonic()
             if now >= self._bg_at:   # throttled work waits for its tokens without costing each poll

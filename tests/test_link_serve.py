@@ -61,6 +61,7 @@ class Proxy:
         self.port = self.sock.getsockname()[1]
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.accepted = 0
+        self.refuse = False   # True: the far side is unreachable (every new connection is closed at once)
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -70,6 +71,9 @@ class Proxy:
                 down, _ = self.sock.accept()
             except OSError:
                 return
+            if self.refuse:
+                down.close()
+                continue
             up = socket.create_connection(self.upstream)
             with self.lock:
                 self.pairs.append((down, up))
@@ -173,7 +177,7 @@ def pair(tmp_path):
     """(near, far, proxy): two serve processes, the near one's primary backup LUN a link through a proxy."""
     started = []
 
-    def start(mirror="sync", proxy=True):
+    def start(mirror="sync", proxy=True, options="rto=0.05"):
         far = ServerProcess(str(tmp_path / "far"), config=far_config(str(tmp_path)))
         far.start()
         started.append(far)
@@ -182,7 +186,7 @@ def pair(tmp_path):
         px = Proxy((host, int(port))) if proxy else None
         target = f"127.0.0.1:{px.port}" if px else f"{host}:{port}"
         near = ServerProcess(str(tmp_path / "near"),
-                             config=near_config(str(tmp_path), f"link://{target}/lun0?rto=0.05", mirror))
+                             config=near_config(str(tmp_path), f"link://{target}/lun0?{options}", mirror))
         near.start()
         started.append(near)
         return near, far, px
