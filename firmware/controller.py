@@ -96,6 +96,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
         self._demotions: dict = {}                # PoolMember -> the error last logged for it
         self.wakeup = None                        # called from any thread by a submit while the owner may be idle
         self.on_backups_changed = None            # called on the owner thread when a backup appears or goes
+        self.status_sources: dict = {}            # name -> callable: more of status() (device links)
         self._bg = True                           # background work may be pending
         self._bg_at = 0.0                         # ... but not before this monotonic time (throttle)
         self._closing = False
@@ -415,6 +416,8 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                 self._log_demotions(m.pool)
             if dq.queued_bytes and not dq.write_budget():
                 gated = True
+        if not self._bg and any(n.sweep is not None for n in self._nodes):
+            self._bg = True   # a mirror path's device failure restarted a node's sweep outside this step
         if self._bg:
             now = time.monotonic()
             if now >= self._bg_at:   # throttled work waits for its tokens without costing each poll

@@ -40,7 +40,7 @@ BACKLOG_MIN = 16 << 20
 #: bytes/s assumed before the first measurement
 START_RATE = 100_000
 
-_WRITE, _TRIM, _ZEROES, _FLUSH, _READ = range(5)
+_WRITE, _TRIM, _ZEROES, _FLUSH, _READ, _TRIGGER = range(6)
 
 
 class DeviceBackloggedError(HalError):
@@ -69,6 +69,7 @@ class DeviceQueue:
         self.measured = False
         self.queued_bytes = 0               # data bytes waiting or running
         self.stats = collections.Counter()
+        self.missed_triggers: list[dict] = []   # TRIGGERs (a device that cuts itself) that failed or were dropped
         self._q: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._busy = False
@@ -106,6 +107,10 @@ class DeviceQueue:
     def flush(self) -> None:
         """Queued behind every earlier write (``drain`` waits for it)."""
         self._put(_FLUSH, 0, 0, None, False)
+
+    def trigger(self, trigger_id: int, label: str = "", missed: bool = False) -> None:
+        """A device that cuts itself: its TRIGGER, queued behind every earlier write (never ahead of one)."""
+        self._put(_TRIGGER, trigger_id, 0, (label, missed), False)
 
     def flush_and_wait(self) -> None:
         """Flush behind every queued op and wait until the device did it: what was queued is durable.
@@ -165,7 +170,7 @@ class DeviceQueue:
         with self._cv:
             if self._closed:
                 raise HalError(f"{self.name}: device queue is closed")
-            self._q.append((_READ, offset, length, callback, False))
+            self._q.append((_READ, offset, length, callback, False, time.monotonic()))
             self._cv.notify()
 
     def write_budget(self, seconds: float = SLICE_TIME) -> int:
@@ -216,7 +221,9 @@ class DeviceQueue:
     def status(self) -> dict:
         with self._cv:
             depth = len(self._q) + (1 if self._busy else 0)
-        return {"queued_ops": depth, "queued_bytes": self.queued_bytes, "rate": round(self.rate),
+            lag = time.monotonic() - self._q[0][5] if self._q else 0.0   # how old the oldest waiting op is
+        return {"queued_ops": depth, "queued_bytes": self.queued_bytes, "lag_seconds": round(lag, 3),
+                "rate": round(self.rate), "missed_triggers": list(self.missed_triggers),
                 "measured": self.measured, **{k: v for k, v in self.stats.items()}}
 
     def close(self) -> None:
@@ -251,7 +258,7 @@ class DeviceQueue:
                 self.queued_bytes += length
             if op != _FLUSH:
                 self._ahead = None   # the read-ahead ran before this write: it may be stale now
-            self._q.append((op, offset, length, data, fua))
+            self._q.append((op, offset, length, data, fua, time.monotonic()))
             self._cv.notify()
 
     def _run(self) -> None:
@@ -262,7 +269,7 @@ class DeviceQueue:
                     self._cv.wait()
                 if not self._q:
                     return
-                op, offset, length, data, fua = self._q.popleft()
+                op, offset, length, data, fua, _queued_at = self._q.popleft()
                 self._busy = True
                 failing = self._failing
             error = failing
@@ -278,6 +285,8 @@ class DeviceQueue:
                         dev.trim(offset, length)
                     elif op == _ZEROES:
                         dev.write_zeroes(offset, length, fua)
+                    elif op == _TRIGGER:
+                        dev.trigger(offset, data[0], missed=data[1])
                     else:
                         dev.flush()
                 except HalError as exc:
@@ -298,6 +307,9 @@ class DeviceQueue:
                     self._error = self._failing = error
                     report = True
                 self._cv.notify_all()
+            if op == _TRIGGER and error is not None:   # the device never cut there: say so in status
+                self.missed_triggers.append({"id": offset, "label": data[0], "why": str(error)})
+                del self.missed_triggers[:-64]
             if op == _READ:
                 try:
                     data(result, error)

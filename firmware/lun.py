@@ -51,6 +51,7 @@ class LunNode:
         self.upstream = None           # the MirrorPath feeding this node (a primary backup LUN), or None
         self.sweep: Sweep | None = None  # resync from upstream while this node is behind
         self.failed: str | None = None
+        self.missed: list[dict] = []   # TRIGGERs its device (one that cuts itself) could not cut exactly
 
     @property
     def persistent(self) -> bool:
@@ -115,12 +116,32 @@ class LunNode:
         """A TRIGGER reaching this node as a mirror target: be exact at this point, then pass it on."""
         if self.sweep is not None:
             if self.upstream is not None and len(self.upstream) == 0:
-                self.finish_sweep(drain=False)  # upstream sits exactly at this TRIGGER: copy up to it
+                try:
+                    self.finish_sweep(drain=False)  # upstream sits exactly at this TRIGGER: copy up to it
+                except HalError:   # the device failed (a link that stayed down): behind again, resyncing
+                    event = event.inexact()
             else:
                 event = event.inexact()  # upstream is already past it: nothing below can be cut exactly
+        if getattr(self.device, "cuts_itself", False):
+            self._forward_cut(event)
         self.epoch = event.epoch + 1
         for path in self.paths:
             path.trigger(event)
+
+    def _forward_cut(self, event) -> None:
+        """The device is a controller (a device link, a board running the firmware): it cuts its own
+        backups at this TRIGGER, queued behind every write before it. One this node could not hold
+        exactly goes as MISSED: the far side records it and cuts nothing."""
+        try:
+            self.device.trigger(event.id, event.label, missed=not event.exact)
+        except HalError as exc:
+            self.missed.append({"id": event.id, "label": event.label, "why": f"device error: {exc}"})
+            self.device_failed(exc)
+        else:
+            if not event.exact:
+                self.missed.append({"id": event.id, "label": event.label,
+                                    "why": "this LUN was behind its source (resync): no exact cut there"})
+        del self.missed[:-64]
 
     def zeros_restored(self) -> None:
         """The zero bitmap was replaced or edited wholesale (a restore): recount whether any chunk is known zero."""
@@ -229,19 +250,30 @@ class LunNode:
             return
         self.sweep = Sweep(self.upstream.source.epochs, since)
 
-    def sweep_step(self, budget: int, drain: bool = True) -> int:
-        """Copy a slice from upstream as ordinary writes (so they mark, copy-on-write and go downstream)."""
+    def sweep_step(self, budget: int, drain: bool = True, raise_errors: bool = False) -> int:
+        """Copy a slice from upstream as ordinary writes (so they mark, copy-on-write and go downstream).
+
+        A device error starts the sweep over (``device_failed``); ``raise_errors``: and reaches the caller."""
         sweep = self.sweep
         if sweep is None:
             return 0
+        room = getattr(self.device, "write_budget", None)   # a device queue: never queue more than it moves
+        if room is not None:
+            budget = min(budget, max(room(), self.chunk_size))
         if drain:
             self.upstream.drain()   # upstream and this node at the same point of the stream
         src = self.upstream.source
         todo, cursor = sweep.plan(budget)
         n = 0
-        for off, ln in todo:
-            self.apply(_WRITE, off, ln, src.device.read(off, ln), 0, self.epoch)
-            n += ln
+        try:
+            for off, ln in todo:
+                self.apply(_WRITE, off, ln, src.device.read(off, ln), 0, self.epoch)
+                n += ln
+        except HalError as exc:
+            self.device_failed(exc)
+            if raise_errors:
+                raise
+            return n
         sweep.advance(cursor, n)
         if sweep.done:
             self.sweep = None
@@ -250,14 +282,14 @@ class LunNode:
 
     def finish_sweep(self, drain: bool = True) -> None:
         while self.sweep is not None:
-            self.sweep_step(64 << 20, drain)
+            self.sweep_step(64 << 20, drain, raise_errors=True)
 
     def status(self) -> dict:
         return {"name": self.name, "device": self.device.describe(), "size": self.size,
                 "block_size": self.block_size, "epoch": self.epoch,
                 "state": "syncing" if self.sweep is not None else ("failed" if self.failed else "in-sync"),
                 "resync": None if self.sweep is None else self.sweep.progress(),
-                "paths": [p.status() for p in self.paths]}
+                "paths": [p.status() for p in self.paths], "missed_cuts": list(self.missed)}
 
 
 class Lun(LunNode):

@@ -125,6 +125,8 @@ class BackupPool:
             self.active = None
             self._freeze(a, event)
             a.last_active = self.clock
+            if getattr(a.device, "cuts_itself", False):
+                self._forward_cut(a, event)
         self.clock += 1
         self.rotations += 1
         if len(self.members) == 1:
@@ -140,6 +142,15 @@ class BackupPool:
             self.activate(nxt)
         self.on_change(self, True)
         self.on_backups_changed(self)
+
+    @staticmethod
+    def _forward_cut(m: PoolMember, event) -> None:
+        """``m``'s device is a controller (a device link, a board running the firmware): it cuts itself at
+        this TRIGGER, in order behind the writes; as MISSED unless ``m`` holds this point exactly now."""
+        try:
+            m.device.trigger(event.id, event.label, missed=m.state != FROZEN)
+        except HalError as exc:   # the member's own cut stands; the device's next op reports the failure
+            log.warning("%s: TRIGGER %d not delivered to its device: %s", m.name, event.id, exc)
 
     # -- transitions ---------------------------------------------------------------------
     def start_in_sync(self) -> None:

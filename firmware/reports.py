@@ -129,4 +129,5 @@ class Reports:
                 "counters": dict(self.counters),
                 "devices": self.topology.device_status(),
                 "kernels": pyx.implementations(),
-                "metadata": None if self.metadata is None else self.metadata.status()}
+                "metadata": None if self.metadata is None else self.metadata.status(),
+                **{name: source() for name, source in self.status_sources.items()}}

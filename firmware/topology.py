@@ -52,6 +52,8 @@ class Topology:
                 self._add_pool(lun, lun, lc.pool, f"{lc.name}.pool")
             if lc.backup is not None:
                 bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
+                if lc.backup.mirror == "async":   # a link's round trips stay off the loop; sync waits for its acks
+                    bdev = self._queued(bdev, f"LUN {lc.name} primary backup LUN")
                 node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
                                known_zero=not bdev.persistent, url=lc.backup.url)
                 lun.backup_node = node
@@ -114,7 +116,7 @@ class Topology:
 
     def device_status(self) -> list[dict]:
         """Per device behind a link (a board): the host's retransmission and reconnect counters."""
-        queues = {dq.device: dq for dq in self.queues}
+        queues = {dq.device: dq for dq in self.devices if isinstance(dq, DeviceQueue)}   # pool members and nodes
         out = []
         for what, url, dev in self.roles:
             link = getattr(dev, "link_status", None)

@@ -27,6 +27,7 @@ BACKENDS = {
     "file": "splitpoint.hal.file:FileDevice",
     "serial": "splitpoint.hal.serial_dev:SerialDevice",
     "board": "splitpoint.hal.board:BoardDevice",
+    "link": "splitpoint.hal.link:LinkDevice",
     "nbd": "splitpoint.hal.nbd:NbdDevice",
     "nbds": "splitpoint.hal.nbd:NbdDevice",
     "nbd+unix": "splitpoint.hal.nbd:NbdDevice",

@@ -90,6 +90,9 @@ class BlockDevice:
     link_down: bool = False
     #: True when the contents outlive the process (file://, boards); False for ram://, which starts zeroed
     persistent: bool = True
+    #: True when the device is a controller that takes TRIGGERs in band (``trigger(id, label, missed)``, in
+    #: order behind the writes) and cuts its own backups (a device link, a board running the firmware)
+    cuts_itself: bool = False
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset``."""

@@ -66,7 +66,7 @@ class SerialDevice(BlockDevice):
 
     def __init__(self, port: str, baud: int = 115200, rate: int | None = None, window: int = HOST_WINDOW,
                  rto: float = DEFAULT_RTO, retries: int = DEFAULT_RETRIES, reconnect: float = DEFAULT_RECONNECT,
-                 expect_board: str | None = None, serial_factory=None):
+                 expect_board: str | None = None, serial_factory=None, target: str = "", origin: str = ""):
         import serial  # pyserial, imported only when a serial backend is used
 
         self.port_url = port
@@ -77,7 +77,7 @@ class SerialDevice(BlockDevice):
         self._cv = threading.Condition()  # guards the session and _port; every state change notifies it
         self._session = HostSession(port, window=window, rto=rto, rate=rate, retries=retries, reconnect=reconnect,
                                     expect_board=expect_board, on_complete=self._finished, request_factory=Pending,
-                                    poll_interval=TICK,
+                                    poll_interval=TICK, target=target, origin=origin,
                                     no_answer_hint=f"check the port, the baud rate ({baud}) and that the board "
                                                    f"runs the splitpoint bridge firmware")
         self.stats = self._session.stats
@@ -351,10 +351,17 @@ class SerialDevice(BlockDevice):
         flags = Flag.ZEROES | (Flag.FUA if fua else 0)
         self._wait_all([self.submit(wire.Trim(offset=offset, length=length, flags=flags))])
 
-    def trigger(self, trigger_id: int, label: str = "") -> None:
-        """Send a TRIGGER in sequence with the writes before it (a device link's mirror cut)."""
+    @property
+    def cuts_itself(self) -> bool:
+        """The board records a TRIGGER frame (INFO's TRIGGER feature): the mirror path forwards its cuts."""
+        return self.info is not None and bool(self.info.features & wire.Feature.TRIGGER)
+
+    def trigger(self, trigger_id: int, label: str = "", missed: bool = False) -> None:
+        """Send a TRIGGER in sequence with the writes before it (a device link's mirror cut); ``missed``:
+        this point could not be cut exactly upstream, so the far side records it and cuts nothing."""
         self._live()
-        self._wait_all([self.submit(wire.Trigger(id=trigger_id, label=label))])
+        flags = Flag.MISSED if missed else 0
+        self._wait_all([self.submit(wire.Trigger(id=trigger_id, label=label, flags=flags))])
 
     def close(self):
         if self._closed:

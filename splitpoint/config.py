@@ -58,6 +58,13 @@ class NbdConfig:
 
 
 @dataclass(frozen=True)
+class DeviceConfig:
+    """This controller as a device: where other controllers' device links reach it (``[device]``)."""
+
+    listen: str | None = None            # "HOST:PORT" of --device-listen (None: no device links)
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """An ordered pool of backup LUNs; the first member starts active."""
 
@@ -102,16 +109,18 @@ class Config:
     async_queue_bytes: int = 64 << 20   # asynchronous mirror: queued payload bytes before backpressure
     resync: ResyncConfig = field(default_factory=ResyncConfig)
     nbd: NbdConfig = field(default_factory=NbdConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
     source: str = "<default>"           # where it was loaded from, for messages
 
 
-_TOP_KEYS = {"controller", "resync", "nbd", "lun", "group"}
+_TOP_KEYS = {"controller", "resync", "nbd", "device", "lun", "group"}
 _CONTROLLER_KEYS = {"chunk_size", "ring_capacity", "metadata_dir", "digest_region",
                     "async_queue_ops", "async_queue_bytes"}
 _RESYNC_KEYS = {"rate", "deadline", "slice"}
 _NBD_KEYS = {"handshake_timeout", "client_inflight", "total_inflight", "tls", "tls_certificates", "tls_verify_peer"}
 #: the largest NBD request: a client budget must hold one
 _MAX_REQUEST = 64 << 20
+_DEVICE_KEYS = {"listen"}
 _LUN_KEYS = {"name", "url", "pool", "backup"}
 _POOL_KEYS = {"members", "mirror"}
 _BACKUP_KEYS = {"url", "mirror", "pool"}
@@ -246,6 +255,7 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
     rs = doc.get("resync", {})
     _check_keys(rs, _RESYNC_KEYS, "resync", source)
     nbd = _nbd(doc.get("nbd", {}), source)
+    device = _device(doc.get("device", {}), source)
     luns_doc = doc.get("lun")
     if isinstance(luns_doc, dict):
         raise ConfigError(f"{source}: 'lun' must be an array of tables: write each LUN as [[lun]] with "
@@ -289,7 +299,8 @@ def from_dict(doc: dict, source: str = "<dict>") -> Config:
         rkw["deadline"] = float(d)
     if "slice" in rs:
         rkw["slice"] = _size(rs["slice"], "slice", "resync", source, minimum=512)
-    return Config(luns=luns, groups=groups, resync=ResyncConfig(**rkw), nbd=nbd, source=source, **kw)
+    return Config(luns=luns, groups=groups, resync=ResyncConfig(**rkw), nbd=nbd, device=device, source=source,
+                  **kw)
 
 
 def _groups(doc, lun_names: list[str], source: str) -> tuple[GroupConfig, ...]:
@@ -323,6 +334,31 @@ def _groups(doc, lun_names: list[str], source: str) -> tuple[GroupConfig, ...]:
                 raise ConfigError(f"{source}: [{where}] lists LUN {lun!r} twice")
         out.append(GroupConfig(name=name, luns=tuple(luns)))
     return tuple(out)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT', or just 'PORT') -> (host, port); ValueError says what is expected."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: expected HOST:PORT with a port from 0 to 65535")
+    return host, int(port)
+
+
+def _device(table, source: str) -> DeviceConfig:
+    _check_keys(table, _DEVICE_KEYS, "device", source)
+    if "listen" not in table:
+        return DeviceConfig()
+    value = table["listen"]
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: [device] listen must be \"HOST:PORT\", got {value!r}")
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [device] listen {exc}") from None
+    return DeviceConfig(listen=value)
 
 
 def _nbd(table, source: str) -> NbdConfig:

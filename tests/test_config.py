@@ -73,7 +73,7 @@ def test_load_reads_a_file(tmp_path):
     ("[[lun]]\nname='a'\nurl='ram://'\ncolour='blue'", "unknown key 'colour' in \\[lun a\\]; valid keys: backup, name, pool, url"),
     ("[controller]\nchunksize=4096\n[[lun]]\nname='a'\nurl='ram://'", "unknown key 'chunksize' in \\[controller\\]; valid keys: "),
     ("[resync]\nspeed=1\n[[lun]]\nname='a'\nurl='ram://'", "unknown key 'speed' in \\[resync\\]"),
-    ("[mirror]\nmode='sync'\n[[lun]]\nname='a'\nurl='ram://'", "unknown key 'mirror' in \\[top level\\]; valid keys: controller, group, lun, nbd, resync"),
+    ("[mirror]\nmode='sync'\n[[lun]]\nname='a'\nurl='ram://'", "unknown key 'mirror' in \\[top level\\]; valid keys: controller, device, group, lun, nbd, resync"),
     ("[[lun]]\nname='a'\nurl='ram://'\n[lun.pool]\nmembers=['ram://']\nmode='sync'", "unknown key 'mode' in \\[lun a.pool\\]; valid keys: members, mirror"),
     ("[[lun]]\nname='a'\nurl='ram://'\n[lun.backup]\nurl='ram://'\nsize=1", "unknown key 'size' in \\[lun a.backup\\]"),
     ("", "no LUNs"),

@@ -97,6 +97,8 @@ class BoardEngine:
                     dev.trim(msg.offset, msg.length)
                     if msg.flags & Flag.FUA:
                         dev.flush()
+            elif isinstance(msg, wire.Trigger) and msg.flags & Flag.MISSED:
+                self.stats["missed_triggers"] += 1   # a barrier only: the sender could not cut here exactly
             elif isinstance(msg, wire.Trigger):
                 self.stats["triggers"] += 1
                 if self.on_trigger is not None:

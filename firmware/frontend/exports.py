@@ -48,10 +48,12 @@ def _when(value) -> str:
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def describe_backup(lun_name: str, info) -> str:
+def describe_backup(lun_name: str, info, links=None) -> str:
+    """A backup's NBD description; one cut at a device link's TRIGGER names its origin (``from <device> t<id>``)."""
     label = f"'{info.label}'" if info.label else "(no label)"
+    origin = None if links is None else links.origin_of(lun_name, info.trigger_id)
     return (f"{lun_name} backup t{info.trigger_id}: label {label}, seq {info.seq}, "
-            f"time {_when(info.time)}, read-only")
+            f"time {_when(info.time)}" + (f", {origin}" if origin else "") + ", read-only")
 
 
 class Export:
@@ -95,8 +97,14 @@ class LunExport(Export):
         self.size = lun.size
         self.block_size = lun.block_size
         self.read_only = bool(getattr(lun, "read_only", False))
+        links = frontend.device_links
+        fed = links is not None and links.feeds(lun.name)
+        if fed:   # another controller streams this LUN: a host's write would fork it from that stream
+            self.read_only = True
+            self.fast_lun = None
         self.description = description or (f"{lun.name}: primary LUN, {lun.size} bytes, block {lun.block_size}"
-                                           + (", read-only" if self.read_only else ""))
+                                           + (", fed by a device link, read-only" if fed else
+                                              ", read-only" if self.read_only else ""))
 
     def read(self, conn, cookie, offset, length, flags):
         self.fe.submit(conn, self.lun, Op.READ, offset, length, None, 0, None, conn.read_callback(cookie, offset))
@@ -247,7 +255,7 @@ class BackupExport(Export):
         self.name = name or f"{lun.name}.t{info.trigger_id}"
         self.size = lun.size
         self.block_size = lun.block_size
-        self.description = describe_backup(lun.name, info)
+        self.description = describe_backup(lun.name, info, frontend.device_links)
         if name and name.endswith(".latest"):
             self.description = f"newest consistent backup of {lun.name}: " + self.description
 
@@ -295,7 +303,7 @@ class ExportTable:
                 newest = backups[0]   # Controller.backups: newest cut first
                 out.append((f"{lun.name}.latest", BackupExport(self.fe, lun, newest, f"{lun.name}.latest").description))
             for info in sorted(backups, key=lambda b: b.trigger_id):
-                out.append((f"{lun.name}.t{info.trigger_id}", describe_backup(lun.name, info)))
+                out.append((f"{lun.name}.t{info.trigger_id}", describe_backup(lun.name, info, self.fe.device_links)))
         for group in self.ctl.groups.values():
             special = GroupTriggerExport(self.fe, group, triggers.special_lun_export(group.name))
             out.append((special.name, special.description))

@@ -72,6 +72,7 @@ class FrontEnd:
         self.connections: set[NbdConnection] = set()
         self.stopping = False
         self.exports = ExportTable(self)
+        self.device_links = None         # the --device-listen listener (firmware/link), when there is one
         self._dirty: list[NbdConnection] = []
         self._tick_scheduled = False
         self._in_tick = False
@@ -285,22 +286,30 @@ def parse_listen(value: str) -> tuple[str, int]:
 class Service:
     """A running front end: listeners, control channel and controller on one loop."""
 
-    def __init__(self, frontend: FrontEnd, control, endpoints: list[str]):
+    def __init__(self, frontend: FrontEnd, control, endpoints: list[str], links=None):
         self.frontend = frontend
         self.control = control
         self.endpoints = endpoints
+        self.links = links               # DeviceLinkListener of --device-listen, or None
 
     @classmethod
     async def start(cls, ctl, listen: tuple[str, int] | None = ("127.0.0.1", 10809), socket_path: str | None = None,
                     control_url: str | None = None, control_link: str | None = None, control: bool = True,
                     client_bytes: int = CLIENT_BYTES, total_bytes: int = TOTAL_BYTES,
-                    handshake_timeout: float = HANDSHAKE_TIMEOUT, tls: TlsSettings | None = None):
+                    handshake_timeout: float = HANDSHAKE_TIMEOUT, tls: TlsSettings | None = None,
+                    device_listen: tuple[str, int] | None = None):
         from splitpoint.firmware.frontend.control import open_channel
 
         fe = FrontEnd(ctl, client_bytes=client_bytes, total_bytes=total_bytes, handshake_timeout=handshake_timeout,
                       tls=tls)
         endpoints = []
+        links = None
         try:
+            if device_listen is not None:   # first: a peer's link is refused until this LUN's exports exist
+                from splitpoint.firmware.link.listener import DeviceLinkListener
+                links = DeviceLinkListener(fe)
+                host, port = await links.listen(*device_listen)
+                endpoints.append(f"link://{host}:{port}" if ":" not in host else f"link://[{host}]:{port}")
             if listen is not None:
                 host, port = await fe.listen_tcp(*listen)
                 endpoints.append(f"nbd://{host}:{port}" if ":" not in host else f"nbd://[{host}]:{port}")
@@ -309,12 +318,16 @@ class Service:
                 endpoints.append(f"nbd+unix:///?socket={path}")
             channel = open_channel(fe, control_url, control_link) if control else None
         except BaseException:
+            if links is not None:
+                await links.close()
             await fe.shutdown(close_controller=False)
             raise
-        return cls(fe, channel, endpoints)
+        return cls(fe, channel, endpoints, links)
 
     async def stop(self):
         """Clean shutdown: answer what is in flight, drain the queue, persist metadata."""
+        if self.links is not None:
+            await self.links.close()
         await self.frontend.shutdown()
         if self.control is not None:
             self.control.close()

@@ -16,7 +16,7 @@ from splitpoint import pyx
 
 frame = pyx.select("frame")
 
-__all__ = ["PROTOCOL_VERSION", "PROTOCOL_MIN", "MAX_WINDOW", "MAX_ERROR_TEXT", "MAX_BOARD_ID", "MAX_LABEL",
+__all__ = ["PROTOCOL_VERSION", "PROTOCOL_MIN", "MAX_WINDOW", "MAX_ERROR_TEXT", "MAX_BOARD_ID", "MAX_LABEL", "MAX_LINK_NAME",
            "MsgType", "REQUEST_TYPES", "Flag", "ALLOWED_FLAGS", "ErrorCode", "Feature", "WireError",
            "UnsupportedVersionError", "UnknownTypeError", "BadPayloadError", "version_string", "pack_version",
            "BoardInfo", "Message", "Info", "Read", "Write", "Flush", "Trim", "Trigger", "Ack", "Error", "Nak",
@@ -30,6 +30,7 @@ MAX_BOARD_ID = 32  # board id bytes in INFO's reply
 # TRIGGER label bytes: the controller's trigger rules allow the same (firmware.triggers.LABEL_MAX, checked by
 # tests/test_wire_vectors.py); the HAL sits below the controller and does not import it
 MAX_LABEL = 64
+MAX_LINK_NAME = 64  # INFO's target and origin (device links), bytes each
 
 
 class MsgType(enum.IntEnum):
@@ -51,6 +52,7 @@ REQUEST_TYPES = frozenset({MsgType.INFO, MsgType.READ, MsgType.WRITE, MsgType.FL
 class Flag(enum.IntFlag):
     FUA = 0x0001  # WRITE, TRIM: durable before the ACK
     ZEROES = 0x0002  # TRIM: the range must read back as zeros (write_zeroes)
+    MISSED = 0x0004  # TRIGGER (device links): the sender could not cut here exactly; a barrier, never a backup
     RESUMED = 0x0100  # ACK of INFO: the board already held this session and kept its state
     REPLAY = 0x4000  # ACK, ERROR: answered from the reply cache (a duplicate request)
     RETRANSMIT = 0x8000  # request: a resend of a seq already sent once
@@ -63,7 +65,7 @@ ALLOWED_FLAGS = {
     MsgType.WRITE: Flag.FUA | Flag.RETRANSMIT,
     MsgType.FLUSH: Flag.RETRANSMIT,
     MsgType.TRIM: Flag.FUA | Flag.ZEROES | Flag.RETRANSMIT,
-    MsgType.TRIGGER: Flag.RETRANSMIT,
+    MsgType.TRIGGER: Flag.MISSED | Flag.RETRANSMIT,
     MsgType.ACK: Flag.REPLAY | Flag.RESUMED,
     MsgType.ERROR: Flag.REPLAY,
     MsgType.NAK: Flag(0),
@@ -195,14 +197,22 @@ class Message:
 
 @dataclass(slots=True)
 class Info(Message):
-    """Handshake: resume ``session`` if the board has it, else start it at ``first_seq``."""
+    """Handshake: resume ``session`` if the board has it, else start it at ``first_seq``.
+
+    A device link adds ``target`` (the LUN it feeds on the far controller) and ``origin`` (who
+    sends the stream, shown beside the backups cut from it); a board takes neither."""
 
     session: int = 0
     first_seq: int = 1
+    target: str = ""
+    origin: str = ""
     type = MsgType.INFO
 
     def payload(self):
-        return _U32U32.pack(self.session, self.first_seq)
+        base = _U32U32.pack(self.session, self.first_seq)
+        if not self.target and not self.origin:
+            return base   # exactly version 1's INFO: every board takes it
+        return base + _short_text(self.target, "target") + _short_text(self.origin, "origin")
 
 
 @dataclass(slots=True)
@@ -321,9 +331,13 @@ def decode_message(frm: tuple) -> Message:
         raise BadPayloadError(f"{mtype.name} does not allow flags {flags & ~ALLOWED_FLAGS[mtype]:#06x}", type_, seq)
     p = bytes(payload)
     if mtype == MsgType.INFO:
-        _need(p, 8, type_, seq)
-        session, first = _U32U32.unpack(p)
-        return Info(seq, flags, session, first)
+        _need(p, 8, type_, seq, exact=False)
+        session, first = _U32U32.unpack_from(p)
+        target, rest = _take_short_text(p[8:], type_, seq) if len(p) > 8 else ("", b"")
+        origin, rest = _take_short_text(rest, type_, seq) if rest else ("", b"")
+        if rest:
+            raise BadPayloadError(f"INFO carries {len(rest)} bytes after its origin", type_, seq)
+        return Info(seq, flags, session, first, target, origin)
     if mtype in (MsgType.READ, MsgType.TRIM):
         _need(p, 12, type_, seq)
         offset, length = _U64U32.unpack(p)
@@ -364,6 +378,21 @@ def decode_message(frm: tuple) -> Message:
     return Nak(seq, flags, expected, received)
 
 
+def _short_text(text: str, what: str) -> bytes:
+    raw = text.encode()
+    if len(raw) > MAX_LINK_NAME:
+        raise ValueError(f"INFO {what} {text!r} is longer than {MAX_LINK_NAME} bytes")
+    return bytes((len(raw),)) + raw
+
+
+def _take_short_text(p: bytes, type_: int, seq: int) -> tuple[str, bytes]:
+    """(text, rest) of a u8-length-prefixed UTF-8 field at the start of ``p``."""
+    n = p[0]
+    if n > MAX_LINK_NAME or len(p) < 1 + n:
+        raise BadPayloadError(f"INFO field of {n} bytes does not fit (at most {MAX_LINK_NAME})", type_, seq)
+    return _text(p[1:1 + n], type_, seq), p[1 + n:]
+
+
 def _text(raw: bytes, type_: int, seq: int) -> str:
     try:
         return raw.decode()
@@ -401,8 +430,8 @@ def to_json(msg: Message) -> dict:
             value = bytes(value).hex()
         elif isinstance(value, BoardInfo):
             value = {k: getattr(value, k) for k in value.__dataclass_fields__}
-        elif value is None:
-            continue
+        elif value is None or (name in ("target", "origin") and not value):
+            continue   # a board's INFO has no link fields: version 1's JSON form is unchanged
         out[name] = value
     return out
 

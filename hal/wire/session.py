@@ -109,7 +109,7 @@ class HostSession:
                  rate: int | None = None, retries: int = DEFAULT_RETRIES, reconnect: float = DEFAULT_RECONNECT,
                  expect_board: str | None = None, on_complete=None, request_factory=Request,
                  poll_interval: float = 0.0, session: int | None = None, first_seq: int = 1,
-                 no_answer_hint: str = ""):
+                 no_answer_hint: str = "", target: str = "", origin: str = ""):
         self.link = link  # what the messages call the link (a port URL)
         self.host_window = min(window, wire.MAX_WINDOW)
         self.base_rto = rto
@@ -121,6 +121,8 @@ class HostSession:
         self.request_factory = request_factory
         self.poll_interval = poll_interval  # how often the caller ticks: the give-up bound adds two
         self.no_answer_hint = no_answer_hint
+        self.target = target  # a device link: the far controller's LUN named in INFO ("" for a board)
+        self.origin = origin  # a device link: who this host is, as the far side shows it
         self.session = session or new_session_id()
         self.next_seq = first_seq
         self.info: wire.BoardInfo | None = None
@@ -183,7 +185,7 @@ class HostSession:
         first_seq = self.next_seq if self.info is None else wire.seq_add(self.next_seq, wire.MAX_WINDOW)
         self._first_seq = first_seq
         msg = wire.Info(seq=self._nonce, flags=Flag.RETRANSMIT if self._hello_tries else 0, session=self.session,
-                        first_seq=first_seq)
+                        first_seq=first_seq, target=self.target, origin=self.origin)
         self._hello = b"\x00" + msg.encode()  # the leading delimiter ends any torn frame on the line
         self._hello_due = now + max(self.base_rto, HELLO_FLOOR) * (2 + self._hello_tries)
 

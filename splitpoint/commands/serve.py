@@ -16,7 +16,10 @@ def _banner(ctl, service) -> list[str]:
     for name, lun in ctl.luns.items():
         lines.append(f"LUN {name}: {lun.size} bytes, block {lun.block_size}")
     for endpoint in service.endpoints:
-        lines.append(f"NBD: {endpoint}")
+        if endpoint.startswith("link://"):
+            lines.append(f"device links: {endpoint}/<lun>")
+        else:
+            lines.append(f"NBD: {endpoint}")
     tls = service.frontend.tls
     if tls.enabled:
         lines.append(f"TLS: {tls.mode} (NBD_OPT_STARTTLS; nbds:// URIs), certificates {tls.certificates}"
@@ -32,13 +35,13 @@ def _banner(ctl, service) -> list[str]:
     return lines
 
 
-async def _serve(ctl, listen, socket_path, control_url, control_link, nbd, tls):
+async def _serve(ctl, listen, socket_path, control_url, control_link, nbd, tls, device_listen=None):
     from splitpoint.firmware.frontend.service import Service
 
     service = await Service.start(ctl, listen=listen, socket_path=socket_path,
                                   control_url=control_url, control_link=control_link,
                                   handshake_timeout=nbd.handshake_timeout, client_bytes=nbd.client_inflight,
-                                  total_bytes=nbd.total_inflight, tls=tls)
+                                  total_bytes=nbd.total_inflight, tls=tls, device_listen=device_listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,9 +122,12 @@ def _run_loop(main):
               help="Directory with server-cert.pem and server-key.pem (and ca-cert.pem for --tls-verify-peer).")
 @click.option("--tls-verify-peer", is_flag=True, default=None,
               help="Accept only clients presenting a certificate signed by DIR/ca-cert.pem.")
+@click.option("--device-listen", default=None, metavar="HOST:PORT",
+              help="Take device links on TCP: another controller feeds a LUN here as link://HOST:PORT/LUN "
+                   "(its writes and TRIGGERs in sequence; this LUN's pool rotates). Or [device] listen.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v: connections, -vv: every error reply).")
 def command(config_path, listen, socket_path, control_link, control_url, handshake_timeout, tls_mode, tls_dir,
-            tls_verify_peer, verbose):
+            tls_verify_peer, device_listen, verbose):
     """Serve LUNs over NBD with a TRIGGER control channel, until SIGINT or SIGTERM.
 
     \b
@@ -147,6 +153,11 @@ def command(config_path, listen, socket_path, control_link, control_url, handsha
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
+        device_address = config.parse_host_port(device_listen or cfg.device.listen) \
+            if (device_listen or cfg.device.listen) else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device-listen") from None
+    try:
         ctl = Controller.from_config(cfg)
     except Exception as exc:  # a backend that cannot open, metadata from another config...
         raise click.ClickException(f"cannot start the controller: {exc}") from None
@@ -160,7 +171,7 @@ def command(config_path, listen, socket_path, control_link, control_url, handsha
         raise click.UsageError(str(exc)) from None
     _keep_large_buffers_on_the_heap()
     try:
-        _run_loop(_serve(ctl, address, socket_path, control_url, control_link, nbd, tls))
+        _run_loop(_serve(ctl, address, socket_path, control_url, control_link, nbd, tls, device_address))
     except OSError as exc:
         ctl.close()
         raise click.ClickException(f"cannot serve: {exc}") from None
