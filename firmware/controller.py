@@ -41,6 +41,7 @@ from splitpoint.firmware.recovery import Recovery
 from splitpoint.firmware.backups import BackupRequests, LateRead
 from splitpoint.firmware.reports import Reports
 from splitpoint.firmware.retention import BackupRetention, check_trigger
+from splitpoint.firmware.changes import ChangedBlocks
 from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, FLAGS_KNOWN, Completion, Op, TriggerResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.topology import Topology
@@ -63,7 +64,7 @@ log = logging.getLogger("splitpoint.controller")
 QUEUE_POLL = 0.005
 
 
-class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention):
+class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, ChangedBlocks):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
     def __init__(self, config):

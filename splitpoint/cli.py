@@ -22,6 +22,7 @@ COMMANDS = {
     "verify": "verify",
     "pin": "pin",
     "unpin": "pin:unpin_command",
+    "diff": "diff",
     "boards": "boards",
     "emulate": "emulate",
     "demo": "demo",
