@@ -40,6 +40,8 @@ from splitpoint.firmware.pool import INCONSISTENT, BackupPool
 from splitpoint.firmware.recovery import Recovery
 from splitpoint.firmware.backups import BackupRequests, LateRead
 from splitpoint.firmware.reports import Reports
+from splitpoint.firmware.retention import BackupRetention, check_trigger
+from splitpoint.firmware.changes import ChangedBlocks
 from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, FLAGS_KNOWN, Completion, Op, TriggerResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.topology import Topology
@@ -62,7 +64,7 @@ log = logging.getLogger("splitpoint.controller")
 QUEUE_POLL = 0.005
 
 
-class Controller(BlockingCalls, BackupRequests, Reports):
+class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, ChangedBlocks):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
     def __init__(self, config):
@@ -94,6 +96,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
         self._queues = topo.queues
         self._late: collections.deque = collections.deque()   # completions of reads a DeviceQueue ran
         self._demotions: dict = {}                # PoolMember -> the error last logged for it
+        self.retention_warnings: dict = {}        # LUN name -> the warning of its last TRIGGER that left no backup
         self.wakeup = None                        # called from any thread by a submit while the owner may be idle
         self.on_backups_changed = None            # called on the owner thread when a backup appears or goes
         self.status_sources: dict = {}            # name -> callable: more of status() (device links)
@@ -358,6 +361,7 @@ class Controller(BlockingCalls, BackupRequests, Reports):
         raw = label_bytes(label)
         if len(raw) > LABEL_MAX:
             raise E.LabelTooLongError(f"TRIGGER label is {len(raw)} bytes; at most {LABEL_MAX} are allowed")
+        warning = check_trigger(lun) if lun.pools else None   # pins and last copies: refused before the cut
         if type(group) is GroupToken and not group.committed:
             lun.holds.append(group)
         cut = lun.epoch
@@ -372,7 +376,9 @@ class Controller(BlockingCalls, BackupRequests, Reports):
             path.trigger(event)
         if self.metadata is not None and not lun.pools:
             self.metadata.mark_dirty(lun)
-        return TriggerResult(tid, seq, cut, text, lun.name)
+        if warning is not None or lun.name in self.retention_warnings:
+            self._retention_warning(lun, tid, warning)
+        return TriggerResult(tid, seq, cut, text, lun.name, warning)
 
     def release(self, group) -> None:
         """Any thread: ``group`` has committed; completions held for it are delivered at the next poll."""

@@ -27,7 +27,7 @@ class PoolMember:
     """One backup LUN of a pool."""
 
     __slots__ = ("pool", "index", "url", "device", "buf", "state", "since", "sweep", "manifest", "hasher",
-                 "last_active", "generation", "proven", "error", "incarnation")
+                 "last_active", "generation", "proven", "error", "incarnation", "pinned")
 
     def __init__(self, pool, index: int, url: str, device, since: int = 0):
         self.pool = pool
@@ -44,6 +44,7 @@ class PoolMember:
         self.proven = False             # frozen, and its data was flushed before the manifest was recorded
         self.error: str | None = None
         self.incarnation = device.incarnation   # the device's incarnation the pool's view of its bytes holds for
+        self.pinned = False             # a frozen backup rotation must not recycle (firmware/retention.py)
 
     @property
     def name(self) -> str:
@@ -85,7 +86,7 @@ class PoolMember:
     def save_state(self) -> dict:
         """What the metadata store keeps of this member (the pool decides what it means at a restart)."""
         return {"url": self.url, "state": self.state, "since": self.since, "last_active": self.last_active,
-                "generation": self.generation, "proven": self.proven,
+                "generation": self.generation, "proven": self.proven, "pinned": self.pinned,
                 "manifest": None if self.manifest is None else self.manifest.to_dict(),
                 "sweep": None if self.sweep is None else self.sweep.save_state()}
 
@@ -93,7 +94,7 @@ class PoolMember:
         m = self.manifest
         doc = {"index": self.index, "url": self.url, "state": self.state,
                "role": "active" if self.pool.active is self else ("backup" if self.state == FROZEN else "spare"),
-               "consistent": self.consistent, "generation": self.generation}
+               "consistent": self.consistent, "generation": self.generation, "pinned": self.pinned}
         if m is not None:
             doc.update({"trigger_id": m.trigger_id, "label": m.label, "seq": m.seq, "epoch": m.epoch,
                         "time": m.time, "age": round(max(now - m.time, 0.0), 3),

@@ -36,6 +36,7 @@ from splitpoint.firmware.member import (ACTIVE, CUTTING, EMPTY, FROZEN, INCONSIS
                                         PoolMember)
 from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.firmware.resync import Sweep, Throttle
+from splitpoint.firmware.retention import recycled_by_trigger
 from splitpoint.hal import HalError
 
 log = logging.getLogger("splitpoint.pool")
@@ -66,6 +67,7 @@ class BackupPool:
         self.active: PoolMember | None = None
         self.clock = 0                  # rotations so far; orders members by when they were last active
         self.rotations = 0
+        self.refuse_last_copy = False   # refuse a TRIGGER that would leave the LUN without a backup
         self.on_change = on_change or (lambda pool, urgent: None)          # persist pool state
         self.on_backups_changed = on_backups_changed or (lambda pool: None)
         first = self.members[0]
@@ -120,6 +122,7 @@ class BackupPool:
     def trigger(self, event) -> None:
         """The TRIGGER reached the backup side: freeze the active member, rotate to the LRU one."""
         self.check_devices(cutting=True)
+        nxt, _pinned = recycled_by_trigger(self)   # the controller refused the TRIGGER if pins block it
         a = self.active
         if a is not None:
             self.active = None
@@ -129,17 +132,16 @@ class BackupPool:
                 self._forward_cut(a, event)
         self.clock += 1
         self.rotations += 1
-        if len(self.members) == 1:
-            if a is None:
-                # a pool of one: the member frozen at the previous TRIGGER is refreshed and cut here
-                m = self.members[0]
-                self.activate(m)
-                self.active = None
-                self._freeze(m, event)
-                m.last_active = self.clock
-        else:
-            nxt = min((m for m in self.members if m is not a), key=lambda m: (m.last_active, m.index))
+        if len(self.members) == 1 and nxt is not None:
+            # a pool of one: the member frozen at the previous TRIGGER is refreshed and cut here
             self.activate(nxt)
+            self.active = None
+            self._freeze(nxt, event)
+            nxt.last_active = self.clock
+        elif nxt is not None:
+            self.activate(nxt)
+        elif len(self.members) > 1:
+            log.warning("%s: every other member is a pinned backup; nothing mirrors %s", self.name, self.lun_name)
         self.on_change(self, True)
         self.on_backups_changed(self)
 
@@ -221,6 +223,7 @@ class BackupPool:
             self._uncow(m)
         m.state = INCONSISTENT
         m.error = why
+        m.pinned = False    # no longer a backup: nothing left to keep
         m.sweep = None
         m.hasher = None
         m.proven = False
@@ -463,6 +466,7 @@ class BackupPool:
         else:
             m.state, m.since, m.manifest, m.proven = INCONSISTENT, 0, None, False
             m.error = "not proven consistent before an unclean shutdown"
+        m.pinned = m.state == FROZEN and bool(md.get("pinned"))
         if m.state == FROZEN and m.manifest is not None and m.manifest.digest is None:
             m.hasher = RegionHasher(m.device, self.region_size, self.size)   # the digest still to compute
 

@@ -288,8 +288,9 @@ class Recovery:
             rep["intent_chunks"] = intent.count()
         else:
             lun.restore_state(doc, int(doc["epoch"]) + 1)
-            # without trusted maps a crash may have hidden any write: every incremental resync becomes full
-            lun.forget_zeros()
+            # without trusted maps a crash may have hidden any write: every incremental resync becomes
+            # full, and every chunk counts as written now (a changed-block map never misses one)
+            lun.mark_written([(0, lun.size)], lun.epoch)
             if rep["maps"] is None:
                 rep["maps"] = "no epoch maps record" if maps_gen is None else "no write-intent log"
         node = lun.backup_node

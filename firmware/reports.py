@@ -121,6 +121,7 @@ class Reports:
             doc["write_intent"] = None if wi is None else wi.status()
             doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
                                "member": b.member} for b in self.backups(lun)]
+            doc.update(self.retention_status(lun, len(doc["backups"])))
             luns.append(doc)
         return {"luns": luns,
                 "groups": [g.status() for g in self.groups.values()],

@@ -69,6 +69,7 @@ class TriggerResult:
     epoch: int       # the epoch the split closed: the backup holds every write of epochs <= this
     label: str       # the label, decoded for display
     lun: str = ""    # the LUN it cut
+    warning: str | None = None   # the cut left the LUN without a consistent backup (firmware/retention.py)
 
 
 @dataclass(slots=True)

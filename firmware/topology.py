@@ -105,6 +105,7 @@ class Topology:
                           throttle=Throttle(rs.rate, rs.deadline, rs.slice, source.chunk_size),
                           known_zero=known_zero, on_change=self._pool_changed,
                           on_backups_changed=self._backups_changed)
+        pool.refuse_last_copy = pc.refuse_last_copy
         if known_zero:
             pool.start_in_sync()   # both sides are fresh RAM: identical zeros
         for m in pool.members:

@@ -304,9 +304,15 @@ def reply_no_target(name: str, luns, groups=()) -> str:
     return reply_error(f"no LUN or group named {name!r}; {listed}")
 
 
-def reply_triggered(trigger_id: int, seq: int) -> str:
-    """``OK <id> seq=<n>``: sent once the TRIGGER has split the mirror."""
-    return f"OK {trigger_id} seq={seq}"
+def reply_triggered(trigger_id: int, seq: int, warning: str | None = None) -> str:
+    """``OK <id> seq=<n>``: sent once the TRIGGER has split the mirror; ``warning=...`` follows when
+    the cut left the LUN without a consistent backup until it completes."""
+    return f"OK {trigger_id} seq={seq}" + (f" warning={warning}" if warning else "")
+
+
+def reply_pinned(members) -> str:
+    """The answer to PIN or UNPIN once ``members`` (the pool members holding the backup) are set: ``OK``."""
+    return "OK"
 
 
 def reply_group_triggered(trigger_id: int, group: str, seqs: str) -> str:
@@ -398,8 +404,8 @@ class ControlLine(TriggerSource):
     """The control-line grammar over a Controller, for callers that bring their own line.
 
     ``reply(line)`` is called with each answer (without the newline), on the controller's
-    owner thread for TRIGGER and on the caller's thread otherwise. PIN, UNPIN and RESTORE
-    are answered ``ERR``: this controller has no pins or restores.
+    owner thread for TRIGGER and on the caller's thread otherwise (PIN and UNPIN run only
+    where the controller has no other owner thread). RESTORE is answered ``ERR``.
     """
 
     kind = "serial"
@@ -420,6 +426,12 @@ class ControlLine(TriggerSource):
             self._trigger(command, reply)
         elif isinstance(command, VerifyCommand):
             self._verify(command, reply)
+        elif isinstance(command, (PinCommand, UnpinCommand)):
+            set_pin = self.controller.pin if isinstance(command, PinCommand) else self.controller.unpin
+            try:
+                reply(reply_pinned(set_pin(command.backup)))
+            except ControllerError as exc:
+                reply(reply_error(exc))
         else:
             reply(reply_unsupported(command))
 
@@ -440,7 +452,7 @@ class ControlLine(TriggerSource):
             if c.error is not None:
                 reply(reply_error(f"trigger failed: {c.error}"))
             else:
-                reply(reply_triggered(c.trigger.id, c.trigger.seq))
+                reply(reply_triggered(c.trigger.id, c.trigger.seq, c.trigger.warning))
         try:
             self.fire(command.label, done, lun)
         except ControllerError as exc:

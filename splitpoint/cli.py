@@ -14,11 +14,15 @@ import click
 from splitpoint import __version__
 
 #: command name -> module under splitpoint.commands exposing a click command named `command`
+#: (``module:attribute`` when one module holds several commands)
 COMMANDS = {
     "serve": "serve",
     "trigger": "trigger",
     "status": "status",
     "verify": "verify",
+    "pin": "pin",
+    "unpin": "pin:unpin_command",
+    "diff": "diff",
     "boards": "boards",
     "emulate": "emulate",
     "demo": "demo",
@@ -29,13 +33,13 @@ COMMANDS = {
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(name for name, mod in COMMANDS.items()
-                      if importlib.util.find_spec(f"splitpoint.commands.{mod}") is not None)
+                      if importlib.util.find_spec(f"splitpoint.commands.{mod.split(':')[0]}") is not None)
 
     def get_command(self, ctx, name):
-        mod = COMMANDS.get(name)
-        if mod is None or importlib.util.find_spec(f"splitpoint.commands.{mod}") is None:
+        mod, _, attr = COMMANDS.get(name, "").partition(":")
+        if not mod or importlib.util.find_spec(f"splitpoint.commands.{mod}") is None:
             return None
-        return importlib.import_module(f"splitpoint.commands.{mod}").command
+        return getattr(importlib.import_module(f"splitpoint.commands.{mod}"), attr or "command")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

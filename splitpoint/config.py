@@ -70,6 +70,7 @@ class PoolConfig:
 
     members: tuple[str, ...]
     mirror: str = "sync"
+    refuse_last_copy: bool = False   # refuse a TRIGGER that would leave the LUN without a consistent backup
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ _NBD_KEYS = {"handshake_timeout", "client_inflight", "total_inflight", "tls", "t
 _MAX_REQUEST = 64 << 20
 _DEVICE_KEYS = {"listen"}
 _LUN_KEYS = {"name", "url", "pool", "backup"}
-_POOL_KEYS = {"members", "mirror"}
+_POOL_KEYS = {"members", "mirror", "refuse_last_copy"}
 _BACKUP_KEYS = {"url", "mirror", "pool"}
 _GROUP_KEYS = {"name", "luns"}
 
@@ -168,7 +169,10 @@ def _pool(table, where: str, source: str) -> PoolConfig:
     if not isinstance(members, list) or not members:
         raise ConfigError(f"{source}: [{where}] members must be a non-empty list of device URLs")
     urls = tuple(_url(m, f"members[{i}]", where, source) for i, m in enumerate(members))
-    return PoolConfig(members=urls, mirror=_mirror(table, where, source))
+    refuse = table.get("refuse_last_copy", False)
+    if not isinstance(refuse, bool):
+        raise ConfigError(f"{source}: [{where}] refuse_last_copy must be true or false, got {refuse!r}")
+    return PoolConfig(members=urls, mirror=_mirror(table, where, source), refuse_last_copy=refuse)
 
 
 def _lun(table, index: int, source: str) -> LunConfig:

@@ -151,7 +151,7 @@ def test_api_control_line_follows_the_grammar():
         (result,) = __import__("json").loads(lines[1])
         assert result["trigger_id"] == 1 and result["ok"]
         assert lines[2:] == ["ERR no LUN or group named 'nolun'; LUNs: lun0",
-                             "ERR PIN is not supported by this controller",
+                             "OK",
                              "ERR RESTORE is not supported by this controller",
                              "ERR usage: VERIFY [name] [trigger id]"]
     finally:

@@ -2,19 +2,23 @@
 
 The line protocol is ``firmware/triggers.py``'s (``parse_control_line``, ``COMMANDS``):
 
-    TRIGGER [ON <lun>] [label]  ->  OK <id> seq=<n>   (sent only once the TRIGGER has split the mirror)
+    TRIGGER [ON <lun>] [label]  ->  OK <id> seq=<n>   (sent only once the TRIGGER has split the mirror;
+                                    `` warning=...`` follows when it left the LUN without a consistent backup)
     STATUS                      ->  one line of JSON   (the controller's status())
     VERIFY [lun] [id]           ->  one line of JSON: a list of {trigger_id, member, ok, expected,
                                     actual, bad_regions, note}, one per consistent backup (or the one named)
     PING                        ->  PONG
-    PIN, UNPIN, RESTORE         ->  ERR (this controller keeps no pins and does no restores)
+    PIN <backup>, UNPIN <backup> -> OK   (the backup as exports name it: <lun>.t<id>, or
+                                    <lun>.latest, the newest consistent backup when the line is handled)
+    RESTORE                     ->  ERR (this controller does no restores)
     anything else               ->  ERR <reason>
 
 Lines end with LF (CR LF and CR are accepted; blank lines are skipped).
 
 The channel is a pseudo-terminal that ``serve`` creates (its slave path is printed and can be
 linked elsewhere), or any pyserial URL or device. A TRIGGER from here is queued on the
-controller like every other request; this module never changes controller state itself.
+controller like every other request; PIN and UNPIN are the controller's own calls, made on the
+loop thread (its owner). This module never changes controller state itself.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import tty
 import serial
 
 from splitpoint.firmware import triggers
+from splitpoint.firmware.errors import ControllerError
 from splitpoint.firmware.requests import Op
 from splitpoint.firmware.triggers import LINE_MAX
 
@@ -102,6 +107,8 @@ class ControlProtocol:
             self._trigger(command)
         elif isinstance(command, triggers.VerifyCommand):
             self._verify(command)
+        elif isinstance(command, (triggers.PinCommand, triggers.UnpinCommand)):
+            self._pin(command)
         else:
             self.reply(triggers.reply_unsupported(command))
 
@@ -136,6 +143,16 @@ class ControlProtocol:
             return
         self.reply(triggers.reply_group_triggered(cut.id, cut.group, cut.seqs()))
 
+    def _pin(self, command):
+        # this runs on the loop thread, the controller's owner: the pin is set between two polls
+        set_pin = self.ctl.pin if isinstance(command, triggers.PinCommand) else self.ctl.unpin
+        try:
+            members = set_pin(command.backup)
+        except ControllerError as exc:
+            self.reply(triggers.reply_error(exc))
+            return
+        self.reply(triggers.reply_pinned(members))
+
     def _verify(self, command):
         lun = self._named_lun(command.name)
         if lun is None:
@@ -157,7 +174,7 @@ class ControlProtocol:
             self.reply(triggers.reply_error(f"trigger failed: {completion.error}"))
             return
         result = completion.trigger
-        self.reply(triggers.reply_triggered(result.id, result.seq))
+        self.reply(triggers.reply_triggered(result.id, result.seq, result.warning))
 
 
 class PtyControl:

@@ -9,6 +9,9 @@ Exports, for every LUN ``<lun>`` of the controller (``lun0`` on the default):
 - ``<lun>.latest``: the newest consistent frozen backup, read-only, bound when a client connects.
 - ``<lun>.t<id>``: the backup cut by TRIGGER number ``<id>``, read-only, listed while the pool
   keeps it and gone once it is recycled.
+- changed-block maps (NBD ``qemu:dirty-bitmap:<lun>.t<id>``): on ``<lun>``, the extents changed
+  since backup t<id> was cut; on a backup ``<lun>.t<n>``, those changed between t<id> and t<n>
+  (``firmware/changes.py``).
 - ``trigger`` and ``trigger.<lun>``: the special LUN of the first LUN (of ``<lun>``): a WRITE at
   offset 0 is a TRIGGER whose label the written bytes carry (``triggers.special_lun_label``);
   reads return zeros; other writes are ignored.
@@ -81,6 +84,14 @@ class Export:
         """Extents as (length, controller allocation states); the default: all allocated."""
         return [(length, 0)]
 
+    def bitmaps(self) -> list[str]:
+        """The backups a changed-block map of this export can start from (none on special exports)."""
+        return []
+
+    def changed_status(self, since: str, offset: int, length: int) -> list[tuple[int, bool]]:
+        """Extents as (length, changed since backup ``since``); see ``firmware/changes.py``."""
+        raise ValueError(f"export {self.name!r} has no changed-block maps")
+
 
 class LunExport(Export):
     """The primary LUN: every request goes through the controller's sequenced queue."""
@@ -136,6 +147,13 @@ class LunExport(Export):
             else:
                 out.append((ext_len, ext_flags))
         return out or [(length, 0)]
+
+
+    def bitmaps(self):
+        return self.fe.ctl.bitmap_names(self.lun)
+
+    def changed_status(self, since, offset, length):
+        return [(n, changed) for _o, n, changed in self.fe.ctl.changed_since(since, None, offset, length)]
 
 
 class _ReplyAfterTrigger:
@@ -258,6 +276,13 @@ class BackupExport(Export):
         self.description = describe_backup(lun.name, info, frontend.device_links)
         if name and name.endswith(".latest"):
             self.description = f"newest consistent backup of {lun.name}: " + self.description
+
+    def bitmaps(self):
+        return self.fe.ctl.bitmap_names(self.lun, except_id=self.trigger_id)
+
+    def changed_status(self, since, offset, length):
+        return [(n, changed) for _o, n, changed in
+                self.fe.ctl.changed_since(since, f"{self.lun.name}.t{self.trigger_id}", offset, length)]
 
     def read(self, conn, cookie, offset, length, flags):
         try:

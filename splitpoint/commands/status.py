@@ -79,10 +79,14 @@ def render(status: dict, console) -> None:
             for m in pool.get("members", []):
                 tid = m.get("trigger_id")
                 table.add_row(f"{pool.get('name')}[{m.get('index')}]", m.get("role", ""), _member_state(m),
-                              f"{lun.get('name')}.t{tid}" if tid and m.get("consistent") else "",
+                              (f"{lun.get('name')}.t{tid}" + (" (pinned)" if m.get("pinned") else ""))
+                              if tid and m.get("consistent") else "",
                               m.get("label") or "", "" if m.get("seq") is None else str(m["seq"]),
                               _when(m.get("time")), "yes" if m.get("consistent") else "no")
             console.print(table)
+        if lun.get("last_copy_warning"):
+            console.print(f"  [bold]warning[/bold]: no consistent backup until the last cut completes "
+                          f"({lun['last_copy_warning']})")
     queue = status.get("queue", {})
     counters = status.get("counters", {})
     console.print(f"queue {queue.get('depth', 0)}/{queue.get('capacity', '?')}, next seq {queue.get('next_seq')}; "

@@ -88,6 +88,7 @@ class NbdConnection(Handshake, Transmission, Replies, asyncio.BufferedProtocol):
         self._structured = False
         self._meta_export = None      # export name the selected meta context applies to
         self._meta_ok = False
+        self._meta_contexts = ()      # (context id, name) of each meta context selected, in id order
         self._allowed = {}
         self._fast_lun = None          # the LUN READ/WRITE go straight to (a plain LUN export only)
         self._fast = None              # what the fast path needs, looked up once (see _enter_transmission)

@@ -9,7 +9,9 @@ Protocol notes (doc/proto.md):
   unknown client flags;
 - options: EXPORT_NAME, ABORT, LIST, INFO, GO (INFO_EXPORT, INFO_BLOCK_SIZE always; INFO_NAME and
   INFO_DESCRIPTION when asked), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT for
-  ``base:allocation``; anything else gets NBD_REP_ERR_UNSUP and the handshake goes on;
+  ``base:allocation`` and the changed-block maps ``qemu:dirty-bitmap:<lun>.t<id>`` of the export
+  (queries ``base:``, ``qemu:`` and ``qemu:dirty-bitmap:`` list them all); anything else gets
+  NBD_REP_ERR_UNSUP and the handshake goes on;
 - a client that negotiated no block size (NBD_OPT_EXPORT_NAME, or NBD_OPT_GO without asking for
   NBD_INFO_BLOCK_SIZE) may send requests of any alignment (see ``transmission``);
 - a handshake that has not reached transmission after the front end's handshake timeout is closed;
@@ -27,7 +29,7 @@ from splitpoint.firmware.frontend.nbd.proto import (
     NBD_FLAG_SEND_DF, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
     NBD_FLAG_SEND_WRITE_ZEROES,
     NBD_FLAG_C_NO_ZEROES, NBD_IHAVEOPT, NBD_INFO_BLOCK_SIZE, NBD_INFO_DESCRIPTION, NBD_INFO_EXPORT,
-    NBD_INFO_NAME, NBD_MAX_STRING, NBD_META_BASE_ALLOCATION, NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
+    NBD_INFO_NAME, NBD_MAX_STRING, NBD_META_BASE_ALLOCATION, NBD_META_DIRTY_BITMAP, NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
     NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS,
     NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_INVALID, NBD_REP_ERR_SHUTDOWN, NBD_REP_ERR_TOO_BIG,
     NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_MAGIC,
@@ -38,7 +40,7 @@ log = logging.getLogger("splitpoint.nbd")
 
 #: the phases of a connection, in order (STARTING_TLS: between STARTTLS's ACK and the TLS handshake's end)
 CLIENT_FLAGS, OPTIONS, TRANSMISSION, CLOSED, STARTING_TLS = range(5)
-#: the id of the one meta context served (base:allocation)
+#: the id of base:allocation; changed-block maps get the ids after it, in the order they were asked for
 META_CONTEXT_ID = 1
 
 _U32 = struct.Struct(">I")
@@ -327,20 +329,39 @@ class Handshake:
         if parsed is None:
             return
         name, queries = parsed
-        if self.fe.exports.open(name) is None:
+        export = self.fe.exports.open(name)
+        if export is None:
             self._opt_reply(opt, NBD_REP_ERR_UNKNOWN, f"no export named {name!r}")
             return
+        bitmaps = [NBD_META_DIRTY_BITMAP + b for b in export.bitmaps()]
+        chosen = []
+        if not queries and not setting:
+            queries = ["base:", "qemu:"]      # LIST without queries: every context the export has
+        for q in queries:
+            if q == NBD_META_BASE_ALLOCATION or (q == "base:" and not setting):
+                found = [NBD_META_BASE_ALLOCATION]
+            elif q in ("qemu:", NBD_META_DIRTY_BITMAP) and not setting:
+                found = bitmaps               # a namespace query lists; only exact names select
+            else:
+                found = [q] if q in bitmaps else []
+            chosen += [c for c in found if c not in chosen]
         if setting:
-            matched = NBD_META_BASE_ALLOCATION in queries
+            # base:allocation keeps id 1 wherever it was asked; each map gets the next free id
+            contexts, next_id = [], META_CONTEXT_ID + 1
+            for c in chosen:
+                if c == NBD_META_BASE_ALLOCATION:
+                    contexts.append((META_CONTEXT_ID, c))
+                else:
+                    contexts.append((next_id, c))
+                    next_id += 1
+            contexts.sort()
         else:
-            matched = not queries or any(q in ("base:", NBD_META_BASE_ALLOCATION) for q in queries)
-        if matched:
-            ctx_id = META_CONTEXT_ID if setting else 0
-            self._opt_reply(opt, NBD_REP_META_CONTEXT, _U32.pack(ctx_id) + NBD_META_BASE_ALLOCATION.encode())
-            if setting:
-                self._meta_export, self._meta_ok = name, True
+            contexts = [(0, c) for c in chosen]
+        for ctx_id, ctx in contexts:
+            self._opt_reply(opt, NBD_REP_META_CONTEXT, _U32.pack(ctx_id) + ctx.encode())
+        if setting and contexts:
+            self._meta_export, self._meta_ok, self._meta_contexts = name, True, tuple(contexts)
         self._opt_reply(opt, NBD_REP_ACK)
-
 
 
 _OPTION_HANDLERS = {

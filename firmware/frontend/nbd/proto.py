@@ -105,6 +105,10 @@ NBD_META_BASE_ALLOCATION = "base:allocation"
 NBD_STATE_HOLE = 1 << 0
 NBD_STATE_ZERO = 1 << 1
 
+# --- qemu:dirty-bitmap:<name> (changed-block maps, as qemu's NBD server names them) ----------
+NBD_META_DIRTY_BITMAP = "qemu:dirty-bitmap:"
+NBD_STATE_DIRTY = 1 << 0
+
 # --- error values (the protocol's own numbers, whatever the host's errno.h says) ---
 NBD_EPERM = 1
 NBD_EIO = 5

@@ -37,9 +37,10 @@ from splitpoint.firmware.frontend.nbd.proto import (
     MAX_REQUEST, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_DISC, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO,
     NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLUSH, NBD_CMD_NAMES,
     NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW,
-    NBD_EPERM, NBD_ESHUTDOWN, NBD_REQUEST_MAGIC, REQUEST,
+    NBD_EPERM, NBD_ESHUTDOWN, NBD_META_BASE_ALLOCATION, NBD_META_DIRTY_BITMAP, NBD_REQUEST_MAGIC, NBD_STATE_DIRTY,
+    REQUEST,
 )
-from splitpoint.firmware.frontend.nbd.handshake import CLOSED, META_CONTEXT_ID, TRANSMISSION
+from splitpoint.firmware.frontend.nbd.handshake import CLOSED, TRANSMISSION
 from splitpoint.firmware.frontend.nbd.replies import NBD_STATES, SubBlock, block_status_chunk
 from splitpoint.firmware.requests import FLAG_FAST_ZERO, FLAG_FUA, FLAG_NO_HOLE, Op
 from splitpoint.pyx import select as _select_kernel
@@ -81,6 +82,33 @@ _OP_READ = int(Op.READ)
 _OP_WRITE = int(Op.WRITE)
 _WRITE_CMDS = (NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES)
 
+
+
+#: changed-block map states (changed or not) -> qemu:dirty-bitmap flags
+_DIRTY_STATES = {False: 0, True: NBD_STATE_DIRTY}
+
+
+def _clip_extents(extents, skip: int, length: int, req_one: int) -> list:
+    """``extents`` (length, state) of whole blocks, cut to [skip, skip+length) as BLOCK_STATUS answers."""
+    while skip and extents:
+        first_len, first_flags = extents[0]
+        if first_len > skip:
+            extents = [(first_len - skip, first_flags)] + extents[1:]
+            break
+        skip -= first_len
+        extents = extents[1:]
+    if not extents:
+        return [(length, 0)]
+    if req_one:
+        return [(min(extents[0][0], length), extents[0][1])]
+    clipped, covered = [], 0
+    for ext_len, ext_flags in extents:
+        if covered >= length:
+            break
+        ext_len = min(ext_len, length - covered)
+        clipped.append((ext_len, ext_flags))
+        covered += ext_len
+    return clipped[: 1 << 20]
 
 class Transmission:
     """The transmission phase of ``NbdConnection`` (its state lives on the connection)."""
@@ -367,37 +395,28 @@ class Transmission:
             export.trim(SubBlock(self), cookie, offset, length, flags)
 
     def _block_status(self, cookie, offset, length, flags):
-        """A validated BLOCK_STATUS: the export's extents (controller states) as NBD base:allocation."""
+        """A validated BLOCK_STATUS: one chunk per selected meta context (base:allocation from the
+        export's allocation states, qemu:dirty-bitmap:<backup> from its changed-block map)."""
         bs = self.export.block_size
         start = offset - offset % bs       # asked of the export in whole blocks, the head cut off below
-        try:
-            extents = self.export.block_status(start, -(-(offset + length) // bs) * bs - start)
-        except Exception as exc:  # a controller error is this request's error, never the loop's
-            self.reply_exception(cookie, exc)
-            return
-        skip = offset - start
-        while skip and extents:
-            first_len, first_flags = extents[0]
-            if first_len > skip:
-                extents = [(first_len - skip, first_flags)] + extents[1:]
-                break
-            skip -= first_len
-            extents = extents[1:]
-        if not extents:
-            extents = [(length, 0)]
-        if flags & NBD_CMD_FLAG_REQ_ONE:
-            extents = [(min(extents[0][0], length), extents[0][1])]
-        else:
-            clipped, covered = [], 0
-            for ext_len, ext_flags in extents:
-                if covered >= length:
-                    break
-                ext_len = min(ext_len, length - covered)
-                clipped.append((ext_len, ext_flags))
-                covered += ext_len
-            extents = clipped[: 1 << 20]
-        states = NBD_STATES
-        self._send(cookie, block_status_chunk(cookie, META_CONTEXT_ID, [(n, states[f]) for n, f in extents]))
+        span = -(-(offset + length) // bs) * bs - start
+        chunks = []
+        contexts = self._meta_contexts
+        for i, (ctx_id, ctx) in enumerate(contexts):
+            try:
+                if ctx == NBD_META_BASE_ALLOCATION:
+                    states = NBD_STATES
+                    extents = self.export.block_status(start, span)
+                else:
+                    states = _DIRTY_STATES
+                    extents = self.export.changed_status(ctx[len(NBD_META_DIRTY_BITMAP):], start, span)
+            except Exception as exc:  # a controller error is this request's error, never the loop's
+                self.reply_exception(cookie, exc)
+                return
+            extents = _clip_extents(extents, offset - start, length, flags & NBD_CMD_FLAG_REQ_ONE)
+            chunks.append(block_status_chunk(cookie, ctx_id, [(n, states[f]) for n, f in extents],
+                                             done=i == len(contexts) - 1))
+        self._send(cookie, *chunks)
 
     def _disconnect(self):
         """NBD_CMD_DISC: serve what is in flight, then close."""
