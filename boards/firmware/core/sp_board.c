@@ -66,6 +66,11 @@ static void execute(sp_board *b, sp_request *q)
             err = sp_pool_zero(p, q->offset, q->length, q->flags & SP_FLAG_FUA);
         break;
     case SP_MSG_TRIGGER:
+        if (q->flags & SP_FLAG_MISSED) {  /* a barrier in its place: flushed, counted, never cut */
+            if (!(err = sp_pool_flush(p)))
+                b->stats.missed_triggers++;
+            break;
+        }
         if (q->trigger_id >= b->next_trigger_id)
             b->next_trigger_id = q->trigger_id + 1u;
         err = sp_pool_trigger(p, q->trigger_id, q->seq, (const char *)q->data, q->length);

@@ -46,6 +46,7 @@ typedef struct {
 typedef struct {
     uint32_t triggers;          /* TRIGGERs executed (both channels) */
     uint32_t control_triggers;  /* of which from the control channel */
+    uint32_t missed_triggers;   /* TRIGGER MISSED barriers: points the sender could not cut exactly */
     uint32_t control_lines;     /* control lines answered */
     uint32_t io_errors;         /* requests the medium failed */
 } sp_board_stats;

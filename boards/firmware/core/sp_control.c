@@ -113,6 +113,7 @@ static void status(sp_board *b, text *t_)
         puts_(&t, "null");
     field(&t, "expected", s->expected, 1);
     field(&t, "triggers", b->stats.triggers, 1);
+    field(&t, "missed_triggers", b->stats.missed_triggers, 1);
     field(&t, "frames", b->rx.frames, 1);
     field(&t, "rejected_frames", b->rx.rejected, 1);
     field(&t, "garbage_bytes", b->rx.garbage_bytes, 1);

@@ -28,6 +28,7 @@ enum sp_msg_type {
 enum sp_flag {
     SP_FLAG_FUA = 0x0001,        /* WRITE, TRIM: durable before the ACK */
     SP_FLAG_ZEROES = 0x0002,     /* TRIM: the range reads back as zeros */
+    SP_FLAG_MISSED = 0x0004,     /* TRIGGER: the sender could not cut here exactly; a barrier, never a backup */
     SP_FLAG_RESUMED = 0x0100,    /* ACK of INFO: the session was kept */
     SP_FLAG_REPLAY = 0x4000,     /* ACK, ERROR: answered from the reply cache */
     SP_FLAG_RETRANSMIT = 0x8000  /* requests: a resend; informational */
@@ -90,6 +91,7 @@ static inline uint16_t sp_allowed_flags(uint8_t type)
     switch (type) {
     case SP_MSG_WRITE: return SP_FLAG_FUA | SP_FLAG_RETRANSMIT;
     case SP_MSG_TRIM: return SP_FLAG_FUA | SP_FLAG_ZEROES | SP_FLAG_RETRANSMIT;
+    case SP_MSG_TRIGGER: return SP_FLAG_MISSED | SP_FLAG_RETRANSMIT;
     case SP_MSG_ACK: return SP_FLAG_REPLAY | SP_FLAG_RESUMED;
     case SP_MSG_ERROR: return SP_FLAG_REPLAY;
     case SP_MSG_NAK: return 0;
