@@ -120,6 +120,7 @@ class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, Change
             if meta is not None:
                 meta.attach(self.luns, self._async_paths, self._queues)
                 meta.restore()
+                self.resume_restores()
                 self._wake_background()
         except BaseException:
             self._close_devices()

@@ -14,14 +14,20 @@ the LUN like a host write, so the epoch map, copy-on-write of cuts still complet
 every mirror path see it, and a crash mid-copy is recovered as for any other write. The
 backup itself is only read; the pool's other backups stay intact.
 
+On a LUN with metadata, the LUN's record names the backup being restored from before the
+first byte is copied, and stops naming it once the copy is flushed. A restart that finds it
+named (kill -9 mid-copy) copies again from the same backup before any request is served
+(``resume_restores``): no later request had run, so the result is exact.
+
 What this does not do (yet): run the copy in the background while later requests are
-served (copy on read), report its progress, or resume a copy interrupted by a crash as a
-restore. While a RESTORE runs, the LUN's later requests wait for it.
+served (copy on read) or report its progress. While a RESTORE runs, the LUN's later
+requests wait for it.
 
 ``Restores`` is mixed into the Controller; its handler is called from the opcode table.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from splitpoint.firmware import errors as E
@@ -29,6 +35,7 @@ from splitpoint.firmware.member import FROZEN
 from splitpoint.firmware.requests import Op
 
 _WRITE = int(Op.WRITE)
+log = logging.getLogger("splitpoint.restore")
 #: bytes read from the backup and applied per step of the copy
 RESTORE_PIECE = 1 << 20
 
@@ -71,6 +78,11 @@ class Restores:
             why = (meta.declare_intent([(lun, o, n) for o, n in extents]) or {}).get(lun)
             if why:
                 raise E.MetadataError(why)
+        backup = f"{source.name}.t{member.manifest.trigger_id}"
+        durable = meta is not None and lun.persistent
+        if durable:
+            lun.restoring = backup
+            meta.persist(lun)   # before the first byte: a crash from here on resumes this restore at the restart
         gen = member.generation
         copied = 0
         for ext_off, ext_len in extents:
@@ -83,12 +95,37 @@ class Restores:
         if member.generation != gen or member.state != FROZEN:
             raise E.DeviceIOError(f"{label} stopped being a consistent backup during the restore: "
                                   f"LUN {lun.name} holds mixed data; restore again from another backup")
+        if durable:
+            lun.flush()         # the restored bytes are durable before the record stops saying "restoring"
+            lun.restoring = None
+            meta.persist(lun)
         counters = self.counters
         counters["restores"] = counters.get("restores", 0) + 1
         counters["bytes_restored"] = counters.get("bytes_restored", 0) + copied
-        return RestoreResult(lun.name, seq, f"{source.name}.t{member.manifest.trigger_id}", copied,
-                             source is not lun)
+        return RestoreResult(lun.name, seq, backup, copied, source is not lun)
 
     def restore(self, lun, backup: str) -> RestoreResult:
         """Blocking: queue ``RESTORE <backup>`` on ``lun`` and wait until the LUN holds the backup's bytes."""
         return self._call(lun, int(Op.RESTORE), label=backup).data
+
+    def resume_restores(self) -> None:
+        """At a restart: finish every RESTORE a crash interrupted, before any request is served. No
+        request after it had run (it runs in its place in the sequence), so copying again from the
+        same backup is exact: the epoch map, with the write-intent set merged, covers what it wrote."""
+        for lun in self.luns.values():
+            name = lun.restoring
+            if not name:
+                continue
+            try:
+                result = self._restore(lun, 0, int(Op.RESTORE), 0, 0, None, 0, name, None)
+            except E.ControllerError as exc:
+                lun.restore_note = (f"a RESTORE from {name} was interrupted and cannot resume ({exc}): "
+                                    f"{lun.name} holds part of it; restore again")
+                log.error("%s", lun.restore_note)
+                continue
+            lun.restore_note = f"a RESTORE from {name} was interrupted by a crash and resumed ({result.copied} bytes)"
+            log.warning("%s: %s", lun.name, lun.restore_note)
+
+    def restore_status(self, lun) -> dict:
+        """The ``status`` fields of ``lun``'s restores."""
+        return {"restoring": lun.restoring, "restore_note": lun.restore_note}
