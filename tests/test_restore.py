@@ -178,3 +178,44 @@ def test_control_channel_and_cli_restore_then_qemu_img_compare(served):
     assert compare("lun1", "lun0.t1").returncode == 0
     assert exchange(link, "RESTORE lun0.t9", 10).startswith("ERR restore failed: LUN lun0 has no consistent backup")
     assert exchange(link, "RESTORE lun0.t1 ON nolun", 10).startswith("ERR no LUN or group named 'nolun'")
+
+
+def test_a_cut_still_completing_keeps_its_point_in_time_across_a_restore():
+    ctl = Controller.from_config(config.loads(f"""
+[controller]
+chunk_size = "64K"
+[resync]
+rate = "64K"
+[[lun]]
+name = "lun0"
+url = "ram://lun0?size={SIZE}"
+[lun.pool]
+members = ["ram://b0?size={SIZE}", "ram://b1?size={SIZE}", "ram://b2?size={SIZE}"]
+"""))
+    rng = random.Random(11)
+    ref = ReferenceLun(SIZE)
+    try:
+        done = []
+        submit_all(ctl, "lun0", random_requests(rng, ref, 8), done)
+        ctl.submit("lun0", Op.TRIGGER, callback=done.append)    # t1: the first member was in sync, a backup at once
+        ref.apply("trigger")
+        submit_all(ctl, "lun0", random_requests(rng, ref, 8), done)
+        ctl.submit("lun0", Op.TRIGGER, callback=done.append)    # t2: cut while its member still resyncs
+        ref.apply("trigger")
+        ctl.drain()
+        pool = ctl.luns["lun0"].pools[0]
+        assert [m.state for m in pool.members][:2] == ["frozen", "cutting"]
+        restored = []
+        submit_all(ctl, "lun0", random_requests(rng, ref, 4), done)
+        ctl.submit("lun0", Op.RESTORE, label="lun0.t1", callback=restored.append)
+        ref.data[:] = ref.snapshot(1)
+        submit_all(ctl, "lun0", random_requests(rng, ref, 4), done)
+        ctl.drain()
+        assert restored[0].error is None, restored[0].error
+        ctl.settle()
+        assert all(c.error is None for c in done)
+        assert ctl.read_backup("lun0", 2, 0, SIZE) == ref.snapshot(2)   # copy-on-write kept t2's cut
+        assert ctl.read_backup("lun0", 1, 0, SIZE) == ref.snapshot(1)
+        assert ctl.read("lun0", 0, SIZE) == bytes(ref.data)
+    finally:
+        ctl.close()
