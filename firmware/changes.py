@@ -62,8 +62,10 @@ class ChangedBlocks:
             out.append((pos, end - pos, False))
         return out
 
-    def bitmap_names(self, lun, except_id: int | None = None) -> list[str]:
-        """The backups of ``lun`` a changed-block map can start from (``<lun>.t<id>``, oldest first)."""
+    def bitmap_names(self, lun, except_id: int | None = None, latest: bool = False) -> list[str]:
+        """The backups of ``lun`` a changed-block map can start from (``<lun>.t<id>``, oldest first;
+        then ``<lun>.latest`` when ``latest`` and there is a backup)."""
         name = self._lun(lun).name
-        return [f"{name}.t{b.trigger_id}" for b in sorted(self.backups(lun), key=lambda b: b.trigger_id)
-                if b.trigger_id != except_id]
+        names = [f"{name}.t{b.trigger_id}" for b in sorted(self.backups(lun), key=lambda b: b.trigger_id)
+                 if b.trigger_id != except_id]
+        return names + [f"{name}.latest"] if latest and names else names

@@ -42,6 +42,7 @@ from splitpoint.firmware.backups import BackupRequests, LateRead
 from splitpoint.firmware.reports import Reports
 from splitpoint.firmware.retention import BackupRetention, check_trigger
 from splitpoint.firmware.changes import ChangedBlocks
+from splitpoint.firmware.restore import Restores
 from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, FLAGS_KNOWN, Completion, Op, TriggerResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.topology import Topology
@@ -64,7 +65,7 @@ log = logging.getLogger("splitpoint.controller")
 QUEUE_POLL = 0.005
 
 
-class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, ChangedBlocks):
+class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, ChangedBlocks, Restores):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
     def __init__(self, config):
@@ -120,6 +121,7 @@ class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, Change
             if meta is not None:
                 meta.attach(self.luns, self._async_paths, self._queues)
                 meta.restore()
+                self.resume_restores()
                 self._wake_background()
             #: configured consistency groups of these LUNs, by name (``TRIGGER ON <group>``)
             self.groups: dict[str, ConfiguredGroup] = {
@@ -277,7 +279,8 @@ class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, Change
     def _opcode_tables(self) -> None:
         """Bind the handlers: requests on a LUN, the same with FLAG_SUB_BLOCK, and requests on a backup."""
         self._lun_ops = {_WRITE: self._write, _READ: self._read, _TRIGGER: self._trigger, _FLUSH: self._flush,
-                         _TRIM: self._trim_or_zero, _ZEROES: self._trim_or_zero, _CACHE: self._cache}
+                         _TRIM: self._trim_or_zero, _ZEROES: self._trim_or_zero, _CACHE: self._cache,
+                         int(Op.RESTORE): self._restore}
         self._sub_block_ops = {_WRITE: self._sub_block, _TRIM: self._sub_block, _ZEROES: self._sub_block}
         self._backup_ops = {_READ: self._read_backup_target, _FLUSH: self._backup_nothing,
                             _CACHE: self._backup_nothing, _WRITE: self._backup_frozen, _TRIM: self._backup_frozen,

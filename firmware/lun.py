@@ -304,6 +304,8 @@ class Lun(LunNode):
         self.holds: list = []          # uncommitted consistency-group TRIGGERs cut here: completions wait
         self.held: list = []           # (callback, Completion) held for them, in order
         self.created = time.time()
+        self.restoring: str | None = None   # the backup a RESTORE is copying now (kept across a crash)
+        self.restore_note: str | None = None   # what the last restart did with an interrupted RESTORE
 
     def apply_unaligned(self, op: int, offset: int, length: int, data, flags: int) -> None:
         """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned, in the current epoch.
@@ -356,12 +358,13 @@ class Lun(LunNode):
     def save_state(self) -> dict:
         """What the metadata store keeps of this primary: its geometry and its place in the stream."""
         return {"lun": self.name, "size": self.size, "chunk_size": self.chunk_size,
-                "epoch": self.epoch, "next_trigger_id": self.next_trigger_id}
+                "epoch": self.epoch, "next_trigger_id": self.next_trigger_id, "restoring": self.restoring}
 
     def restore_state(self, doc: dict, epoch: int) -> None:
         """Continue the stream of a ``save_state`` record: TRIGGER ids go on, ``epoch`` is the recovered one."""
         self.next_trigger_id = int(doc["next_trigger_id"])
         self.epoch = epoch
+        self.restoring = doc.get("restoring")
 
     def status(self) -> dict:
         doc = super().status()

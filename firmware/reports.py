@@ -122,6 +122,7 @@ class Reports:
             doc["backups"] = [{"trigger_id": b.trigger_id, "label": b.label, "seq": b.seq, "time": b.time,
                                "member": b.member} for b in self.backups(lun)]
             doc.update(self.retention_status(lun, len(doc["backups"])))
+            doc.update(self.restore_status(lun))
             luns.append(doc)
         return {"luns": luns,
                 "groups": [g.status() for g in self.groups.values()],

@@ -24,6 +24,7 @@ class Op(enum.IntEnum):
     FLUSH = 5
     CACHE = 6
     TRIGGER = 7
+    RESTORE = 8      # the LUN becomes a backup's bytes at this point of its stream (firmware/restore.py)
 
 
 #: descriptor flags (u16). The low byte is never used: a protocol's flag word that reaches the

@@ -325,6 +325,16 @@ def group_backup_export(group: str, trigger_id: int, lun: str) -> str:
     return f"{group}.t{trigger_id}.{lun}"
 
 
+def reply_restored(lun: str, seq: int) -> str:
+    """``OK restore <lun> seq=<n>``: sent once the LUN holds the backup's bytes at that point of its stream."""
+    return f"OK restore {lun} seq={seq}"
+
+
+def restore_lun_name(command: RestoreCommand) -> str:
+    """The LUN a RESTORE writes: the one after ON, else the backup's own (``lun0`` of ``lun0.t3``)."""
+    return command.lun if command.lun is not None else command.backup.rpartition(".")[0]
+
+
 def reply_json(doc) -> str:
     """A STATUS or VERIFY answer: one line of compact JSON."""
     return json.dumps(doc, separators=(",", ":"), default=str)
@@ -405,7 +415,7 @@ class ControlLine(TriggerSource):
 
     ``reply(line)`` is called with each answer (without the newline), on the controller's
     owner thread for TRIGGER and on the caller's thread otherwise (PIN and UNPIN run only
-    where the controller has no other owner thread). RESTORE is answered ``ERR``.
+    where the controller has no other owner thread).
     """
 
     kind = "serial"
@@ -426,6 +436,8 @@ class ControlLine(TriggerSource):
             self._trigger(command, reply)
         elif isinstance(command, VerifyCommand):
             self._verify(command, reply)
+        elif isinstance(command, RestoreCommand):
+            self._restore(command, reply)
         elif isinstance(command, (PinCommand, UnpinCommand)):
             set_pin = self.controller.pin if isinstance(command, PinCommand) else self.controller.unpin
             try:
@@ -455,6 +467,21 @@ class ControlLine(TriggerSource):
                 reply(reply_triggered(c.trigger.id, c.trigger.seq, c.trigger.warning))
         try:
             self.fire(command.label, done, lun)
+        except ControllerError as exc:
+            reply(reply_error(exc))
+
+    def _restore(self, command: RestoreCommand, reply) -> None:
+        lun = self._lun(restore_lun_name(command), reply)
+        if lun is None:
+            return
+
+        def done(c: Completion) -> None:
+            if c.error is not None:
+                reply(reply_error(f"restore failed: {c.error}"))
+            else:
+                reply(reply_restored(c.data.lun, c.data.seq))
+        try:
+            self.controller.submit(lun, Op.RESTORE, label=command.backup, callback=done)
         except ControllerError as exc:
             reply(reply_error(exc))
 

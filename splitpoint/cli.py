@@ -23,6 +23,7 @@ COMMANDS = {
     "pin": "pin",
     "unpin": "pin:unpin_command",
     "diff": "diff",
+    "restore": "restore",
     "boards": "boards",
     "emulate": "emulate",
     "demo": "demo",

@@ -121,3 +121,17 @@ def test_status_table_shows_pins_and_the_last_copy_warning():
         assert "warning: no consistent backup until the last cut completes" in out.getvalue()
     finally:
         ctl.close()
+
+
+def test_status_table_shows_a_resumed_restore():
+    import io
+
+    from rich.console import Console
+
+    from splitpoint.commands.status import render
+
+    doc = {"luns": [{"name": "lun0", "size": 1 << 20, "block_size": 512, "pools": [], "restoring": None,
+                     "restore_note": "a RESTORE from lun0.t1 was interrupted by a crash and resumed (65536 bytes)"}]}
+    out = io.StringIO()
+    render(doc, Console(file=out, width=200, highlight=False, color_system=None))
+    assert "restore: a RESTORE from lun0.t1 was interrupted by a crash and resumed" in out.getvalue()

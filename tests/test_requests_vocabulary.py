@@ -47,8 +47,8 @@ def test_a_raw_nbd_flag_on_a_write_is_refused_not_taken_for_a_controller_flag(ct
     assert ctl.read("lun0", 0, 4096) == bytes(4096)
 
 
-def test_the_opcodes_are_one_to_seven_and_zero_is_none(ctl):
-    assert sorted(int(op) for op in Op) == list(range(1, 8))
+def test_the_opcodes_are_one_to_eight_and_zero_is_none(ctl):
+    assert sorted(int(op) for op in Op) == list(range(1, 9))
     done = []
     ctl.submit("lun0", 0, 0, 4096, callback=done.append)
     ctl.poll()

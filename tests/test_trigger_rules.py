@@ -134,7 +134,7 @@ def test_serve_trigger_on_a_named_lun(server):
     ("VERIFY nolun", "ERR no LUN or group named 'nolun'"),
     ("PIN lun0.t999", "ERR LUN lun0 has no consistent backup cut by TRIGGER 999"),
     ("UNPIN nolun.t1", "ERR 'nolun.t1' names no backup"),
-    ("RESTORE lun0.t1 ON lun0", "ERR RESTORE is not supported by this controller"),
+    ("RESTORE lun0.t999 ON lun0", "ERR restore failed: LUN lun0 has no consistent backup cut by TRIGGER 999"),
     ("PIN", "ERR PIN needs a backup name"),
     ("RESTORE lun0.t1 lun0", "ERR usage: RESTORE <backup> [ON <lun>]"),
     ("FROBNICATE", "ERR unknown command 'FROBNICATE'; commands: TRIGGER [ON <lun|group>] [label]"),

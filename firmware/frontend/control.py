@@ -10,7 +10,8 @@ The line protocol is ``firmware/triggers.py``'s (``parse_control_line``, ``COMMA
     PING                        ->  PONG
     PIN <backup>, UNPIN <backup> -> OK   (the backup as exports name it: <lun>.t<id>, or
                                     <lun>.latest, the newest consistent backup when the line is handled)
-    RESTORE                     ->  ERR (this controller does no restores)
+    RESTORE <backup> [ON <lun>] ->  OK restore <lun> seq=<n>   (queued in sequence like a TRIGGER; answered
+                                    once the LUN holds the backup's bytes; without ON, the backup's own LUN)
     anything else               ->  ERR <reason>
 
 Lines end with LF (CR LF and CR are accepted; blank lines are skipped).
@@ -109,6 +110,8 @@ class ControlProtocol:
             self._verify(command)
         elif isinstance(command, (triggers.PinCommand, triggers.UnpinCommand)):
             self._pin(command)
+        elif isinstance(command, triggers.RestoreCommand):
+            self._restore(command)
         else:
             self.reply(triggers.reply_unsupported(command))
 
@@ -142,6 +145,21 @@ class ControlProtocol:
             self.reply(triggers.reply_error(f"trigger failed: {cut}"))
             return
         self.reply(triggers.reply_group_triggered(cut.id, cut.group, cut.seqs()))
+
+    def _restore(self, command):
+        lun = self._named_lun(triggers.restore_lun_name(command))
+        if lun is None:
+            return
+        if self.fe.stopping:
+            self.reply("ERR server is shutting down")
+            return
+        self.fe.submit(None, lun, Op.RESTORE, 0, 0, None, 0, command.backup, self._restored)
+
+    def _restored(self, completion):
+        if completion.error is not None:
+            self.reply(triggers.reply_error(f"restore failed: {completion.error}"))
+            return
+        self.reply(triggers.reply_restored(completion.data.lun, completion.data.seq))
 
     def _pin(self, command):
         # this runs on the loop thread, the controller's owner: the pin is set between two polls

@@ -10,7 +10,7 @@ Exports, for every LUN ``<lun>`` of the controller (``lun0`` on the default):
 - ``<lun>.t<id>``: the backup cut by TRIGGER number ``<id>``, read-only, listed while the pool
   keeps it and gone once it is recycled.
 - changed-block maps (NBD ``qemu:dirty-bitmap:<lun>.t<id>``): on ``<lun>``, the extents changed
-  since backup t<id> was cut; on a backup ``<lun>.t<n>``, those changed between t<id> and t<n>
+  since backup t<id> was cut (``qemu:dirty-bitmap:<lun>.latest``: since the newest backup); on a backup ``<lun>.t<n>``, those changed between t<id> and t<n>
   (``firmware/changes.py``).
 - ``trigger`` and ``trigger.<lun>``: the special LUN of the first LUN (of ``<lun>``): a WRITE at
   offset 0 is a TRIGGER whose label the written bytes carry (``triggers.special_lun_label``);
@@ -150,7 +150,7 @@ class LunExport(Export):
 
 
     def bitmaps(self):
-        return self.fe.ctl.bitmap_names(self.lun)
+        return self.fe.ctl.bitmap_names(self.lun, latest=True)   # .latest: changed since the newest backup
 
     def changed_status(self, since, offset, length):
         return [(n, changed) for _o, n, changed in self.fe.ctl.changed_since(since, None, offset, length)]

@@ -84,6 +84,10 @@ def render(status: dict, console) -> None:
                               m.get("label") or "", "" if m.get("seq") is None else str(m["seq"]),
                               _when(m.get("time")), "yes" if m.get("consistent") else "no")
             console.print(table)
+        if lun.get("restoring"):
+            console.print(f"  [bold]restoring[/bold] from {lun['restoring']}")
+        if lun.get("restore_note"):
+            console.print(f"  restore: {lun['restore_note']}")
         if lun.get("last_copy_warning"):
             console.print(f"  [bold]warning[/bold]: no consistent backup until the last cut completes "
                           f"({lun['last_copy_warning']})")
