@@ -6,14 +6,14 @@
 
 A device link is the wire protocol over TCP: the same session engine as a board
 (``HostSession``: sequence numbers, window, retransmission, resume after a drop),
-carried by SerialDevice on a pyserial ``socket://`` port. This module owns only
-what a link adds: the URL, naming the far LUN (and this side) in INFO, and TCP's
-own settings. The far controller queues each request in its ring in frame order,
+carried by SerialDevice on a TCP port (``TcpPort``). This module owns only what
+a link adds: the URL, naming the far LUN (and this side) in INFO, and the TCP port. The far controller queues each request in its ring in frame order,
 so a TRIGGER sent here (``trigger``) is cut there at exactly its place and rotates
 the far LUN's own pool. It never decides when a TRIGGER is sent: the mirror path does.
 """
 from __future__ import annotations
 
+import select
 import socket
 
 from splitpoint.hal import wire
@@ -26,6 +26,61 @@ GRAMMAR = ("link://HOST:PORT/LUN[?window=N][&rate=BYTES_PER_S][&rto=DURATION][&r
 OPTIONS = (LINK_OPTIONS - {"baud"}) | {"origin"}
 #: bytes/s the session's timers assume for a TCP link unless rate= says otherwise
 TCP_RATE = 100_000_000
+#: seconds a read waits for bytes before the link thread runs the session's timers
+TICK = 0.02
+#: bytes one read takes from the socket at most
+READ_CHUNK = 1 << 20
+
+
+class TcpPort:
+    """The few pyserial port calls SerialDevice makes, on a TCP socket.
+
+    pyserial's own ``socket://`` cannot say how many bytes are waiting, so a reader asking for
+    ``in_waiting`` bytes takes them one at a time; here a read returns whatever has arrived (up
+    to READ_CHUNK), waiting at most TICK for the first byte."""
+
+    def __init__(self, host: str, port: int, write_timeout: float):
+        import serial
+
+        self._exc = serial.SerialException
+        self._timeout_exc = serial.SerialTimeoutException
+        try:
+            self.sock = socket.create_connection((host, port), timeout=max(write_timeout, 1.0))
+        except OSError as exc:
+            raise serial.SerialException(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # one frame per request: never wait
+        self.sock.settimeout(write_timeout)
+        self.in_waiting = 0   # unknown: read() returns what has arrived, whatever it is asked for
+
+    def read(self, size: int = 1) -> bytes:
+        try:
+            ready, _, _ = select.select([self.sock], [], [], TICK)
+            if not ready:
+                return b""
+            data = self.sock.recv(max(size, READ_CHUNK))
+        except OSError as exc:
+            raise self._exc(f"link read failed: {exc}") from None
+        if not data:
+            raise self._exc("the far side closed the link")
+        return data
+
+    def write(self, data) -> int:
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise self._timeout_exc("the far side stopped reading the link") from None
+        except OSError as exc:
+            raise self._exc(f"link write failed: {exc}") from None
+        return len(data)
+
+    def reset_input_buffer(self) -> None:
+        pass   # a new connection holds no stale bytes
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 class LinkDevice(SerialDevice):
@@ -35,23 +90,13 @@ class LinkDevice(SerialDevice):
     cuts_itself = True
 
     def __init__(self, host: str, port: int, lun: str, origin: str | None = None, **kwargs):
-        import serial  # pyserial, imported only when a link is used
-
         self.address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         self.lun = lun
-        url = f"socket://{self.address}"
-
-        def open_tcp():
-            port_ = serial.serial_for_url(url, timeout=0.02, write_timeout=max(1.0, kwargs.get("rto", 0.2) * 4))
-            sock = getattr(port_, "_socket", None)
-            if sock is not None:   # one frame per request: never wait for the previous one's TCP ack
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return port_
-
+        write_timeout = max(1.0, kwargs.get("rto", 0.2) * 4)
         kwargs.setdefault("rate", TCP_RATE)
-        super().__init__(url, serial_factory=open_tcp, target=lun,
+        super().__init__(f"link://{self.address}/{lun}", serial_factory=lambda: TcpPort(host, port, write_timeout),
+                         target=lun,
                          origin=origin if origin is not None else socket.gethostname(), **kwargs)
-        self.port_url = f"link://{self.address}/{lun}"
 
     @classmethod
     def from_url(cls, url: str) -> "LinkDevice":

@@ -219,26 +219,28 @@ def run_triggers(near, far, writer: Writer, count: int, cut=None):
     return checked
 
 
-@pytest.mark.parametrize("mirror", ["sync", "async"])
-def test_far_pool_rotates_at_each_primary_trigger(pair, mirror):
+@pytest.mark.parametrize("mirror,count", [("sync", 50), ("async", 50),
+                                          pytest.param("sync", 500, marks=pytest.mark.slow),
+                                          pytest.param("async", 500, marks=pytest.mark.slow)])
+def test_far_pool_rotates_at_each_primary_trigger(pair, mirror, count):
     near, far, _px = pair(mirror, proxy=False)
     writer = Writer(near.socket, pace=0.002 if mirror == "async" else 0.0)
     writer.start()
     try:
-        assert run_triggers(near, far, writer, 50) == 50
+        assert run_triggers(near, far, writer, count) == count
     finally:
         writer.stop.set()
         writer.join(10)
     assert writer.error is None, writer.error
     st = far_status(far)
     pool = st["luns"][0]["pools"][0]
-    assert pool["rotations"] == 50
+    assert pool["rotations"] == count
     link = st["device_links"]["luns"][0]
-    assert link["cuts"] == 50 and link["missed"] == []
+    assert link["cuts"] == count and link["missed"] == []
     # the origin and the label crossed the link with the TRIGGER
     listing = subprocess.run(["nbdinfo", "--list", f"nbd+unix:///?socket={far.socket}"], capture_output=True,
                              text=True, timeout=30).stdout
-    assert "label 't49'" in listing and "t50, read-only" in listing
+    assert f"label 't{count - 1}'" in listing and f"t{count}, read-only" in listing
 
 
 def test_tcp_drops_lose_nothing_and_apply_nothing_twice(pair):
@@ -270,3 +272,32 @@ def test_hosts_cannot_write_a_link_fed_lun(pair):
     assert client.read(0, BLOCK) == b"\x07" * BLOCK   # reads work, and see the link's writes
     doc = json.loads(json.dumps(far_status(far)))
     assert doc["device_links"]["luns"][0]["lun"] == "lun0"
+
+
+def test_a_link_as_pool_member_cuts_the_far_pool_when_the_member_is_cut(tmp_path):
+    far = ServerProcess(str(tmp_path / "far"), config=far_config(str(tmp_path))).start()
+    near = None
+    try:
+        link = f"{link_endpoint(far)}/lun0?rto=0.05"
+        path = tmp_path / "near-pool.toml"
+        path.write_text(f'[[lun]]\nname = "lun0"\nurl = "ram://near?size={SIZE}"\n\n'
+                        f'[lun.pool]\nmembers = ["{link}", "ram://n1?size={SIZE}", "ram://n2?size={SIZE}"]\n')
+        near = ServerProcess(str(tmp_path / "near"), config=str(path)).start()
+        control = ControlClient(near.control)
+        RawClient(near.socket).connect("lun0").write(0, b"\x11" * BLOCK)
+        deadline = time.monotonic() + 30
+        while control.status()["luns"][0]["pools"][0]["members"][0]["state"] != "active":   # resynced over the link
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert control.ask("TRIGGER first").startswith("OK 1 ")   # cuts the link member: the far pool rotates
+        RawClient(near.socket).connect("lun0").write(0, b"\x22" * BLOCK)
+        assert control.ask("TRIGGER second").startswith("OK 2 ")  # cuts a RAM member: nothing crosses
+        expected = bytearray(SIZE)
+        expected[:BLOCK] = b"\x11" * BLOCK
+        assert nbdcopy(near, "lun0.t1") == nbdcopy(far, "lun0.t1") == bytes(expected)
+        link_doc = far_status(far)["device_links"]["luns"][0]
+        assert link_doc["cuts"] == 1 and link_doc["missed"] == []
+    finally:
+        if near is not None:
+            near.stop()
+        far.stop()
