@@ -213,6 +213,9 @@ def _device_keys(url: str) -> list[tuple[str, str]]:
             return []
         real = os.path.realpath(port) if "://" not in port else port
         return [(f"port {real}", f"port {port}")]
+    if scheme in ("link", "link+tls"):   # one LUN of another controller
+        lun = unquote(parts.path).strip("/")
+        return [(f"link {parts.netloc.lower()} {lun}", f"LUN {lun} of {parts.netloc}")]
     if scheme.startswith("nbd"):
         where = opts.get("socket") or parts.netloc
         shown = f"{scheme}://{parts.netloc}{parts.path}" + (f"?socket={where}" if "socket" in opts else "")

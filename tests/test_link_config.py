@@ -40,3 +40,9 @@ def test_a_device_table_is_kept():
 def test_bad_link_urls_are_refused_with_the_grammar(url, message):
     with pytest.raises(BadURLError, match=message):
         open_device(url)
+
+
+def test_two_keys_naming_one_far_lun_are_refused():
+    with pytest.raises(config.ConfigError, match="name the same device LUN lun0 of far:10810"):
+        config.loads(f'{LUN}\n[lun.pool]\nmembers = ["link://far:10810/lun0", "ram://?size=1M"]\n\n'
+                     f'[lun.backup]\nurl = "link+tls://far:10810/lun0?tls-certificates=/x"\n')
