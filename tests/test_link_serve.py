@@ -74,7 +74,11 @@ class Proxy:
             if self.refuse:
                 down.close()
                 continue
-            up = socket.create_connection(self.upstream)
+            try:
+                up = socket.create_connection(self.upstream)
+            except OSError:   # the far side is down (restarting): so is this connection
+                down.close()
+                continue
             with self.lock:
                 self.pairs.append((down, up))
                 self.accepted += 1
