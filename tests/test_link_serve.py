@@ -14,6 +14,7 @@ import random
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -276,6 +277,12 @@ def test_hosts_cannot_write_a_link_fed_lun(pair):
     assert client.read(0, BLOCK) == b"\x07" * BLOCK   # reads work, and see the link's writes
     doc = json.loads(json.dumps(far_status(far)))
     assert doc["device_links"]["luns"][0]["lun"] == "lun0"
+    table = subprocess.run([sys.executable, "-m", "splitpoint", "status", "--control", far.control],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "link into lun0 from " in table and ": connected, 0 cut(s), 0 missed" in table
+    table = subprocess.run([sys.executable, "-m", "splitpoint", "status", "--control", near.control],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "primary backup LUN lun0.backup: " in table and f"{link_endpoint(far)}/lun0" in table
 
 
 def test_a_link_as_pool_member_cuts_the_far_pool_when_the_member_is_cut(tmp_path):
