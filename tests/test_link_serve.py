@@ -312,3 +312,44 @@ def test_a_link_as_pool_member_cuts_the_far_pool_when_the_member_is_cut(tmp_path
         if near is not None:
             near.stop()
         far.stop()
+
+
+def test_three_controllers_in_a_chain_cut_both_far_pools_in_sequence(tmp_path):
+    """primary -> middle (its LUN fed by a link, with its own pool and its own link onward) -> far."""
+    far = ServerProcess(str(tmp_path / "far"), config=far_config(str(tmp_path))).start()
+    servers = [far]
+    try:
+        mid_path = tmp_path / "mid.toml"
+        mid_path.write_text(f'[device]\nlisten = "127.0.0.1:0"\n\n[[lun]]\nname = "lun0"\nurl = "ram://m?size={SIZE}"\n\n'
+                            f'[lun.pool]\nmembers = ["ram://m0?size={SIZE}", "ram://m1?size={SIZE}"]\n\n'
+                            f'[lun.backup]\nurl = "{link_endpoint(far)}/lun0?origin=middle"\n')
+        mid = ServerProcess(str(tmp_path / "mid"), config=str(mid_path)).start()
+        servers.append(mid)
+        near = ServerProcess(str(tmp_path / "near"), config=near_config(
+            str(tmp_path), f"{link_endpoint(mid)}/lun0?origin=primary")).start()
+        servers.append(near)
+        writer = Writer(near.socket, blocks=32)
+        writer.start()
+        control = ControlClient(near.control)
+        try:
+            for i in range(10):
+                time.sleep(0.01)
+                lo = writer.acked
+                tid = int(control.ask(f"TRIGGER chain{i}").split()[1])
+                hi = writer.started
+                for server in (mid, far):
+                    got = nbdcopy(server, f"lun0.t{tid}")
+                    assert matching_prefix(writer, got, lo, hi) is not None, f"{server.workdir} t{tid}"
+        finally:
+            writer.stop.set()
+            writer.join(10)
+        assert writer.error is None, writer.error
+        listing = subprocess.run(["nbdinfo", "--list", f"nbd+unix:///?socket={far.socket}"], capture_output=True,
+                                 text=True, timeout=30).stdout
+        assert "label 'chain9'" in listing and "from middle t10" in listing
+        listing = subprocess.run(["nbdinfo", "--list", f"nbd+unix:///?socket={mid.socket}"], capture_output=True,
+                                 text=True, timeout=30).stdout
+        assert "from primary t10" in listing
+    finally:
+        for server in reversed(servers):
+            server.stop()
