@@ -88,7 +88,7 @@ class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, Change
         self._entries: dict[int, tuple] = {}
         self._cookies = itertools.count(1)
         self.topology = Topology(config, queue_event=self._wake_owner, pool_changed=self._pool_changed,
-                                 backups_changed=self._backups_changed)
+                                 backups_changed=self._backups_changed, node_behind=self._wake_background)
         topo = self.topology
         self.luns: dict[str, Lun] = topo.luns      # the loop walks the topology's own lists
         self._pools = topo.pools
@@ -425,8 +425,6 @@ class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, Change
                 self._log_demotions(m.pool)
             if dq.queued_bytes and not dq.write_budget():
                 gated = True
-        if not self._bg and any(n.sweep is not None for n in self._nodes):
-            self._bg = True   # a mirror path's device failure restarted a node's sweep outside this step
         if self._bg:
             now = time.monotonic()
             if now >= self._bg_at:   # throttled work waits for its tokens without costing each poll

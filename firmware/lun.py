@@ -52,6 +52,7 @@ class LunNode:
         self.sweep: Sweep | None = None  # resync from upstream while this node is behind
         self.failed: str | None = None
         self.missed: list[dict] = []   # TRIGGERs its device (one that cuts itself) could not cut exactly
+        self.on_behind = None          # called when a sweep starts (a device failure): the owner schedules it
 
     @property
     def persistent(self) -> bool:
@@ -249,6 +250,8 @@ class LunNode:
         if self.upstream is None:
             return
         self.sweep = Sweep(self.upstream.source.epochs, since)
+        if self.on_behind is not None:
+            self.on_behind()
 
     def sweep_step(self, budget: int, drain: bool = True, raise_errors: bool = False) -> int:
         """Copy a slice from upstream as ordinary writes (so they mark, copy-on-write and go downstream).

@@ -24,7 +24,7 @@ from splitpoint.hal import HalError, open_device
 class Topology:
     """What one controller's configuration wires together, in the order the loop walks it."""
 
-    def __init__(self, config, *, queue_event=None, pool_changed=None, backups_changed=None):
+    def __init__(self, config, *, queue_event=None, pool_changed=None, backups_changed=None, node_behind=None):
         self.config = config
         self.luns: dict[str, Lun] = {}
         self.pools: list[BackupPool] = []
@@ -37,6 +37,7 @@ class Topology:
         self._queue_event = queue_event          # any thread: a DeviceQueue finished a read or failed an op
         self._pool_changed = pool_changed        # owner thread: a pool's state changed (urgent or not)
         self._backups_changed = backups_changed  # owner thread: a backup appeared or went
+        self._node_behind = node_behind          # owner thread: a primary backup LUN started a resync sweep
 
     def build(self) -> None:
         """Open and wire everything the configuration names; a problem raises before anything runs."""
@@ -57,6 +58,7 @@ class Topology:
                 node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
                                known_zero=not bdev.persistent, url=lc.backup.url)
                 lun.backup_node = node
+                node.on_behind = self._node_behind
                 self.nodes.append(node)
                 self._add_path(lun, node, lc.backup.mirror)
                 if bdev.persistent or dev.persistent:

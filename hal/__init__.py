@@ -28,6 +28,7 @@ BACKENDS = {
     "serial": "splitpoint.hal.serial_dev:SerialDevice",
     "board": "splitpoint.hal.board:BoardDevice",
     "link": "splitpoint.hal.link:LinkDevice",
+    "link+tls": "splitpoint.hal.link:LinkDevice",
     "nbd": "splitpoint.hal.nbd:NbdDevice",
     "nbds": "splitpoint.hal.nbd:NbdDevice",
     "nbd+unix": "splitpoint.hal.nbd:NbdDevice",

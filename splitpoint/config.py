@@ -62,6 +62,8 @@ class DeviceConfig:
     """This controller as a device: where other controllers' device links reach it (``[device]``)."""
 
     listen: str | None = None            # "HOST:PORT" of --device-listen (None: no device links)
+    tls_certificates: str | None = None  # links must speak TLS (link+tls://): server-cert.pem, server-key.pem here
+    tls_verify_peer: bool = False        # ... and present a client certificate signed by ca-cert.pem here
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ _RESYNC_KEYS = {"rate", "deadline", "slice"}
 _NBD_KEYS = {"handshake_timeout", "client_inflight", "total_inflight", "tls", "tls_certificates", "tls_verify_peer"}
 #: the largest NBD request: a client budget must hold one
 _MAX_REQUEST = 64 << 20
-_DEVICE_KEYS = {"listen"}
+_DEVICE_KEYS = {"listen", "tls_certificates", "tls_verify_peer"}
 _LUN_KEYS = {"name", "url", "pool", "backup"}
 _POOL_KEYS = {"members", "mirror", "refuse_last_copy"}
 _BACKUP_KEYS = {"url", "mirror", "pool"}
@@ -225,6 +227,9 @@ def _device_keys(url: str) -> list[tuple[str, str]]:
             return []
         real = os.path.realpath(port) if "://" not in port else port
         return [(f"port {real}", f"port {port}")]
+    if scheme in ("link", "link+tls"):   # one LUN of another controller
+        lun = unquote(parts.path).strip("/")
+        return [(f"link {parts.netloc.lower()} {lun}", f"LUN {lun} of {parts.netloc}")]
     if scheme.startswith("nbd"):
         where = opts.get("socket") or parts.netloc
         shown = f"{scheme}://{parts.netloc}{parts.path}" + (f"?socket={where}" if "socket" in opts else "")
@@ -353,7 +358,22 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
 def _device(table, source: str) -> DeviceConfig:
     _check_keys(table, _DEVICE_KEYS, "device", source)
+    kw = {}
+    if "tls_certificates" in table:
+        if not isinstance(table["tls_certificates"], str) or not table["tls_certificates"]:
+            raise ConfigError(f"{source}: [device] tls_certificates must be a directory path, "
+                              f"got {table['tls_certificates']!r}")
+        kw["tls_certificates"] = table["tls_certificates"]
+    if "tls_verify_peer" in table:
+        if not isinstance(table["tls_verify_peer"], bool):
+            raise ConfigError(f"{source}: [device] tls_verify_peer must be true or false, "
+                              f"got {table['tls_verify_peer']!r}")
+        if "tls_certificates" not in kw:
+            raise ConfigError(f"{source}: [device] tls_verify_peer needs tls_certificates")
+        kw["tls_verify_peer"] = table["tls_verify_peer"]
     if "listen" not in table:
+        if kw:
+            raise ConfigError(f"{source}: [device] tls keys need listen = \"HOST:PORT\"")
         return DeviceConfig()
     value = table["listen"]
     if not isinstance(value, str):
@@ -362,7 +382,7 @@ def _device(table, source: str) -> DeviceConfig:
         parse_host_port(value)
     except ValueError as exc:
         raise ConfigError(f"{source}: [device] listen {exc}") from None
-    return DeviceConfig(listen=value)
+    return DeviceConfig(listen=value, **kw)
 
 
 def _nbd(table, source: str) -> NbdConfig:

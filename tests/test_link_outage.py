@@ -9,6 +9,8 @@ resync is exact again.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -81,3 +83,6 @@ def test_triggers_of_an_outage_are_missed_on_both_sides(pair):
             near_missed |= {m["id"] for m in dev["queue"]["missed_triggers"]}
     assert {2, 3} <= near_missed
     assert any(d["link"]["reconnects"] or d["link"]["gave_up"] for d in status["devices"])
+    table = subprocess.run([sys.executable, "-m", "splitpoint", "status", "--control", near.control],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "TRIGGER(s) missed" in table or "cut(s) missed there" in table, table

@@ -14,6 +14,7 @@ import random
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -74,7 +75,11 @@ class Proxy:
             if self.refuse:
                 down.close()
                 continue
-            up = socket.create_connection(self.upstream)
+            try:
+                up = socket.create_connection(self.upstream)
+            except OSError:   # the far side is down (restarting): so is this connection
+                down.close()
+                continue
             with self.lock:
                 self.pairs.append((down, up))
                 self.accepted += 1
@@ -219,26 +224,28 @@ def run_triggers(near, far, writer: Writer, count: int, cut=None):
     return checked
 
 
-@pytest.mark.parametrize("mirror", ["sync", "async"])
-def test_far_pool_rotates_at_each_primary_trigger(pair, mirror):
+@pytest.mark.parametrize("mirror,count", [("sync", 50), ("async", 50),
+                                          pytest.param("sync", 500, marks=pytest.mark.slow),
+                                          pytest.param("async", 500, marks=pytest.mark.slow)])
+def test_far_pool_rotates_at_each_primary_trigger(pair, mirror, count):
     near, far, _px = pair(mirror, proxy=False)
     writer = Writer(near.socket, pace=0.002 if mirror == "async" else 0.0)
     writer.start()
     try:
-        assert run_triggers(near, far, writer, 50) == 50
+        assert run_triggers(near, far, writer, count) == count
     finally:
         writer.stop.set()
         writer.join(10)
     assert writer.error is None, writer.error
     st = far_status(far)
     pool = st["luns"][0]["pools"][0]
-    assert pool["rotations"] == 50
+    assert pool["rotations"] == count
     link = st["device_links"]["luns"][0]
-    assert link["cuts"] == 50 and link["missed"] == []
+    assert link["cuts"] == count and link["missed"] == []
     # the origin and the label crossed the link with the TRIGGER
     listing = subprocess.run(["nbdinfo", "--list", f"nbd+unix:///?socket={far.socket}"], capture_output=True,
                              text=True, timeout=30).stdout
-    assert "label 't49'" in listing and "t50, read-only" in listing
+    assert f"label 't{count - 1}'" in listing and f"t{count}, read-only" in listing
 
 
 def test_tcp_drops_lose_nothing_and_apply_nothing_twice(pair):
@@ -270,3 +277,79 @@ def test_hosts_cannot_write_a_link_fed_lun(pair):
     assert client.read(0, BLOCK) == b"\x07" * BLOCK   # reads work, and see the link's writes
     doc = json.loads(json.dumps(far_status(far)))
     assert doc["device_links"]["luns"][0]["lun"] == "lun0"
+    table = subprocess.run([sys.executable, "-m", "splitpoint", "status", "--control", far.control],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "link into lun0 from " in table and ": connected, 0 cut(s), 0 missed" in table
+    table = subprocess.run([sys.executable, "-m", "splitpoint", "status", "--control", near.control],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "primary backup LUN lun0.backup: " in table and f"{link_endpoint(far)}/lun0" in table
+
+
+def test_a_link_as_pool_member_cuts_the_far_pool_when_the_member_is_cut(tmp_path):
+    far = ServerProcess(str(tmp_path / "far"), config=far_config(str(tmp_path))).start()
+    near = None
+    try:
+        link = f"{link_endpoint(far)}/lun0?rto=0.05"
+        path = tmp_path / "near-pool.toml"
+        path.write_text(f'[[lun]]\nname = "lun0"\nurl = "ram://near?size={SIZE}"\n\n'
+                        f'[lun.pool]\nmembers = ["{link}", "ram://n1?size={SIZE}", "ram://n2?size={SIZE}"]\n')
+        near = ServerProcess(str(tmp_path / "near"), config=str(path)).start()
+        control = ControlClient(near.control)
+        RawClient(near.socket).connect("lun0").write(0, b"\x11" * BLOCK)
+        deadline = time.monotonic() + 30
+        while control.status()["luns"][0]["pools"][0]["members"][0]["state"] != "active":   # resynced over the link
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert control.ask("TRIGGER first").startswith("OK 1 ")   # cuts the link member: the far pool rotates
+        RawClient(near.socket).connect("lun0").write(0, b"\x22" * BLOCK)
+        assert control.ask("TRIGGER second").startswith("OK 2 ")  # cuts a RAM member: nothing crosses
+        expected = bytearray(SIZE)
+        expected[:BLOCK] = b"\x11" * BLOCK
+        assert nbdcopy(near, "lun0.t1") == nbdcopy(far, "lun0.t1") == bytes(expected)
+        link_doc = far_status(far)["device_links"]["luns"][0]
+        assert link_doc["cuts"] == 1 and link_doc["missed"] == []
+    finally:
+        if near is not None:
+            near.stop()
+        far.stop()
+
+
+def test_three_controllers_in_a_chain_cut_both_far_pools_in_sequence(tmp_path):
+    """primary -> middle (its LUN fed by a link, with its own pool and its own link onward) -> far."""
+    far = ServerProcess(str(tmp_path / "far"), config=far_config(str(tmp_path))).start()
+    servers = [far]
+    try:
+        mid_path = tmp_path / "mid.toml"
+        mid_path.write_text(f'[device]\nlisten = "127.0.0.1:0"\n\n[[lun]]\nname = "lun0"\nurl = "ram://m?size={SIZE}"\n\n'
+                            f'[lun.pool]\nmembers = ["ram://m0?size={SIZE}", "ram://m1?size={SIZE}"]\n\n'
+                            f'[lun.backup]\nurl = "{link_endpoint(far)}/lun0?origin=middle"\n')
+        mid = ServerProcess(str(tmp_path / "mid"), config=str(mid_path)).start()
+        servers.append(mid)
+        near = ServerProcess(str(tmp_path / "near"), config=near_config(
+            str(tmp_path), f"{link_endpoint(mid)}/lun0?origin=primary")).start()
+        servers.append(near)
+        writer = Writer(near.socket, blocks=32)
+        writer.start()
+        control = ControlClient(near.control)
+        try:
+            for i in range(10):
+                time.sleep(0.01)
+                lo = writer.acked
+                tid = int(control.ask(f"TRIGGER chain{i}").split()[1])
+                hi = writer.started
+                for server in (mid, far):
+                    got = nbdcopy(server, f"lun0.t{tid}")
+                    assert matching_prefix(writer, got, lo, hi) is not None, f"{server.workdir} t{tid}"
+        finally:
+            writer.stop.set()
+            writer.join(10)
+        assert writer.error is None, writer.error
+        listing = subprocess.run(["nbdinfo", "--list", f"nbd+unix:///?socket={far.socket}"], capture_output=True,
+                                 text=True, timeout=30).stdout
+        assert "label 'chain9'" in listing and "from middle t10" in listing
+        listing = subprocess.run(["nbdinfo", "--list", f"nbd+unix:///?socket={mid.socket}"], capture_output=True,
+                                 text=True, timeout=30).stdout
+        assert "from primary t10" in listing
+    finally:
+        for server in reversed(servers):
+            server.stop()

@@ -297,7 +297,7 @@ class Service:
                     control_url: str | None = None, control_link: str | None = None, control: bool = True,
                     client_bytes: int = CLIENT_BYTES, total_bytes: int = TOTAL_BYTES,
                     handshake_timeout: float = HANDSHAKE_TIMEOUT, tls: TlsSettings | None = None,
-                    device_listen: tuple[str, int] | None = None):
+                    device_listen: tuple[str, int] | None = None, device_tls=None):
         from splitpoint.firmware.frontend.control import open_channel
 
         fe = FrontEnd(ctl, client_bytes=client_bytes, total_bytes=total_bytes, handshake_timeout=handshake_timeout,
@@ -308,8 +308,9 @@ class Service:
             if device_listen is not None:   # first: a peer's link is refused until this LUN's exports exist
                 from splitpoint.firmware.link.listener import DeviceLinkListener
                 links = DeviceLinkListener(fe)
-                host, port = await links.listen(*device_listen)
-                endpoints.append(f"link://{host}:{port}" if ":" not in host else f"link://[{host}]:{port}")
+                host, port = await links.listen(*device_listen, ssl=device_tls)
+                scheme = "link+tls" if device_tls is not None else "link"
+                endpoints.append(f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}")
             if listen is not None:
                 host, port = await fe.listen_tcp(*listen)
                 endpoints.append(f"nbd://{host}:{port}" if ":" not in host else f"nbd://[{host}]:{port}")

@@ -296,9 +296,10 @@ class DeviceLinkListener:
         linked = self.fed.get(lun_name)
         return None if linked is None else linked.origin_of(trigger_id)
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
+    async def listen(self, host: str, port: int, ssl=None) -> tuple[str, int]:
+        """Take links on TCP (``ssl``: a server context, every link speaks TLS); the bound (host, port)."""
         loop = self.frontend.loop
-        self.server = await loop.create_server(lambda: LinkConnection(self), host, port, reuse_address=True)
+        self.server = await loop.create_server(lambda: LinkConnection(self), host, port, reuse_address=True, ssl=ssl)
         return self.server.sockets[0].getsockname()[:2]
 
     def status(self) -> dict:

@@ -16,7 +16,7 @@ def _banner(ctl, service) -> list[str]:
     for name, lun in ctl.luns.items():
         lines.append(f"LUN {name}: {lun.size} bytes, block {lun.block_size}")
     for endpoint in service.endpoints:
-        if endpoint.startswith("link://"):
+        if endpoint.startswith(("link://", "link+tls://")):
             lines.append(f"device links: {endpoint}/<lun>")
         else:
             lines.append(f"NBD: {endpoint}")
@@ -35,13 +35,14 @@ def _banner(ctl, service) -> list[str]:
     return lines
 
 
-async def _serve(ctl, listen, socket_path, control_url, control_link, nbd, tls, device_listen=None):
+async def _serve(ctl, listen, socket_path, control_url, control_link, nbd, tls, device_listen=None, device_tls=None):
     from splitpoint.firmware.frontend.service import Service
 
     service = await Service.start(ctl, listen=listen, socket_path=socket_path,
                                   control_url=control_url, control_link=control_link,
                                   handshake_timeout=nbd.handshake_timeout, client_bytes=nbd.client_inflight,
-                                  total_bytes=nbd.total_inflight, tls=tls, device_listen=device_listen)
+                                  total_bytes=nbd.total_inflight, tls=tls, device_listen=device_listen,
+                                  device_tls=device_tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,6 +64,16 @@ def _tls_settings(nbd, mode, directory, verify_peer):
                            verify_peer=nbd.tls_verify_peer if verify_peer is None else verify_peer)
     server_context(settings)
     return settings
+
+
+def _device_tls(device):
+    """The device link listener's TLS context ([device] tls_certificates: every link must speak TLS), or None."""
+    from splitpoint.firmware.frontend.nbd.tls import TlsSettings, server_context
+
+    if not device.tls_certificates:
+        return None
+    return server_context(TlsSettings(mode="require", certificates=device.tls_certificates,
+                                      verify_peer=device.tls_verify_peer))
 
 
 def _keep_large_buffers_on_the_heap():
@@ -166,12 +177,13 @@ def command(config_path, listen, socket_path, control_link, control_url, handsha
         nbd = dataclasses.replace(nbd, handshake_timeout=handshake_timeout)
     try:
         tls = _tls_settings(nbd, tls_mode, tls_dir, tls_verify_peer)
+        device_tls = _device_tls(cfg.device)
     except ValueError as exc:
         ctl.close()
         raise click.UsageError(str(exc)) from None
     _keep_large_buffers_on_the_heap()
     try:
-        _run_loop(_serve(ctl, address, socket_path, control_url, control_link, nbd, tls, device_address))
+        _run_loop(_serve(ctl, address, socket_path, control_url, control_link, nbd, tls, device_address, device_tls))
     except OSError as exc:
         ctl.close()
         raise click.ClickException(f"cannot serve: {exc}") from None

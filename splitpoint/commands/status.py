@@ -53,6 +53,10 @@ def _device_line(dev: dict) -> str:
     queue = dev.get("queue")
     if queue:
         words.append(f"{queue.get('queued_ops', 0)} queued ({_size(queue.get('queued_bytes', 0))})")
+        if queue.get("lag_seconds"):
+            words.append(f"{queue['lag_seconds']:.1f} s behind")
+        if queue.get("missed_triggers"):
+            words.append(f"{len(queue['missed_triggers'])} TRIGGER(s) missed")
     if link.get("gone"):
         words.append(f"gone: {link['gone']}")
     return f"device {dev.get('device')} {dev.get('url')}: " + ", ".join(words)
@@ -70,6 +74,11 @@ def render(status: dict, console) -> None:
             console.print(f"  mirror {path.get('from')} -> {path.get('to')}: {path.get('mode')}, "
                           f"queue {path.get('queue_depth', 0)}, forwarded {path.get('forwarded', 0)}"
                           + (f", {path['errors']} error(s)" if path.get("errors") else ""))
+        node = lun.get("backup_lun")
+        if node:
+            missed = node.get("missed_cuts") or []
+            console.print(f"  primary backup LUN {node.get('name')}: {node.get('state')}"
+                          + (f", {len(missed)} cut(s) missed there" if missed else ""))
         for pool in lun.get("pools", []):
             title = f"pool {pool.get('name')} ({pool.get('state')}, {pool.get('rotations', 0)} rotation(s))"
             table = Table(title=title,
@@ -99,6 +108,11 @@ def render(status: dict, console) -> None:
                   f"{counters.get('errors', 0)} errors")
     for dev in status.get("devices") or []:
         console.print(_device_line(dev))
+    for fed in (status.get("device_links") or {}).get("luns", []):
+        missed = fed.get("missed") or []
+        console.print(f"link into {fed.get('lun')} from {fed.get('origin') or '?'} ({fed.get('peer')}): "
+                      f"{'connected' if fed.get('connected') else 'disconnected'}, {fed.get('cuts', 0)} cut(s), "
+                      f"{len(missed)} missed, {fed.get('replays', 0)} replayed")
     meta = status.get("metadata")
     if meta:
         console.print(f"metadata {meta.get('dir')}: generation {meta.get('generation')}, "
