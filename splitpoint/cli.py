@@ -21,6 +21,7 @@ COMMANDS = {
     "verify": "verify",
     "boards": "boards",
     "emulate": "emulate",
+    "flash": "flash",
     "demo": "demo",
     "kernels": "kernels",
 }
