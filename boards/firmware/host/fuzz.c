@@ -249,7 +249,8 @@ int main(int argc, char **argv)
             for (size_t i = 0; i < n; i++)
                 wire[i] = (uint8_t)rnd();
         } else {
-            n = mutate(seed_frame(below(4) ? seq : rnd()));
+            /* half the time the seq the board executes next, so requests run rather than wait in the window */
+            n = mutate(seed_frame(below(2) ? board.session.expected : below(2) ? seq : rnd()));
             seq += below(3);
         }
         sp_board_data_in(&board, wire, n);
