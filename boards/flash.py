@@ -45,7 +45,10 @@ KEY_TYPES = {"tool": str, "vid": int, "pid": int, "address": int, "alt": int, "i
              "target": str, "volume": str, "family": str, "mcu": str}
 #: program -> the Debian package that installs it
 DEBIAN_PACKAGES = {"dfu-util": "dfu-util", "openocd": "openocd", "pyocd": "python3-pyocd",
-                   "teensy_loader_cli": "teensy-loader-cli", "arm-none-eabi-objcopy": "binutils-arm-none-eabi", "make": "make"}
+                   "teensy_loader_cli": "teensy-loader-cli", "arm-none-eabi-objcopy": "binutils-arm-none-eabi", "make": "make",
+                   "arm-none-eabi-gcc": "gcc-arm-none-eabi"}
+#: program of a step -> the programs it runs in turn (building a port compiles with the cross compiler)
+RUNS_TOO = {"make": ("arm-none-eabi-gcc",)}
 #: tool -> the firmware formats it takes (by file suffix), the first one being what an ELF is converted to
 FORMATS = {"dfu-util": (".bin",), "openocd": (".elf", ".hex", ".bin"), "pyocd": (".elf", ".hex", ".bin"),
            "uf2": (".uf2",), "teensy": (".hex",)}
@@ -180,7 +183,10 @@ def missing_tools(steps: list[list[str]], which) -> list[str]:
     """'program (Debian package pkg)' for each program of ``steps`` that ``which`` cannot find."""
     missing = []
     for argv in steps:
-        prog = argv[0]
-        if prog in DEBIAN_PACKAGES and which(prog) is None:
-            missing.append(f"{prog} (Debian package {DEBIAN_PACKAGES[prog]})")
+        for prog in (argv[0],) + RUNS_TOO.get(argv[0], ()):
+            if prog not in DEBIAN_PACKAGES or which(prog) is not None:
+                continue
+            entry = f"{prog} (Debian package {DEBIAN_PACKAGES[prog]})"
+            if entry not in missing:
+                missing.append(entry)
     return missing

@@ -104,6 +104,12 @@ def test_missing_tool_is_one_line_naming_the_debian_package(tmp_path):
     assert out.output.strip() == ("Error: missing dfu-util (Debian package dfu-util): apt-get install dfu-util")
     out = _run("ft2232h-stm32-sd", "--firmware", str(fw), env={"PATH": str(tmp_path)})
     assert "openocd (Debian package openocd)" in out.output
+    # building the default firmware needs the cross compiler as well as the flashing tool
+    steps = flash.plan("blackpill-f411-cdc", schema.load_board("blackpill-f411-cdc").flash, "/fw/a.elf")
+    found = {"make": "/usr/bin/make", "dfu-util": "/usr/bin/dfu-util"}
+    assert flash.missing_tools([["make", "-C", "port"]] + steps, found.get) == [
+        "arm-none-eabi-gcc (Debian package gcc-arm-none-eabi)",
+        "arm-none-eabi-objcopy (Debian package binutils-arm-none-eabi)"]
 
 
 def _stand_in(folder, name, rc=0):
