@@ -12,6 +12,8 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 
+from .flash import FlashRecipe, validate_recipe
+
 BOARDS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 BRIDGES = ("rp2040", "stm32f411", "stm32f405", "ft2232h", "cp2102n", "imxrt1062", "emulated")
@@ -31,6 +33,7 @@ SCHEMA = {
     "geometry": {"block_size": (int, True), "capacity": (str, True), "max_transfer": (int, True),
                  "window": (int, True)},
     "channels": {"data_interface": (int, True), "control_interface": (int, False)},
+    "flash": {},  # its keys depend on flash.tool: checked by flash.validate_recipe
 }
 REQUIRED_TABLES = ("link", "geometry", "channels")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,31}$")
@@ -66,6 +69,7 @@ class BoardDef:
     baud: int | None = None
     vid: int | None = None
     pid: int | None = None
+    flash: FlashRecipe | None = None  # how `splitpoint flash` writes the firmware; None: no recipe
     path: str = field(default="", compare=False)
 
     @property
@@ -112,6 +116,8 @@ def validate(doc: dict, source: str = "<board>") -> BoardDef:
         if section is None:
             if table in REQUIRED_TABLES:
                 _fail(source, f"missing table [{table}]")
+            continue
+        if table == "flash":
             continue
         for key, value in section.items():
             if table and key not in keys:
@@ -185,6 +191,11 @@ def validate(doc: dict, source: str = "<board>") -> BoardDef:
         _fail(source, "feature \"control\" and channels.control_interface go together")
     if ch.get("control_interface") == ch["data_interface"]:
         _fail(source, "channels.control_interface must differ from channels.data_interface")
+    flash = None
+    if "flash" in doc:
+        flash = validate_recipe(doc["flash"], lambda msg: _fail(source, msg))
+        if emulated and flash.tool != "none":
+            _fail(source, f"flash.tool = {flash.tool!r}: an emulated board has nothing to flash; use \"none\"")
 
     return BoardDef(
         id=board_id, vendor=doc["vendor"], product=doc["product"], url=doc["url"], bridge=doc["bridge"],
@@ -192,7 +203,7 @@ def validate(doc: dict, source: str = "<board>") -> BoardDef:
         link_kind=link["kind"], link_rate=link["rate"], block_size=geo["block_size"], capacity=capacity,
         max_transfer=mt, window=geo["window"], data_interface=ch["data_interface"],
         control_interface=ch.get("control_interface"), baud=link.get("baud"),
-        vid=usb["vid"] if usb else None, pid=usb["pid"] if usb else None, path=source,
+        vid=usb["vid"] if usb else None, pid=usb["pid"] if usb else None, flash=flash, path=source,
     )
 
 

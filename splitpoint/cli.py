@@ -26,6 +26,7 @@ COMMANDS = {
     "restore": "restore",
     "boards": "boards",
     "emulate": "emulate",
+    "flash": "flash",
     "demo": "demo",
     "kernels": "kernels",
 }

@@ -8,8 +8,9 @@ duplicated). Both boards get exactly the same bytes on their wire interfaces:
 - the Python board: ``boards.emulator.BoardEngine`` whose medium is a LUN of the Python controller
   (``splitpoint.firmware``) with a RAM pool of the same size, and whose TRIGGERs go to that controller.
 
-Every reply must match (type, seq, flags, request type, error code, READ data), and at the end the
-primary and every backup must be byte-identical between the two and equal to the independent
+Every reply must match (type, seq, flags, request type, error code, READ data, the BACKUPS list with
+each backup's digest, BACKUP_READ data), and at the end the primary and every backup, read directly and
+read over the wire with BACKUP_READ, must be byte-identical between the two and equal to the independent
 reference replay (tests/reference.py). The default run draws 1,000 streams; the `slow` run twenty
 times as many, three times as long; FIRMWARE_DIFF_EXAMPLES scales both (docs/firmware.md: running it
 against your own firmware changes).
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitpoint.boards.emulator import BoardEngine, control
+from splitpoint.boards.emulator.backups import ControllerBackups
 from splitpoint.boards.firmware.cboard import CBoard
 from splitpoint.config import loads
 from splitpoint.firmware.controller import Controller
@@ -80,7 +82,8 @@ class PythonBoard:
             f'[lun.pool]\nmirror = "sync"\nmembers = [{urls}]\n'))
         self.lun = self.ctl.luns["lun0"]
         self.engine = BoardEngine(ModelLun(self.ctl, self.lun), BOARD_ID, window, MAX_TRANSFER, FEATURES, FIRMWARE,
-                                  on_trigger=lambda tid, label, seq: self.ctl.trigger(self.lun, label=label or None))
+                                  on_trigger=lambda tid, label, seq: self.ctl.trigger(self.lun, label=label or None),
+                                  backups=ControllerBackups(self.ctl, self.lun))
         self.decoder = wire.frame.FrameDecoder(MAX_TRANSFER + 64)
         self._shim = types.SimpleNamespace(board=types.SimpleNamespace(id=BOARD_ID), trigger_listener=self._listen)
 
@@ -130,6 +133,8 @@ OPS = st.one_of(
     st.tuples(st.just("trigger"), labels),
     st.tuples(st.just("control"), labels),
     st.tuples(st.just("bad"), st.sampled_from(["misaligned", "past_end", "too_large", "empty", "bad_flag"])),
+    st.tuples(st.just("backups")),
+    st.tuples(st.just("backup_read"), st.integers(0, 1000), blocks, lengths),
 )
 
 
@@ -157,6 +162,12 @@ def request(op, seq, tid):
         return wire.Read(seq=seq, offset=b * BLOCK, length=min(n, BLOCKS - b) * BLOCK), None
     if kind == "trigger":
         return wire.Trigger(seq=seq, id=tid, label=op[1]), (TRIGGER, 0, b"")
+    if kind == "backups":
+        return wire.BackupList(seq=seq), None
+    if kind == "backup_read":   # ids 0 and past the last TRIGGER name no backup; old ones may be recycled
+        _, pick, b, n = op
+        return wire.BackupRead(seq=seq, trigger_id=pick % (tid + 2), offset=b * BLOCK,
+                               length=min(n, BLOCKS - b) * BLOCK), None
     bad = op[1]
     if bad == "misaligned":
         return wire.Write(seq=seq, offset=100, data=bytes(BLOCK)), None
@@ -227,6 +238,21 @@ def run_stream(members, window, first_seq, ops, shuffle_seed, dup_rate):
         assert c_backups == p_backups
         for tid in c_backups:
             assert cb.read_backup(tid) == pb.ctl.read_backup(pb.lun, tid, 0, SIZE) == ref.snapshot(tid)
+        # and over the wire: the same list, and every backup's bytes through BACKUP_READ
+        listing = wire.BackupList(seq=seq).encode()
+        c_list, p_list = replies(cb.data_in(listing)), replies(pb.data_in(listing))
+        assert c_list == p_list
+        entries = wire.unpack_backups(c_list[0][4])
+        assert {e.trigger_id: e.label for e in entries} == {t: label for t, (label, _) in c_backups.items()}
+        for e in entries:
+            data = b""
+            for off in range(0, SIZE, MAX_TRANSFER):
+                seq = (seq + 1) & 0xFFFFFFFF
+                got = wire.BackupRead(seq=seq, trigger_id=e.trigger_id, offset=off, length=MAX_TRANSFER).encode()
+                c_read, p_read = replies(cb.data_in(got)), replies(pb.data_in(got))
+                assert c_read == p_read and c_read[0][0] == "ACK"
+                data += c_read[0][4]
+            assert data == ref.snapshot(e.trigger_id) and e.digest == wire.frame.crc32c(data)
         status = cb.status()
         assert status["triggers"] == triggers and status["pool"]["rotations"] == triggers
     finally:

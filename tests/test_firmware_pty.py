@@ -105,6 +105,57 @@ def test_trigger_frames_in_sequence_with_the_writes_cut_the_boards_own_pool(c_bo
         assert link.board.primary() == bytes(ref.data)
 
 
+def test_host_lists_and_reads_the_boards_backups_over_the_wire(c_board):
+    """BACKUPS and BACKUP_READ through board://: the list the board keeps (ids, labels, digests) and each
+    backup's bytes, pipelined in max_transfer pieces, equal to the reference replay."""
+    from splitpoint.hal.board import BoardNoSuchBackupError
+    from splitpoint.hal.wire import frame
+
+    link, url = c_board
+    rng = random.Random(9)
+    ref = ReferenceLun(SIZE)
+    with open_device(url) as dev:
+        assert dev.backups() == []
+        for cut in range(1, 5):
+            for _ in range(20):
+                off = rng.randrange(0, SIZE // 4096) * 4096
+                data = rng.randbytes(4096)
+                dev.write(off, data)
+                ref.apply(WRITE, off, data)
+            dev.trigger(cut, f"cut{cut}")
+            ref.apply(TRIGGER)
+        listed = dev.backups()
+        with link.lock:
+            held = link.board.backups()
+        assert [(e.trigger_id, e.label, e.digest) for e in listed] == \
+            [(b["trigger_id"], b["label"], b["digest"]) for b in held]
+        assert sorted(e.trigger_id for e in listed) == [3, 4]   # one region mirrors: t1 and t2 were recycled
+        for e in listed:
+            whole = dev.read_backup(e.trigger_id, 0, SIZE)
+            assert whole == ref.snapshot(e.trigger_id) and frame.crc32c(whole) == e.digest
+            assert dev.read_backup(e.trigger_id, 8192, 4096) == ref.snapshot(e.trigger_id)[8192:12288]
+        with pytest.raises(BoardNoSuchBackupError, match="no backup of TRIGGER 1"):
+            dev.read_backup(1, 0, 4096)
+        assert dev.read(0, SIZE) == bytes(ref.data)   # the session goes on after the error
+
+
+def test_a_board_without_a_pool_says_it_keeps_no_backups(tmp_path):
+    from splitpoint.boards.emulator import Emulator
+    from splitpoint.hal.board import BoardBackupsUnsupportedError
+
+    board = load_board(BOARD)
+    link = str(tmp_path / "emu")
+    emu = Emulator(board, link, open_device(f"ram://?size=1M&block={board.block_size}"), rate=0, seed=1).start()
+    try:
+        with open_device(f"board://{BOARD}?port={link}&{FAST}") as dev:
+            with pytest.raises(BoardBackupsUnsupportedError, match="keeps no backups"):
+                dev.backups()
+            with pytest.raises(BoardBackupsUnsupportedError):
+                dev.read_backup(1, 0, 512)
+    finally:
+        emu.stop()
+
+
 def test_emulate_cffi_command_runs_until_sigterm(tmp_path):
     import signal
     import subprocess

@@ -97,6 +97,12 @@ def test_trigger_frames_rotate_the_boards_pool_at_exactly_their_point(qemu_board
             dev.trigger(cut, f"cut{cut}")
             ref.apply(TRIGGER)
             assert all(p.result(30) is None for p in pend)
+        # over the wire too: the list the firmware keeps and each backup's bytes (BACKUPS, BACKUP_READ)
+        listed = {e.trigger_id: e for e in dev.backups()}
+        assert sorted(listed) == [3, 4]
+        for tid, e in listed.items():
+            assert e.label == f"cut{tid}" and dev.read_backup(tid, 0, SIZE) == ref.snapshot(tid)
+            assert e.digest == frame_py.crc32c(ref.snapshot(tid))
         (line,) = control(board, "STATUS")
     status = json.loads(line)
     assert status["triggers"] == 4 and status["pool"]["rotations"] == 4

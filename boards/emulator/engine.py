@@ -1,8 +1,9 @@
 """The board's side of a session over its medium, transport-free: bytes or frames in, reply messages out.
 
 Owns ``BoardEngine``: what each request does to the medium (READ, WRITE,
-FLUSH, TRIM, zeroes, TRIGGER), the board's INFO, and the mapping of the
-medium's errors to the protocol's codes. The session rules (handshake, seq
+FLUSH, TRIM, zeroes, TRIGGER; BACKUPS and BACKUP_READ when it is given a
+source of backups), the board's INFO, and the mapping of the medium's errors
+to the protocol's codes. The session rules (handshake, seq
 order within the window, the reply cache, NAKs) are the shared engine's,
 ``splitpoint.hal.wire.session.DeviceSession``. It never touches a pty, a
 thread or a clock, and never decides what a TRIGGER means: it hands each one,
@@ -11,7 +12,7 @@ in seq order, to the callback it is given.
 from __future__ import annotations
 
 from splitpoint.hal import wire
-from splitpoint.hal.contract import (BlockDevice, HalError, MisalignedError, OutOfRangeError, ReadOnlyError,
+from splitpoint.hal.contract import (BlockDevice, HalError, check_io, MisalignedError, OutOfRangeError, ReadOnlyError,
                                      ZeroLengthError)
 from splitpoint.hal.wire import ErrorCode, Feature, Flag, MsgType
 from splitpoint.hal.wire.session import DeviceSession
@@ -24,15 +25,21 @@ class BoardEngine:
     """A bridge board's firmware over ``device``: the shared DeviceSession, executing on the medium.
 
     ``feed(bytes)`` (or ``on_frame``/``on_rejected_frame`` for frames already
-    decoded) returns the reply messages to send, in order.
+    decoded) returns the reply messages to send, in order. ``backups``, when
+    given, is what BACKUPS and BACKUP_READ answer from: ``entries()`` (a list of
+    ``wire.BackupEntry``) and ``read(trigger_id, offset, length)`` (LookupError
+    for an id that names no frozen backup); without it the board announces no
+    BACKUPS feature and answers them UNKNOWN_TYPE, as a board without a pool does.
     """
 
     def __init__(self, device: BlockDevice, board_id: str, window: int = 8, max_transfer: int = 16384,
-                 features: int = 0, firmware: int = 0, on_trigger=None):
+                 features: int = 0, firmware: int = 0, on_trigger=None, backups=None):
         self.device = device
         self.board_id = board_id
         self.max_transfer = max_transfer
-        self.features = features | (Feature.READ_ONLY if device.read_only else 0)
+        self.backups = backups
+        self.features = (features | (Feature.READ_ONLY if device.read_only else 0)
+                         | (Feature.BACKUPS if backups is not None else 0))
         self.firmware = firmware
         self.on_trigger = on_trigger  # fn(id, label, seq), called in seq order
         self.protocol = DeviceSession(window, self._run, self._describe, max_transfer + 64)
@@ -99,6 +106,8 @@ class BoardEngine:
                         dev.flush()
             elif isinstance(msg, wire.Trigger) and msg.flags & Flag.MISSED:
                 self.stats["missed_triggers"] += 1   # a barrier only: the sender could not cut here exactly
+            elif isinstance(msg, (wire.BackupList, wire.BackupRead)):
+                return self._backup(msg)
             elif isinstance(msg, wire.Trigger):
                 self.stats["triggers"] += 1
                 if self.on_trigger is not None:
@@ -107,6 +116,22 @@ class BoardEngine:
             code = next((c for cls, c in _HAL_ERRORS if isinstance(exc, cls)), ErrorCode.IO)
             return wire.Error(seq=msg.seq, of=msg.type, code=code, message=str(exc))
         return wire.Ack(seq=msg.seq, of=msg.type)
+
+    def _backup(self, msg) -> wire.Message:
+        if self.backups is None:
+            return wire.Error(seq=msg.seq, of=msg.type, code=ErrorCode.UNKNOWN_TYPE,
+                              message="this board keeps no backups")
+        if isinstance(msg, wire.BackupList):
+            return wire.Ack(seq=msg.seq, of=msg.type, data=wire.pack_backups(self.backups.entries()))
+        if msg.length > self.max_transfer:
+            return self._too_large(msg, msg.length)
+        check_io(msg.offset, msg.length, self.device.size, self.device.block_size)
+        try:
+            data = self.backups.read(msg.trigger_id, msg.offset, msg.length)
+        except LookupError:
+            return wire.Error(seq=msg.seq, of=msg.type, code=ErrorCode.NO_BACKUP,
+                              message=f"no frozen backup of TRIGGER {msg.trigger_id}")
+        return wire.Ack(seq=msg.seq, of=msg.type, data=data)
 
     def _too_large(self, msg, n):
         return wire.Error(seq=msg.seq, of=msg.type, code=ErrorCode.TOO_LARGE,

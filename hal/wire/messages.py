@@ -20,6 +20,7 @@ __all__ = ["PROTOCOL_VERSION", "PROTOCOL_MIN", "MAX_WINDOW", "MAX_ERROR_TEXT", "
            "MsgType", "REQUEST_TYPES", "Flag", "ALLOWED_FLAGS", "ErrorCode", "Feature", "WireError",
            "UnsupportedVersionError", "UnknownTypeError", "BadPayloadError", "version_string", "pack_version",
            "BoardInfo", "Message", "Info", "Read", "Write", "Flush", "Trim", "Trigger", "Ack", "Error", "Nak",
+           "BackupList", "BackupRead", "BackupEntry", "pack_backups", "unpack_backups",
            "decode_message", "decode_wire", "seq_after", "seq_add", "to_json", "from_json"]
 
 PROTOCOL_VERSION = 1  # the version this implementation speaks
@@ -43,10 +44,12 @@ class MsgType(enum.IntEnum):
     ACK = 0x80
     ERROR = 0x81
     NAK = 0x82
+    BACKUPS = 0x07  # list the board's frozen backups (feature BACKUPS)
+    BACKUP_READ = 0x08  # read a frozen backup named by its trigger id (feature BACKUPS)
 
 
 REQUEST_TYPES = frozenset({MsgType.INFO, MsgType.READ, MsgType.WRITE, MsgType.FLUSH, MsgType.TRIM,
-                           MsgType.TRIGGER})
+                           MsgType.TRIGGER, MsgType.BACKUPS, MsgType.BACKUP_READ})
 
 
 class Flag(enum.IntFlag):
@@ -69,6 +72,8 @@ ALLOWED_FLAGS = {
     MsgType.ACK: Flag.REPLAY | Flag.RESUMED,
     MsgType.ERROR: Flag.REPLAY,
     MsgType.NAK: Flag(0),
+    MsgType.BACKUPS: Flag.RETRANSMIT,
+    MsgType.BACKUP_READ: Flag.RETRANSMIT,
 }
 
 
@@ -84,6 +89,7 @@ class ErrorCode(enum.IntEnum):
     STALE = 9  # seq older than the reply cache: no reply can be given
     WINDOW = 10  # seq beyond expected + window
     NO_SESSION = 11  # request before an INFO handshake
+    NO_BACKUP = 12  # BACKUP_READ of a trigger id that names no frozen backup
 
 
 class Feature(enum.IntFlag):
@@ -93,6 +99,7 @@ class Feature(enum.IntFlag):
     TRIGGER = 0x08  # TRIGGER is recorded (and forwarded to a listener), not only a barrier
     READ_ONLY = 0x10
     CONTROL = 0x20  # the board has a control channel (second UART / CDC interface)
+    BACKUPS = 0x40  # the board keeps a pool and answers BACKUPS and BACKUP_READ
 
 
 class WireError(ValueError):
@@ -304,7 +311,67 @@ class Nak(Message):
         return _U32U32.pack(self.expected, self.received)
 
 
-_BY_TYPE = {cls.type: cls for cls in (Info, Read, Write, Flush, Trim, Trigger, Ack, Error, Nak)}
+@dataclass(slots=True)
+class BackupList(Message):
+    """'Which backups do you hold?': the ACK's body is ``pack_backups`` of them, in the board's member order."""
+
+    type = MsgType.BACKUPS
+
+
+@dataclass(slots=True)
+class BackupRead(Message):
+    """Read ``length`` bytes at ``offset`` of the frozen backup cut by TRIGGER ``trigger_id``."""
+
+    trigger_id: int = 0
+    offset: int = 0
+    length: int = 0
+    type = MsgType.BACKUP_READ
+
+    def payload(self):
+        return _BACKUP_READ.pack(self.trigger_id, self.offset, self.length)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupEntry:
+    """One frozen backup as BACKUPS lists it: its TRIGGER's id and label, and the CRC32C of its bytes."""
+
+    trigger_id: int
+    digest: int
+    label: str = ""
+
+
+_BACKUP_READ = struct.Struct("<QQI")  # trigger id, offset, length
+_ENTRY = struct.Struct("<QIB")  # trigger id, digest, label length; the label follows
+
+
+def pack_backups(entries) -> bytes:
+    """The ACK body of BACKUPS: each entry as trigger_id u64, digest u32, label_len u8, label."""
+    out = bytearray()
+    for e in entries:
+        label = e.label.encode()
+        if len(label) > MAX_LABEL:
+            raise ValueError(f"backup label is {len(label)} bytes; at most {MAX_LABEL}")
+        out += _ENTRY.pack(e.trigger_id, e.digest, len(label)) + label
+    return bytes(out)
+
+
+def unpack_backups(body: bytes) -> list:
+    """The entries of a BACKUPS ACK body; BadPayloadError when an entry is torn or its label bad."""
+    out, pos = [], 0
+    while pos < len(body):
+        if len(body) - pos < _ENTRY.size:
+            raise BadPayloadError(f"BACKUPS entry at byte {pos} is torn", MsgType.ACK)
+        tid, digest, n = _ENTRY.unpack_from(body, pos)
+        pos += _ENTRY.size
+        if n > MAX_LABEL or len(body) - pos < n:
+            raise BadPayloadError(f"BACKUPS entry label of {n} bytes at byte {pos} is too long or torn", MsgType.ACK)
+        out.append(BackupEntry(tid, digest, _text(body[pos:pos + n], MsgType.ACK, 0)))
+        pos += n
+    return out
+
+
+_BY_TYPE = {cls.type: cls for cls in (Info, Read, Write, Flush, Trim, Trigger, Ack, Error, Nak, BackupList,
+                                      BackupRead)}
 
 
 def _need(payload: bytes, size: int, type_: int, seq: int, exact: bool = True) -> None:
@@ -364,7 +431,12 @@ def decode_message(frm: tuple) -> Message:
                 return Ack(seq, flags, of, b"", BoardInfo.unpack(p[1:]))
             except BadPayloadError as exc:
                 raise BadPayloadError(str(exc), type_, seq) from None
-        if of != MsgType.READ and len(p) != 1:
+        if of == MsgType.BACKUPS:
+            try:
+                unpack_backups(p[1:])
+            except BadPayloadError as exc:
+                raise BadPayloadError(str(exc), type_, seq) from None
+        elif of not in (MsgType.READ, MsgType.BACKUP_READ) and len(p) != 1:
             raise BadPayloadError(f"ACK of {MsgType(of).name} carries {len(p) - 1} unexpected bytes", type_, seq)
         return Ack(seq, flags, of, p[1:])
     if mtype == MsgType.ERROR:
@@ -373,6 +445,12 @@ def decode_message(frm: tuple) -> Message:
         if len(p) - 3 > MAX_ERROR_TEXT:
             raise BadPayloadError(f"ERROR text is {len(p) - 3} bytes; at most {MAX_ERROR_TEXT}", type_, seq)
         return Error(seq, flags, of, code, _text(p[3:], type_, seq))
+    if mtype == MsgType.BACKUPS:
+        _need(p, 0, type_, seq)
+        return BackupList(seq, flags)
+    if mtype == MsgType.BACKUP_READ:
+        _need(p, _BACKUP_READ.size, type_, seq)
+        return BackupRead(seq, flags, *_BACKUP_READ.unpack(p))
     _need(p, 8, type_, seq)
     expected, received = _U32U32.unpack(p)
     return Nak(seq, flags, expected, received)

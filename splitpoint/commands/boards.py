@@ -43,6 +43,10 @@ def command(board_id, as_json, no_detect):
                 value = ", ".join(value)
             elif key == "capacity" and value is None:
                 value = "reported by the board"
+            elif key == "flash":
+                value = "no recipe" if value is None else " ".join(
+                    f"{k}={v:#x}" if isinstance(v, int) and k != "alt" else f"{k}={v}"
+                    for k, v in value.items() if v is not None)
             click.echo(f"{key:18s} {value}")
     else:
         click.echo(f"{'BOARD':20s} {'KIND':9s} {'BRIDGE':10s} {'LINK':11s} {'RATE B/s':>9s} {'USB ID':10s} STORAGE")

@@ -63,6 +63,14 @@ def message_cases():
         "ERROR stale replayed": w.Error(seq=10, flags=w.Flag.REPLAY, of=w.MsgType.WRITE, code=w.ErrorCode.STALE),
         "NAK": w.Nak(seq=0, expected=11, received=0b101),
         "seq wraps": w.Flush(seq=0xFFFFFFFF),
+        "BACKUPS": w.BackupList(seq=11),
+        "ACK of BACKUPS with two backups": w.Ack(seq=11, of=w.MsgType.BACKUPS, data=w.pack_backups([
+            w.BackupEntry(trigger_id=1, digest=0xB7373038, label="nightly"), w.BackupEntry(trigger_id=2, digest=0)])),
+        "ACK of BACKUPS with none": w.Ack(seq=11, of=w.MsgType.BACKUPS),
+        "BACKUP_READ 1 KiB of t1 at 4 KiB": w.BackupRead(seq=12, trigger_id=1, offset=4096, length=1024),
+        "ACK of BACKUP_READ with data": w.Ack(seq=12, of=w.MsgType.BACKUP_READ, data=bytes(range(8)) + bytes(8)),
+        "ERROR no backup": w.Error(seq=13, of=w.MsgType.BACKUP_READ, code=w.ErrorCode.NO_BACKUP,
+                                   message="no frozen backup of TRIGGER 9"),
     }
     return [{"name": k, "wire": m.encode().hex(), "message": w.to_json(m)} for k, m in msgs.items()]
 
@@ -92,6 +100,12 @@ def invalid_cases():
         "TRIGGER label too long": (raw_frame(1, 6, 0, 1, bytes(8) + b"x" * 65), "BadPayloadError"),
         "TRIGGER label not UTF-8": (raw_frame(1, 6, 0, 1, bytes(8) + b"\xff\xfe"), "BadPayloadError"),
         "ACK of FLUSH with data": (raw_frame(1, 0x80, 0, 1, b"\x04x"), "BadPayloadError"),
+        "BACKUPS with a payload": (raw_frame(1, 7, 0, 1, b"x"), "BadPayloadError"),
+        "BACKUP_READ payload too short": (raw_frame(1, 8, 0, 1, bytes(19)), "BadPayloadError"),
+        "BACKUP_READ with FUA": (raw_frame(1, 8, 0x0001, 1, bytes(20)), "BadPayloadError"),
+        "ACK of BACKUPS with a torn entry": (raw_frame(1, 0x80, 0, 1, b"\x07" + bytes(12)), "BadPayloadError"),
+        "ACK of BACKUPS with a label past its end": (raw_frame(1, 0x80, 0, 1, b"\x07" + bytes(12) + b"\x05ab"),
+                                                     "BadPayloadError"),
     }
     return [{"name": k, "wire": v.hex(), "error": e} for k, (v, e) in cases.items()]
 

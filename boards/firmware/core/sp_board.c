@@ -35,6 +35,27 @@ static uint32_t board_info(void *ctx, uint8_t *body, uint32_t cap)
     return (uint32_t)(sizeof *w + id_len);
 }
 
+/* every frozen backup, in member order, as BACKUPS' ACK body at out; its length */
+static uint32_t list_backups(const sp_board *b, uint8_t *out)
+{
+    /* the whole list always fits: SP_POOL_MAX entries of at most 13 + 64 bytes (the assert below) */
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < b->pool.members; i++) {
+        const sp_member *m = &b->pool.member[i];
+        if (m->state != SP_MEMBER_FROZEN)
+            continue;
+        sp_wire_backup_entry *e = (sp_wire_backup_entry *)(out + n); /* all-byte fields */
+        sp_put64(e->trigger_id, m->manifest.trigger_id);
+        sp_put32(e->digest, m->manifest.digest);
+        e->label_len = m->manifest.label_len;
+        memcpy(out + n + sizeof *e, m->manifest.label, m->manifest.label_len);
+        n += (uint32_t)sizeof *e + m->manifest.label_len;
+    }
+    return n;
+}
+_Static_assert(SP_POOL_MAX * (sizeof(sp_wire_backup_entry) + SP_LABEL_MAX) <= SP_REPLY_PAYLOAD_MAX - 1u,
+               "BACKUPS' list of every pool member fits in one reply");
+
 /* run one request popped from the ring */
 static void execute(sp_board *b, sp_request *q)
 {
@@ -80,6 +101,28 @@ static void execute(sp_board *b, sp_request *q)
                 b->stats.control_triggers++;
         }
         break;
+    case SP_MSG_BACKUPS:
+        if (!p->members) {  /* no pool: the board keeps no backups, as its INFO says (no BACKUPS feature) */
+            err = SP_ERR_UNKNOWN_TYPE;
+            break;
+        }
+        if (r) {
+            sp_reply_ack(r, q->wire_seq, SP_MSG_BACKUPS, NULL, 0);
+            r->length = 1u + list_backups(b, r->payload + 1);
+        }
+        return;
+    case SP_MSG_BACKUP_READ:
+        if (!p->members)
+            err = SP_ERR_UNKNOWN_TYPE;
+        else if (q->length > b->cfg.max_transfer)
+            err = SP_ERR_TOO_LARGE;
+        else if (!(err = sp_pool_check(p, q->offset, q->length)))
+            err = sp_board_backup_read(b, q->trigger_id, q->offset, r->payload + 1, q->length);
+        if (!err) {
+            sp_reply_ack(r, q->wire_seq, SP_MSG_BACKUP_READ, r->payload + 1, q->length);
+            return;
+        }
+        break;
     default:
         err = SP_ERR_UNKNOWN_TYPE;
     }
@@ -91,7 +134,7 @@ static void execute(sp_board *b, sp_request *q)
         static const char *const text[] = {
             "", "unsupported version", "unknown type", "bad payload", "range is past the capacity",
             "range is empty or not aligned to the block size", "transfer is above max_transfer", "read-only",
-            "the medium failed",
+            "the medium failed", "stale", "window", "no session", "no frozen backup of that trigger id",
         };
         sp_reply_error(r, q->wire_seq, q->type, (uint16_t)err,
                        err < (int)(sizeof text / sizeof text[0]) ? text[err] : "error");
@@ -134,6 +177,11 @@ static void session_execute(void *ctx, const sp_frame *f, sp_reply *reply)
         q.length = f->length - 8u;
         q.data = f->payload + 8;
         break;
+    case SP_MSG_BACKUP_READ:
+        q.trigger_id = sp_get64(f->payload);
+        q.offset = sp_get64(f->payload + 8);
+        q.length = sp_get32(f->payload + 16);
+        break;
     default:
         break;
     }
@@ -158,6 +206,8 @@ int sp_board_init(sp_board *b, const sp_board_config *cfg, const sp_storage *st)
     strcpy(b->board_id, cfg->board_id);
     b->cfg = *cfg;
     b->cfg.board_id = b->board_id;
+    if (cfg->pool_members)
+        b->cfg.features |= SP_FEAT_BACKUPS; /* a board with a pool lists and reads its backups */
     b->storage = *st;
     if (sp_pool_init(&b->pool, &b->storage, cfg->capacity, cfg->block_size, cfg->chunk_size, cfg->pool_members))
         return -4;
@@ -235,6 +285,6 @@ int sp_board_backup_read(sp_board *b, uint64_t trigger_id, uint64_t offset, uint
 {
     int i = sp_pool_find_backup(&b->pool, trigger_id);
     if (i < 0)
-        return SP_ERR_OUT_OF_RANGE;
+        return SP_ERR_NO_BACKUP;
     return sp_pool_read_member(&b->pool, (uint32_t)i, offset, dst, n);
 }

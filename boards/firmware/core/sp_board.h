@@ -32,7 +32,7 @@ typedef void (*sp_tx_fn)(void *ctx, int channel, const uint8_t *p, size_t n);
 typedef struct {
     const char *board_id;   /* at most 32 bytes of UTF-8 */
     uint32_t firmware;      /* major << 16 | minor << 8 | patch */
-    uint32_t features;      /* SP_FEAT_* the board announces */
+    uint32_t features;      /* SP_FEAT_* the board announces (BACKUPS is added when it has a pool) */
     uint16_t window;        /* 1..SP_WINDOW_MAX */
     uint32_t max_transfer;  /* 1..SP_MAX_TRANSFER_MAX, a multiple of block_size */
     uint32_t block_size;    /* a power of two */
@@ -91,7 +91,7 @@ int64_t sp_board_trigger(sp_board *b, const char *label, uint32_t label_len, uin
 uint32_t sp_board_backup_count(const sp_board *b);
 /* manifest and member index of the k-th frozen backup; 0, or -1 past the end */
 int sp_board_backup_info(const sp_board *b, uint32_t k, sp_manifest *out, uint32_t *member);
-/* read n bytes at offset of the backup cut by trigger_id; 0 or a protocol error code */
+/* read n bytes at offset of the backup cut by trigger_id; 0 or a protocol error code (NO_BACKUP: none) */
 int sp_board_backup_read(sp_board *b, uint64_t trigger_id, uint64_t offset, uint8_t *dst, uint32_t n);
 
 /* the STATUS line (JSON, no newline) into out; its length, or 0 when it does not fit in cap */

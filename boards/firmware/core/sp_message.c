@@ -39,7 +39,7 @@ int sp_utf8_valid(const uint8_t *s, size_t n)
 
 static int known_type(uint8_t t)
 {
-    return (t >= SP_MSG_INFO && t <= SP_MSG_TRIGGER) || (t >= SP_MSG_ACK && t <= SP_MSG_NAK);
+    return (t >= SP_MSG_INFO && t <= SP_MSG_BACKUP_READ) || (t >= SP_MSG_ACK && t <= SP_MSG_NAK);
 }
 
 int sp_message_check(const sp_frame *f, const char **why)
@@ -74,6 +74,12 @@ int sp_message_check(const sp_frame *f, const char **why)
     case SP_MSG_FLUSH:
         *why = "FLUSH payload must be empty";
         return n == 0 ? SP_ERR_NONE : SP_ERR_BAD_PAYLOAD;
+    case SP_MSG_BACKUPS:
+        *why = "BACKUPS payload must be empty";
+        return n == 0 ? SP_ERR_NONE : SP_ERR_BAD_PAYLOAD;
+    case SP_MSG_BACKUP_READ:
+        *why = "BACKUP_READ payload must be 20 bytes";
+        return n == sizeof(sp_wire_backup_read) ? SP_ERR_NONE : SP_ERR_BAD_PAYLOAD;
     case SP_MSG_TRIGGER:
         if (n < 8u) {
             *why = "TRIGGER payload must hold an 8-byte id";

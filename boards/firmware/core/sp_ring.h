@@ -34,9 +34,9 @@ typedef struct {
     uint8_t type;            /* SP_MSG_* */
     uint16_t flags;          /* SP_FLAG_* */
     uint32_t wire_seq;       /* the wire request's seq (data channel) */
-    uint64_t offset;         /* READ, WRITE, TRIM */
-    uint32_t length;         /* READ, TRIM length; WRITE data bytes; TRIGGER label bytes */
-    uint64_t trigger_id;     /* TRIGGER */
+    uint64_t offset;         /* READ, WRITE, TRIM, BACKUP_READ */
+    uint32_t length;         /* READ, TRIM, BACKUP_READ length; WRITE data bytes; TRIGGER label bytes */
+    uint64_t trigger_id;     /* TRIGGER, BACKUP_READ */
     const uint8_t *data;     /* WRITE data, TRIGGER label */
     struct sp_reply *reply;  /* where a data-channel request's reply goes */
 } sp_request;

@@ -20,6 +20,8 @@ enum sp_msg_type {
     SP_MSG_FLUSH = 0x04,   /* empty */
     SP_MSG_TRIM = 0x05,    /* offset u64, length u32 */
     SP_MSG_TRIGGER = 0x06, /* id u64, label (UTF-8, at most 64 bytes) */
+    SP_MSG_BACKUPS = 0x07, /* empty; the ACK lists the frozen backups (sp_wire_backup_entry + label each) */
+    SP_MSG_BACKUP_READ = 0x08, /* trigger id u64, offset u64, length u32; the ACK carries the bytes */
     SP_MSG_ACK = 0x80,     /* of u8, body */
     SP_MSG_ERROR = 0x81,   /* of u8, code u16, text */
     SP_MSG_NAK = 0x82      /* expected u32, received u32 */
@@ -46,7 +48,8 @@ enum sp_error_code {
     SP_ERR_IO = 8,                  /* the medium failed */
     SP_ERR_STALE = 9,               /* seq older than the reply cache */
     SP_ERR_WINDOW = 10,             /* seq beyond expected + window */
-    SP_ERR_NO_SESSION = 11          /* request before INFO */
+    SP_ERR_NO_SESSION = 11,         /* request before INFO */
+    SP_ERR_NO_BACKUP = 12           /* BACKUP_READ of a trigger id that names no frozen backup */
 };
 
 enum sp_feature {
@@ -55,7 +58,8 @@ enum sp_feature {
     SP_FEAT_FUA = 0x04,
     SP_FEAT_TRIGGER = 0x08,
     SP_FEAT_READ_ONLY = 0x10,
-    SP_FEAT_CONTROL = 0x20
+    SP_FEAT_CONTROL = 0x20,
+    SP_FEAT_BACKUPS = 0x40 /* answers BACKUPS and BACKUP_READ (a board with a pool) */
 };
 
 /* header: version u8 | type u8 | flags u16 | seq u32 | length u32 */
@@ -74,7 +78,14 @@ typedef struct {
     uint8_t features[4], firmware[4], session[4], next_seq[4];
 } sp_wire_board_info;
 
+/* BACKUP_READ payload */
+typedef struct { uint8_t trigger_id[8], offset[8], length[4]; } sp_wire_backup_read;
+/* one entry of BACKUPS' ACK body; label_len bytes of label follow */
+typedef struct { uint8_t trigger_id[8], digest[4], label_len; } sp_wire_backup_entry;
+
 _Static_assert(sizeof(sp_wire_header) == 12, "header is 12 bytes");
+_Static_assert(sizeof(sp_wire_backup_read) == 20, "BACKUP_READ payload is 20 bytes");
+_Static_assert(sizeof(sp_wire_backup_entry) == 13, "a BACKUPS entry is 13 bytes before its label");
 _Static_assert(sizeof(sp_wire_range) == 12, "READ/TRIM payload is 12 bytes");
 _Static_assert(sizeof(sp_wire_info) == 8, "INFO payload is 8 bytes");
 _Static_assert(sizeof(sp_wire_error) == 3, "ERROR fields are 3 bytes");

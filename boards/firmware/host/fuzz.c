@@ -82,7 +82,7 @@ static uint8_t payload[SP_MAX_PAYLOAD];
 /* a well-formed request of a random type, or a malformed one the message layer must refuse */
 static size_t seed_frame(uint32_t seq)
 {
-    uint8_t type = (uint8_t)(1u + below(6));
+    uint8_t type = (uint8_t)(1u + below(8));
     uint16_t flags = (uint16_t)(below(4) == 0 ? rnd() : (below(2) ? SP_FLAG_RETRANSMIT : 0));
     uint32_t n = 0;
     uint64_t off = below(8) == 0 ? ((uint64_t)rnd() << 32 | rnd()) : (uint64_t)below(CAPACITY / 512u + 2u) * 512u;
@@ -112,6 +112,18 @@ static size_t seed_frame(uint32_t seq)
         for (uint32_t i = 8; i < n; i++)
             payload[i] = (uint8_t)(below(4) ? 'a' + below(26) : rnd());
         break;
+    case SP_MSG_BACKUP_READ: { /* half the time a backup the board holds */
+        sp_manifest m;
+        uint32_t member;
+        uint32_t held = sp_board_backup_count(&board);
+        uint64_t id = (held && below(2) && !sp_board_backup_info(&board, below(held), &m, &member))
+                          ? m.trigger_id : (below(2) ? below(8) : ((uint64_t)rnd() << 32 | rnd()));
+        sp_put64(payload, id);
+        sp_put64(payload + 8, off);
+        sp_put32(payload + 16, below(8) == 0 ? rnd() : (below(16) + 1u) * 512u);
+        n = 20;
+        break;
+    }
     default:
         break;
     }
@@ -237,7 +249,8 @@ int main(int argc, char **argv)
             for (size_t i = 0; i < n; i++)
                 wire[i] = (uint8_t)rnd();
         } else {
-            n = mutate(seed_frame(below(4) ? seq : rnd()));
+            /* half the time the seq the board executes next, so requests run rather than wait in the window */
+            n = mutate(seed_frame(below(2) ? board.session.expected : below(2) ? seq : rnd()));
             seq += below(3);
         }
         sp_board_data_in(&board, wire, n);
