@@ -75,12 +75,13 @@ class ServerProcess:
         self._reader = threading.Thread(target=read, daemon=True)
         self._reader.start()
         if not ready.wait(timeout) or self.proc.poll() is not None:
-            self.stop(timeout=5)
+            self.stop(timeout=5)   # closes the log file: log() reads it back from disk
             raise ServerError(f"splitpoint serve did not start: {self.log()[-2000:]}")
         return self
 
     def log(self) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:
+            self._stderr.flush()
         with open(os.path.join(self.workdir, "serve.log")) as fh:
             return "\n".join(self.output) + "\n" + fh.read()
 

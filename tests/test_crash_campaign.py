@@ -169,7 +169,8 @@ def one_round(server, ctl: ControlLine, model: Model, rng: random.Random, cuts: 
                 image = digest(model.image)
                 unanswered.add(image)     # if the kill swallows the OK
                 answer = ctl.ask("TRIGGER campaign")
-                m = re.fullmatch(r"OK (\d+) seq=(\d+)", answer)
+                # a cut that recycled the last complete copy says so after the seq (warning=...)
+                m = re.fullmatch(r"OK (\d+) seq=(\d+)(?: warning=\S+(?: recycled=\S+)?)?", answer)
                 assert m, answer
                 cuts[int(m[1])] = (image, int(m[2]))
                 made.append((int(m[1]), time.monotonic()))

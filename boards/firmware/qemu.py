@@ -10,6 +10,7 @@ and handshakes with its own INFO; the firmware prints no banner.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -43,8 +44,13 @@ def build(board_id: str, port: str | None = None) -> str:
         raise QemuError("arm-none-eabi-gcc is missing: run `make firmware` (it installs gcc-arm-none-eabi)")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", board_id):
         raise QemuError(f"board id {board_id!r} must be 1-32 letters, digits, dots, dashes or underscores")
-    out = subprocess.run(["make", "-s", "-C", os.path.join(PORTS, port), f"BOARD_ID={board_id}"],
-                         capture_output=True, text=True)
+    # two processes (test workers, two `emulate --qemu`) building the same port at once would write
+    # the same object files: one build at a time per port
+    os.makedirs(os.path.join(PORTS, port, "build"), exist_ok=True)
+    with open(os.path.join(PORTS, port, "build", ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = subprocess.run(["make", "-s", "-C", os.path.join(PORTS, port), f"BOARD_ID={board_id}"],
+                             capture_output=True, text=True)
     if out.returncode:
         raise QemuError(f"building the {port} firmware failed:\n{out.stdout}{out.stderr}")
     return os.path.join(PORTS, port, "build", board_id, "firmware.elf")
