@@ -225,40 +225,85 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                                            for _seq, offset, cookie, length, op, _flags in descs
                                            if (op == _WRITE or op == _TRIM or op == _ZEROES)
                                            and type(entries[cookie][0]) is Lun])
-        lun_ops = self._lun_ops
-        for seq, offset, cookie, length, op, flags in descs:
-            lun, data, label, cb, err = entries.pop(cookie)
-            result = None
-            trig = None
-            if err is None:
-                try:
-                    if type(lun) is Lun:
-                        try:
-                            handler = (self._sub_block_ops if flags & FLAG_SUB_BLOCK else lun_ops)[op]
-                        except KeyError:
-                            handler = self._unknown_op
-                        result = handler(lun, seq, op, offset, length, data, flags, label, refused)
-                        if type(result) is TriggerResult:
-                            trig, result = result, None
-                    else:
-                        result = self._backup_ops.get(op, self._not_for_backup)(lun, op, offset, length)
-                        if type(result) is LateRead:
-                            self._read_late(result, seq, op, cb)
+        # READ and WRITE (without flags: FUA goes through the devices' write()) on a LUN of memory
+        # devices run in the memlun kernel: one call each, the same bytes, marks and errors (a
+        # request it cannot serve takes the general path). A LUN's memory path holds until a
+        # request takes the general path (a TRIGGER rotates the pool).
+        mem_lun = mem = None
+        fast = refused is None
+        writes = written = reads = read_bytes = 0
+        try:
+            for seq, offset, cookie, length, op, flags in descs:
+                lun, data, label, cb, err = entries.pop(cookie)
+                if fast and (op == _WRITE or op == _READ) and not flags and err is None and type(lun) is Lun:
+                    if lun is not mem_lun:
+                        mem_lun, mem = lun, lun.memory_path()
+                    if mem is not None:
+                        if op == _WRITE:
+                            result = None
+                            done = mem.write(offset, length, data, lun.epoch)
+                            if done:
+                                writes += 1
+                                written += length
+                        else:
+                            result = mem.read(offset, length)
+                            done = result is not None
+                            if done:
+                                reads += 1
+                                read_bytes += length
+                        if done:
+                            if cb is not None:
+                                if lun.holds:
+                                    lun.held.append((cb, Completion(seq, op, None, result, None)))
+                                    continue
+                                try:
+                                    cb(Completion(seq, op, None, result, None))
+                                except Exception:   # a producer's callback must not stop the controller
+                                    counters["callback_errors"] += 1
                             continue
-                except E.ControllerError as exc:
-                    err = exc
-                except HalError as exc:
-                    err = E.DeviceIOError(f"LUN {getattr(lun, 'name', lun)}: {exc}")
-            if err is not None:
-                counters["errors"] += 1
-            if cb is not None:
-                if type(lun) is Lun and lun.holds and trig is None:
-                    lun.held.append((cb, Completion(seq, op, err, result, trig)))
-                    continue
-                try:
-                    cb(Completion(seq, op, err, result, trig))
-                except Exception:   # a producer's callback must not stop the controller
-                    counters["callback_errors"] += 1
+                mem_lun = None
+                self._execute_one(lun, data, label, cb, err, seq, offset, cookie, length, op, flags, refused)
+        finally:
+            if writes or reads:
+                counters["writes"] += writes
+                counters["bytes_written"] += written
+                counters["reads"] += reads
+                counters["bytes_read"] += read_bytes
+
+    def _execute_one(self, lun, data, label, cb, err, seq, offset, cookie, length, op, flags, refused) -> None:
+        """One request through the opcode table, completed (or held, or left to a DeviceQueue)."""
+        counters = self.counters
+        result = None
+        trig = None
+        if err is None:
+            try:
+                if type(lun) is Lun:
+                    try:
+                        handler = (self._sub_block_ops if flags & FLAG_SUB_BLOCK else self._lun_ops)[op]
+                    except KeyError:
+                        handler = self._unknown_op
+                    result = handler(lun, seq, op, offset, length, data, flags, label, refused)
+                    if type(result) is TriggerResult:
+                        trig, result = result, None
+                else:
+                    result = self._backup_ops.get(op, self._not_for_backup)(lun, op, offset, length)
+                    if type(result) is LateRead:
+                        self._read_late(result, seq, op, cb)
+                        return
+            except E.ControllerError as exc:
+                err = exc
+            except HalError as exc:
+                err = E.DeviceIOError(f"LUN {getattr(lun, 'name', lun)}: {exc}")
+        if err is not None:
+            counters["errors"] += 1
+        if cb is not None:
+            if type(lun) is Lun and lun.holds and trig is None:
+                lun.held.append((cb, Completion(seq, op, err, result, trig)))
+                return
+            try:
+                cb(Completion(seq, op, err, result, trig))
+            except Exception:   # a producer's callback must not stop the controller
+                counters["callback_errors"] += 1
 
     # -- the opcode tables: one handler per opcode; each checks its request's range once -------------
     def _opcode_tables(self) -> None:
