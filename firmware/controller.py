@@ -62,6 +62,12 @@ log = logging.getLogger("splitpoint.controller")
 QUEUE_POLL = 0.005
 
 
+def untagged(cb):
+    """A tagged callback ``(fn, a, b)`` as a ``callback(Completion)``."""
+    fn, a, b = cb
+    return lambda c: fn(a, b, c.error, c.data)
+
+
 class Controller(BlockingCalls, BackupRequests, Reports):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
@@ -133,6 +139,9 @@ class Controller(BlockingCalls, BackupRequests, Reports):
     def submit(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
                callback=None, group=None) -> int:
         """Queue one request; ``callback(Completion)`` runs on the owner thread. Returns its seq.
+
+        ``callback`` may instead be a tagged callback ``(fn, a, b)``: ``fn(a, b, error, data)`` is
+        called, with no Completion built on the memory path (``data``: a READ's bytes, else None).
 
         ``group`` (TRIGGER only): the consistency-group token of a two-phase group TRIGGER
         (``firmware/group.py``). Raises QueueFullError when the ring is full and ShuttingDownError
@@ -254,10 +263,15 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                         if done:
                             if cb is not None:
                                 if lun.holds:
-                                    lun.held.append((cb, Completion(seq, op, None, result, None)))
+                                    lun.held.append((untagged(cb) if type(cb) is tuple else cb,
+                                                     Completion(seq, op, None, result, None)))
                                     continue
                                 try:
-                                    cb(Completion(seq, op, None, result, None))
+                                    if type(cb) is tuple:
+                                        fn, tag, tag2 = cb
+                                        fn(tag, tag2, None, result)
+                                    else:
+                                        cb(Completion(seq, op, None, result, None))
                                 except Exception:   # a producer's callback must not stop the controller
                                     counters["callback_errors"] += 1
                             continue
@@ -275,6 +289,8 @@ class Controller(BlockingCalls, BackupRequests, Reports):
         counters = self.counters
         result = None
         trig = None
+        if type(cb) is tuple:
+            cb = untagged(cb)
         if err is None:
             try:
                 if type(lun) is Lun:

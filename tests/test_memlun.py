@@ -234,3 +234,26 @@ def test_requests_the_kernel_cannot_serve_get_the_general_paths_errors():
         assert ctl.counters["errors"] == 4 and ctl.counters["writes"] == 0
     finally:
         ctl.close()
+
+
+@pytest.mark.parametrize("member_url", [None, f"ram://?size={CSIZE}&faults=delay=0ms"])
+def test_tagged_callbacks_on_the_memory_and_the_general_path(member_url):
+    """``callback=(fn, a, b)`` gets fn(a, b, error, data) whichever path executes the request."""
+    from splitpoint.firmware import errors as E
+    from splitpoint.firmware.requests import Op
+    ctl = controller(member_url=member_url)
+    try:
+        got = []
+
+        def fn(a, b, error, data):
+            got.append((a, b, type(error), data))
+
+        ctl.submit("lun0", Op.WRITE, 0, 512, b"t" * 512, callback=(fn, 1, 0))
+        ctl.submit("lun0", Op.READ, 0, 512, callback=(fn, 2, 0))
+        ctl.submit("lun0", Op.READ, CSIZE, 512, callback=(fn, 3, CSIZE))
+        ctl.submit("lun0", Op.WRITE, 0, 512, b"u" * 512, flags=1 << 8, callback=(fn, 4, 0))   # FUA
+        ctl.poll()
+        assert got == [(1, 0, type(None), None), (2, 0, type(None), b"t" * 512),
+                       (3, CSIZE, E.OutOfRangeError, None), (4, 0, type(None), None)]
+    finally:
+        ctl.close()
