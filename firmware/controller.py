@@ -8,6 +8,8 @@ the epoch advances and the TRIGGER follows the earlier writes down every path),
 completions held for a consistency group, and shutdown. Around it:
 ``topology.py`` builds the LUNs, cascades and pools from the configuration;
 ``recovery.py`` decides what is persisted when and what a restart may trust;
+``lunops.py`` holds the opcode table's handlers on a LUN (READ and WRITE on
+a LUN of memory devices skip them for the ``memlun`` kernel, one call each);
 ``backups.py`` serves requests on frozen backups; ``reports.py`` the listings,
 verify and status; ``calls.py`` the owner thread and blocking calls.
 
@@ -35,12 +37,13 @@ from splitpoint.firmware import errors as E
 from splitpoint.firmware.calls import BlockingCalls
 from splitpoint.firmware.group import GroupToken
 from splitpoint.firmware.lun import Lun
+from splitpoint.firmware.lunops import LunRequests
 from splitpoint.firmware.metadata import MetadataStore
 from splitpoint.firmware.pool import INCONSISTENT, BackupPool
 from splitpoint.firmware.recovery import Recovery
 from splitpoint.firmware.backups import BackupRequests, LateRead
 from splitpoint.firmware.reports import Reports
-from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, FLAGS_KNOWN, Completion, Op, TriggerResult, label_bytes,
+from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, Completion, Op, TriggerResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.topology import Topology
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
@@ -48,11 +51,8 @@ from splitpoint.hal import HalError
 
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
-_FLUSH = int(Op.FLUSH)
 _TRIM = int(Op.TRIM)
-_CACHE = int(Op.CACHE)
 _ZEROES = int(Op.WRITE_ZEROES)
-_TRIGGER = int(Op.TRIGGER)
 _U64 = 1 << 64
 _U32 = 1 << 32
 
@@ -68,7 +68,7 @@ def untagged(cb):
     return lambda c: fn(a, b, c.error, c.data)
 
 
-class Controller(BlockingCalls, BackupRequests, Reports):
+class Controller(BlockingCalls, LunRequests, BackupRequests, Reports):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
     def __init__(self, config):
@@ -320,86 +320,6 @@ class Controller(BlockingCalls, BackupRequests, Reports):
                 cb(Completion(seq, op, err, result, trig))
             except Exception:   # a producer's callback must not stop the controller
                 counters["callback_errors"] += 1
-
-    # -- the opcode tables: one handler per opcode; each checks its request's range once -------------
-    def _opcode_tables(self) -> None:
-        """Bind the handlers: requests on a LUN, the same with FLAG_SUB_BLOCK, and requests on a backup."""
-        self._lun_ops = {_WRITE: self._write, _READ: self._read, _TRIGGER: self._trigger, _FLUSH: self._flush,
-                         _TRIM: self._trim_or_zero, _ZEROES: self._trim_or_zero, _CACHE: self._cache}
-        self._sub_block_ops = {_WRITE: self._sub_block, _TRIM: self._sub_block, _ZEROES: self._sub_block}
-        self._backup_ops = {_READ: self._read_backup_target, _FLUSH: self._backup_nothing,
-                            _CACHE: self._backup_nothing, _WRITE: self._backup_frozen, _TRIM: self._backup_frozen,
-                            _ZEROES: self._backup_frozen}
-
-    @staticmethod
-    def _unknown_op(lun, seq, op, offset, length, data, flags, label, refused):
-        if flags & FLAG_SUB_BLOCK:
-            raise E.BadRequestError(f"the sub-block flag applies to WRITE, TRIM and WRITE_ZEROES, not opcode {op}")
-        raise E.BadRequestError(f"unknown opcode {op}; opcodes: {', '.join(f'{o.name}={o.value}' for o in Op)}")
-
-    def _write(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.check_range(offset, length, True)
-        if lun.read_only:
-            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-        if flags & ~FLAGS_KNOWN:
-            raise E.BadRequestError(f"unknown flags {flags:#x}")
-        if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
-            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
-        if refused and lun in refused:
-            raise E.MetadataError(refused[lun])
-        lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
-        counters = self.counters
-        counters["writes"] += 1
-        counters["bytes_written"] += length
-
-    def _read(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> bytes:
-        lun.check_range(offset, length, False)
-        result = lun.read(offset, length)
-        counters = self.counters
-        counters["reads"] += 1
-        counters["bytes_read"] += length
-        return result
-
-    def _trigger(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> TriggerResult:
-        return self._split(lun, seq, label, data)   # a TRIGGER's data slot holds its group token
-
-    def _flush(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.flush()
-        self.counters["flushes"] += 1
-
-    def _trim_or_zero(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.check_range(offset, length, True)
-        if lun.read_only:
-            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-        if refused and lun in refused:
-            raise E.MetadataError(refused[lun])
-        lun.apply(op, offset, length, None, flags, lun.epoch)
-        self.counters["trims" if op == _TRIM else "zeroes"] += 1
-
-    @staticmethod
-    def _cache(lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.check_range(offset, length, False)
-
-    def _sub_block(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK): executed
-        in its place in the sequence by the LUN, which rewrites the partial blocks at either end whole."""
-        flags &= ~FLAG_SUB_BLOCK
-        lun.check_range(offset, length, True, aligned=False)
-        if lun.read_only:
-            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-        if flags & ~FLAGS_KNOWN:
-            raise E.BadRequestError(f"unknown flags {flags:#x}")
-        if op == _WRITE and (data is None or memoryview(data).nbytes != length):
-            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
-        if refused and lun in refused:
-            raise E.MetadataError(refused[lun])
-        lun.apply_unaligned(op, offset, length, data, flags)
-        counters = self.counters
-        if op == _WRITE:
-            counters["writes"] += 1
-            counters["bytes_written"] += length
-        else:
-            counters["trims" if op == _TRIM else "zeroes"] += 1
 
     def _split(self, lun: Lun, seq: int, label, group=None) -> TriggerResult:
         """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path.
