@@ -257,3 +257,25 @@ def test_tagged_callbacks_on_the_memory_and_the_general_path(member_url):
                        (3, CSIZE, E.OutOfRangeError, None), (4, 0, type(None), None)]
     finally:
         ctl.close()
+
+
+def test_a_member_on_a_device_queue_gets_every_write_through_its_queue():
+    """A DeviceQueue over a RAM disk answers writable_buffer from its device, but has no buffer():
+    the LUN stays on the general path and the member's queue sees every op."""
+    from splitpoint.firmware.devio import DeviceQueue
+    from splitpoint.hal.ram import RamDevice
+    ctl = controller()
+    try:
+        lun = ctl.luns["lun0"]
+        member = lun.pools[0].active
+        ram = RamDevice(CSIZE, 512)
+        dq = DeviceQueue(ram, "member")
+        assert dq.writable_buffer is True and dq.buffer() is None
+        member.device = dq
+        assert lun.memory_path() is None
+        ctl.write("lun0", 0, b"q" * 512)
+        dq.flush_and_wait()
+        assert ram.read(0, 512) == b"q" * 512   # only the queue's worker writes to this RAM disk
+        dq.close()
+    finally:
+        ctl.close()
