@@ -286,10 +286,15 @@ class Lun(LunNode):
         dev = self.device
         if self.cow or dev.read_only or getattr(dev, "writable_buffer", False) is not True:
             return None
-        buf = dev.buffer()
-        mirror = None
         paths = self.paths
-        if buf is None or len(paths) > 1:
+        if len(paths) > 1:
+            return None
+        try:
+            buf = dev.buffer()
+        except HalError:        # a closed device: the general path gives the request its error
+            return None
+        mirror = None
+        if buf is None:
             return None
         if paths:
             path = paths[0]
@@ -302,7 +307,10 @@ class Lun(LunNode):
                 if (mdev.read_only or getattr(mdev, "writable_buffer", False) is not True
                         or mdev.size < self.size):
                     return None
-                mirror = mdev.buffer()
+                try:
+                    mirror = mdev.buffer()
+                except HalError:    # the general path demotes the member
+                    return None
                 if mirror is None:
                     return None
         zeros = self.zeros if self._zeros_any else None

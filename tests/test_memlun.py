@@ -279,3 +279,25 @@ def test_a_member_on_a_device_queue_gets_every_write_through_its_queue():
         dq.close()
     finally:
         ctl.close()
+
+
+@pytest.mark.parametrize("which", ["primary", "member"])
+def test_a_closed_device_gets_the_general_paths_answer(which):
+    """A device closed under the LUN: the request fails (primary) or the member is demoted, as before."""
+    from splitpoint.firmware import errors as E
+    from splitpoint.firmware.requests import Op
+    ctl = controller()
+    try:
+        lun = ctl.luns["lun0"]
+        assert lun.memory_path() is not None
+        member = lun.pools[0].active
+        (lun.device if which == "primary" else member.device).close()
+        done = []
+        ctl.submit("lun0", Op.WRITE, 0, 512, b"c" * 512, callback=done.append)
+        ctl.poll()
+        if which == "primary":
+            assert isinstance(done[0].error, E.DeviceIOError)
+        else:
+            assert done[0].error is None and member.state == "inconsistent"
+    finally:
+        ctl.close()
