@@ -8,6 +8,8 @@ the epoch advances and the TRIGGER follows the earlier writes down every path),
 completions held for a consistency group, and shutdown. Around it:
 ``topology.py`` builds the LUNs, cascades and pools from the configuration;
 ``recovery.py`` decides what is persisted when and what a restart may trust;
+``lunops.py`` holds the opcode table's handlers on a LUN (READ and WRITE on
+a LUN of memory devices skip them for the ``memlun`` kernel, one call each);
 ``backups.py`` serves requests on frozen backups; ``reports.py`` the listings,
 verify and status; ``calls.py`` the owner thread and blocking calls.
 
@@ -35,6 +37,7 @@ from splitpoint.firmware import errors as E
 from splitpoint.firmware.calls import BlockingCalls
 from splitpoint.firmware.group import ConfiguredGroup, GroupToken
 from splitpoint.firmware.lun import Lun
+from splitpoint.firmware.lunops import LunRequests
 from splitpoint.firmware.metadata import MetadataStore
 from splitpoint.firmware.pool import INCONSISTENT, BackupPool
 from splitpoint.firmware.recovery import Recovery
@@ -43,7 +46,7 @@ from splitpoint.firmware.reports import Reports
 from splitpoint.firmware.retention import BackupRetention, check_trigger
 from splitpoint.firmware.changes import ChangedBlocks
 from splitpoint.firmware.restore import Restores
-from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, FLAGS_KNOWN, Completion, Op, TriggerResult, label_bytes,
+from splitpoint.firmware.requests import (FLAG_SUB_BLOCK, Completion, Op, TriggerResult, label_bytes,
                                           label_text)
 from splitpoint.firmware.topology import Topology
 from splitpoint.firmware.triggers import LABEL_MAX, TriggerEvent
@@ -51,11 +54,8 @@ from splitpoint.hal import HalError
 
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
-_FLUSH = int(Op.FLUSH)
 _TRIM = int(Op.TRIM)
-_CACHE = int(Op.CACHE)
 _ZEROES = int(Op.WRITE_ZEROES)
-_TRIGGER = int(Op.TRIGGER)
 _U64 = 1 << 64
 _U32 = 1 << 32
 
@@ -65,7 +65,14 @@ log = logging.getLogger("splitpoint.controller")
 QUEUE_POLL = 0.005
 
 
-class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, ChangedBlocks, Restores):
+def untagged(cb):
+    """A tagged callback ``(fn, a, b)`` as a ``callback(Completion)``."""
+    fn, a, b = cb
+    return lambda c: fn(a, b, c.error, c.data)
+
+
+class Controller(BlockingCalls, LunRequests, BackupRequests, Reports, BackupRetention, ChangedBlocks,
+                 Restores):
     """The controller of one device: its LUNs, their mirror paths and backup pools."""
 
     def __init__(self, config):
@@ -147,6 +154,9 @@ class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, Change
     def submit(self, lun, op, offset: int = 0, length: int = 0, data=None, flags: int = 0, label=None,
                callback=None, group=None) -> int:
         """Queue one request; ``callback(Completion)`` runs on the owner thread. Returns its seq.
+
+        ``callback`` may instead be a tagged callback ``(fn, a, b)``: ``fn(a, b, error, data)`` is
+        called, with no Completion built on the memory path (``data``: a READ's bytes, else None).
 
         ``group`` (TRIGGER only): the consistency-group token of a two-phase group TRIGGER
         (``firmware/group.py``). Raises QueueFullError when the ring is full and ShuttingDownError
@@ -239,122 +249,92 @@ class Controller(BlockingCalls, BackupRequests, Reports, BackupRetention, Change
                                            for _seq, offset, cookie, length, op, _flags in descs
                                            if (op == _WRITE or op == _TRIM or op == _ZEROES)
                                            and type(entries[cookie][0]) is Lun])
-        lun_ops = self._lun_ops
-        sub_block_ops = self._sub_block_ops
-        for seq, offset, cookie, length, op, flags in descs:
-            lun, data, label, cb, err = entries.pop(cookie)
-            result = None
-            trig = None
-            if err is None:
-                try:
-                    if type(lun) is Lun:
-                        try:
-                            handler = (sub_block_ops if flags & FLAG_SUB_BLOCK else lun_ops)[op]
-                        except KeyError:
-                            handler = self._unknown_op
-                        result = handler(lun, seq, op, offset, length, data, flags, label, refused)
-                        if type(result) is TriggerResult:
-                            trig, result = result, None
-                    else:
-                        result = self._backup_ops.get(op, self._not_for_backup)(lun, op, offset, length)
-                        if type(result) is LateRead:
-                            self._read_late(result, seq, op, cb)
+        # READ and WRITE (without flags: FUA goes through the devices' write()) on a LUN of memory
+        # devices run in the memlun kernel: one call each, the same bytes, marks and errors (a
+        # request it cannot serve takes the general path). A LUN's memory path holds until a
+        # request takes the general path (a TRIGGER rotates the pool).
+        mem_lun = mem = None
+        fast = refused is None
+        writes = written = reads = read_bytes = 0
+        try:
+            for seq, offset, cookie, length, op, flags in descs:
+                lun, data, label, cb, err = entries.pop(cookie)
+                if fast and (op == _WRITE or op == _READ) and not flags and err is None and type(lun) is Lun:
+                    if lun is not mem_lun:
+                        mem_lun, mem = lun, lun.memory_path()
+                    if mem is not None:
+                        if op == _WRITE:
+                            result = None
+                            done = mem.write(offset, length, data, lun.epoch)
+                            if done:
+                                writes += 1
+                                written += length
+                        else:
+                            result = mem.read(offset, length)
+                            done = result is not None
+                            if done:
+                                reads += 1
+                                read_bytes += length
+                        if done:
+                            if cb is not None:
+                                if lun.holds:
+                                    lun.held.append((untagged(cb) if type(cb) is tuple else cb,
+                                                     Completion(seq, op, None, result, None)))
+                                    continue
+                                try:
+                                    if type(cb) is tuple:
+                                        fn, tag, tag2 = cb
+                                        fn(tag, tag2, None, result)
+                                    else:
+                                        cb(Completion(seq, op, None, result, None))
+                                except Exception:   # a producer's callback must not stop the controller
+                                    counters["callback_errors"] += 1
                             continue
-                except E.ControllerError as exc:
-                    err = exc
-                except HalError as exc:
-                    err = E.DeviceIOError(f"LUN {getattr(lun, 'name', lun)}: {exc}")
-            if err is not None:
-                counters["errors"] += 1
-            if cb is not None:
-                if type(lun) is Lun and lun.holds and trig is None:
-                    lun.held.append((cb, Completion(seq, op, err, result, trig)))
-                    continue
-                try:
-                    cb(Completion(seq, op, err, result, trig))
-                except Exception:   # a producer's callback must not stop the controller
-                    counters["callback_errors"] += 1
+                mem_lun = None
+                self._execute_one(lun, data, label, cb, err, seq, offset, cookie, length, op, flags, refused)
+        finally:
+            if writes or reads:
+                counters["writes"] += writes
+                counters["bytes_written"] += written
+                counters["reads"] += reads
+                counters["bytes_read"] += read_bytes
 
-    # -- the opcode tables: one handler per opcode; each checks its request's range once -------------
-    def _opcode_tables(self) -> None:
-        """Bind the handlers: requests on a LUN, the same with FLAG_SUB_BLOCK, and requests on a backup."""
-        self._lun_ops = {_WRITE: self._write, _READ: self._read, _TRIGGER: self._trigger, _FLUSH: self._flush,
-                         _TRIM: self._trim_or_zero, _ZEROES: self._trim_or_zero, _CACHE: self._cache,
-                         int(Op.RESTORE): self._restore}
-        self._sub_block_ops = {_WRITE: self._sub_block, _TRIM: self._sub_block, _ZEROES: self._sub_block}
-        self._backup_ops = {_READ: self._read_backup_target, _FLUSH: self._backup_nothing,
-                            _CACHE: self._backup_nothing, _WRITE: self._backup_frozen, _TRIM: self._backup_frozen,
-                            _ZEROES: self._backup_frozen}
-
-    @staticmethod
-    def _unknown_op(lun, seq, op, offset, length, data, flags, label, refused):
-        if flags & FLAG_SUB_BLOCK:
-            raise E.BadRequestError(f"the sub-block flag applies to WRITE, TRIM and WRITE_ZEROES, not opcode {op}")
-        raise E.BadRequestError(f"unknown opcode {op}; opcodes: {', '.join(f'{o.name}={o.value}' for o in Op)}")
-
-    def _write(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.check_range(offset, length, True)
-        if lun.read_only:
-            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-        if flags & ~FLAGS_KNOWN:
-            raise E.BadRequestError(f"unknown flags {flags:#x}")
-        if data is None or (len(data) if type(data) is bytes else memoryview(data).nbytes) != length:
-            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
-        if refused and lun in refused:
-            raise E.MetadataError(refused[lun])
-        lun.apply(_WRITE, offset, length, data, flags, lun.epoch)
+    def _execute_one(self, lun, data, label, cb, err, seq, offset, cookie, length, op, flags, refused) -> None:
+        """One request through the opcode table, completed (or held, or left to a DeviceQueue)."""
         counters = self.counters
-        counters["writes"] += 1
-        counters["bytes_written"] += length
-
-    def _read(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> bytes:
-        lun.check_range(offset, length, False)
-        result = lun.read(offset, length)
-        counters = self.counters
-        counters["reads"] += 1
-        counters["bytes_read"] += length
-        return result
-
-    def _trigger(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> TriggerResult:
-        return self._split(lun, seq, label, data)   # a TRIGGER's data slot holds its group token
-
-    def _flush(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.flush()
-        self.counters["flushes"] += 1
-
-    def _trim_or_zero(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.check_range(offset, length, True)
-        if lun.read_only:
-            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-        if refused and lun in refused:
-            raise E.MetadataError(refused[lun])
-        lun.apply(op, offset, length, None, flags, lun.epoch)
-        self.counters["trims" if op == _TRIM else "zeroes"] += 1
-
-    @staticmethod
-    def _cache(lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        lun.check_range(offset, length, False)
-
-    def _sub_block(self, lun: Lun, seq, op, offset, length, data, flags, label, refused) -> None:
-        """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned (FLAG_SUB_BLOCK): executed
-        in its place in the sequence by the LUN, which rewrites the partial blocks at either end whole."""
-        flags &= ~FLAG_SUB_BLOCK
-        lun.check_range(offset, length, True, aligned=False)
-        if lun.read_only:
-            raise E.ReadOnlyError(f"LUN {lun.name} is read-only")
-        if flags & ~FLAGS_KNOWN:
-            raise E.BadRequestError(f"unknown flags {flags:#x}")
-        if op == _WRITE and (data is None or memoryview(data).nbytes != length):
-            raise E.BadRequestError(f"WRITE of {length} bytes needs exactly {length} bytes of data")
-        if refused and lun in refused:
-            raise E.MetadataError(refused[lun])
-        lun.apply_unaligned(op, offset, length, data, flags)
-        counters = self.counters
-        if op == _WRITE:
-            counters["writes"] += 1
-            counters["bytes_written"] += length
-        else:
-            counters["trims" if op == _TRIM else "zeroes"] += 1
+        result = None
+        trig = None
+        if type(cb) is tuple:
+            cb = untagged(cb)
+        if err is None:
+            try:
+                if type(lun) is Lun:
+                    try:
+                        handler = (self._sub_block_ops if flags & FLAG_SUB_BLOCK else self._lun_ops)[op]
+                    except KeyError:
+                        handler = self._unknown_op
+                    result = handler(lun, seq, op, offset, length, data, flags, label, refused)
+                    if type(result) is TriggerResult:
+                        trig, result = result, None
+                else:
+                    result = self._backup_ops.get(op, self._not_for_backup)(lun, op, offset, length)
+                    if type(result) is LateRead:
+                        self._read_late(result, seq, op, cb)
+                        return
+            except E.ControllerError as exc:
+                err = exc
+            except HalError as exc:
+                err = E.DeviceIOError(f"LUN {getattr(lun, 'name', lun)}: {exc}")
+        if err is not None:
+            counters["errors"] += 1
+        if cb is not None:
+            if type(lun) is Lun and lun.holds and trig is None:
+                lun.held.append((cb, Completion(seq, op, err, result, trig)))
+                return
+            try:
+                cb(Completion(seq, op, err, result, trig))
+            except Exception:   # a producer's callback must not stop the controller
+                counters["callback_errors"] += 1
 
     def _split(self, lun: Lun, seq: int, label, group=None) -> TriggerResult:
         """TRIGGER dequeued: split in O(1) (the epoch advances), then send it down every path.

@@ -23,6 +23,7 @@ from splitpoint.firmware.resync import Sweep, copy_between
 from splitpoint.hal import HalError
 
 _em = pyx.select("epochmap")
+_memlun = pyx.select("memlun")
 
 _WRITE = int(Op.WRITE)
 _TRIM = int(Op.TRIM)
@@ -309,6 +310,55 @@ class Lun(LunNode):
         self.created = time.time()
         self.restoring: str | None = None   # the backup a RESTORE is copying now (kept across a crash)
         self.restore_note: str | None = None   # what the last restart did with an interrupted RESTORE
+        self._memory = None            # (MemoryLun, what it was built from) of memory_path()
+
+    def memory_path(self):
+        """The MemoryLun that may execute a WRITE or READ on this LUN now, or None.
+
+        Only where the kernel does exactly what ``apply`` and ``read`` would: no copy-on-write
+        pending, a primary device and a mirror target (the active member of one synchronous
+        pool, or none) whose HAL contract declares ``writable_buffer`` and that are writable, and
+        no other path. A filter, a DeviceQueue, a file or a cascade never qualifies. Valid until
+        the next request that takes the general path (a TRIGGER rotates the pool)."""
+        dev = self.device
+        if self.cow or dev.read_only or getattr(dev, "writable_buffer", False) is not True:
+            return None
+        paths = self.paths
+        if len(paths) > 1:
+            return None
+        try:
+            buf = dev.buffer()
+        except HalError:        # a closed device: the general path gives the request its error
+            return None
+        mirror = None
+        if buf is None:
+            return None
+        if paths:
+            path = paths[0]
+            pool = path.target
+            if not path.sync or not getattr(pool, "absorbs_errors", False):
+                return None
+            member = pool.active
+            if member is not None:
+                mdev = member.device
+                if (mdev.read_only or getattr(mdev, "writable_buffer", False) is not True
+                        or mdev.size < self.size):
+                    return None
+                try:
+                    mirror = mdev.buffer()
+                except HalError:    # the general path demotes the member
+                    return None
+                if mirror is None:
+                    return None
+        zeros = self.zeros if self._zeros_any else None
+        cached = self._memory
+        if cached is not None:
+            mem, was = cached
+            if was[0] is buf and was[1] is mirror and was[2] is self.epochs and was[3] is zeros:
+                return mem
+        mem = _memlun.MemoryLun(buf, mirror, self.epochs, zeros, self.size, self.block_size)
+        self._memory = (mem, (buf, mirror, self.epochs, zeros))
+        return mem
 
     def apply_unaligned(self, op: int, offset: int, length: int, data, flags: int) -> None:
         """A WRITE, TRIM or WRITE_ZEROES whose range need not be block-aligned, in the current epoch.

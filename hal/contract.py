@@ -93,6 +93,9 @@ class BlockDevice:
     #: True when the device is a controller that takes TRIGGERs in band (``trigger(id, label, missed)``, in
     #: order behind the writes) and cuts its own backups (a device link, a board running the firmware)
     cuts_itself: bool = False
+    #: True when ``buffer()`` is the medium itself and ``write()`` only copies into it (nothing to make
+    #: durable, no filter, no queue): a kernel that checked bounds and read_only may then write there
+    writable_buffer: bool = False
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset``."""
@@ -123,7 +126,8 @@ class BlockDevice:
         """A memoryview of the device's bytes where it has one (ram://), else None.
 
         Callers may READ from it zero-copy; every WRITE still goes through
-        ``write()`` / ``write_zeroes()`` so bounds, read-only and filters apply."""
+        ``write()`` / ``write_zeroes()`` so bounds, read-only and filters apply, unless the device
+        declares ``writable_buffer``."""
         return None
 
     def copy_from(self, src: "BlockDevice", extents) -> int:

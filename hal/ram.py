@@ -23,6 +23,7 @@ class RamTooLargeError(HalError):
 class RamDevice(BlockDevice):
     scheme = "ram"
     persistent = False   # anonymous memory: gone with the process, zeros at start
+    writable_buffer = True   # write() is a copy into buffer() and nothing else
 
     def __init__(self, size: int, block_size: int = 512, read_only: bool = False, name: str = ""):
         check_geometry(size, block_size, GRAMMAR)

@@ -12,7 +12,7 @@ import importlib
 import os
 
 #: every kernel this package ships
-KERNELS = ("ring", "ringload", "epochmap", "blockcopy", "frame", "nbdwire")
+KERNELS = ("ring", "ringload", "epochmap", "blockcopy", "frame", "nbdwire", "memlun")
 
 _selected: dict[str, object] = {}
 

@@ -67,4 +67,6 @@ def test_a_fua_write_through_the_blocking_api_reaches_the_device_as_fua(ctl):
     lun.device.write = recording
     ctl.write("lun0", 0, b"\x01" * 4096, fua=True)
     ctl.write("lun0", 4096, b"\x02" * 4096)
-    assert seen == [True, False]
+    # the plain write may skip write() (a RAM device's memory path), never arrive as FUA
+    assert seen in ([True, False], [True])
+    assert ctl.read("lun0", 0, 8192) == b"\x01" * 4096 + b"\x02" * 4096

@@ -126,9 +126,15 @@ class Replies:
             self.reply_exception(cookie, completion.error)
 
     def _on_write(self, cookie, completion):
-        """Completion of a fast-path WRITE: the common case without a call per layer."""
-        if completion.error is not None or self.closed:
-            self._on_ok(cookie, completion)
+        self._wrote(cookie, 0, completion.error, None)
+
+    def _wrote(self, cookie, _offset, error, _data):
+        """Completion of a fast-path WRITE (a tagged callback: no Completion object per request)."""
+        if error is not None or self.closed:
+            if error is None:
+                self.reply_ok(cookie)
+            else:
+                self.reply_exception(cookie, error)
             return
         self._inflight -= 1
         cost = self._costs.pop(cookie, 0)
@@ -143,10 +149,14 @@ class Replies:
         out.append(_SIMPLE_OK.pack(_SIMPLE_MAGIC, 0, cookie))
 
     def _on_read(self, cookie, offset, completion):
-        if completion.error is not None:
-            self.reply_exception(cookie, completion.error)
+        self._read_done(cookie, offset, completion.error, completion.data)
+
+    def _read_done(self, cookie, offset, error, data):
+        """Completion of a READ (a tagged callback on the fast path, or through ``_on_read``)."""
+        if error is not None:
+            self.reply_exception(cookie, error)
         elif self._structured or self.closed:
-            self.reply_data(cookie, offset, completion.data)
+            self.reply_data(cookie, offset, data)
         else:
             self._inflight -= 1
             cost = self._costs.pop(cookie, 0)
@@ -155,7 +165,6 @@ class Replies:
                 self._replied(cookie, 0)
             else:
                 self._out_cost += cost
-            data = completion.data
             out = self._out
             if not out:
                 self.fe.mark_dirty(self)

@@ -123,7 +123,8 @@ class Transmission:
         A request the budget does not admit ends parsing at its own position (it is scanned again
         once room frees). The fast path takes only requests ``_validate`` would pass (its checks,
         inlined: flags, alignment, bounds, not stopping, nothing held back by a full ring),
-        translates them with the same tables and goes straight to ``ctl.submit``. Anything it
+        translates them with the same tables and goes straight to ``ctl.submit`` with a tagged
+        callback (no Completion and no partial per request). Anything it
         does not take goes through ``_request``.
         """
         request = self._request
@@ -131,7 +132,6 @@ class Transmission:
         fe = self.fe
         if fast is not None and not fe.stopping and not fe.backlogged():
             lun, submit, on_write, on_read, wmask, rmask, bsmask, size = fast
-            partial = functools.partial
         else:
             lun = None
         costs = self._costs
@@ -166,7 +166,7 @@ class Transmission:
                             self._inflight += 1
                             try:
                                 submit(lun, _OP_WRITE, offset, length, payload, ctl_flags[flags], None,
-                                       partial(on_write, cookie))
+                                       (on_write, cookie, 0))
                                 continue
                             except (QueueFullError, ShuttingDownError):
                                 self._inflight -= 1
@@ -174,7 +174,7 @@ class Transmission:
                     elif not flags & rmask and length <= MAX_REQUEST:
                         self._inflight += 1
                         try:
-                            submit(lun, _OP_READ, offset, length, None, 0, None, partial(on_read, cookie, offset))
+                            submit(lun, _OP_READ, offset, length, None, 0, None, (on_read, cookie, offset))
                             continue
                         except (QueueFullError, ShuttingDownError):
                             self._inflight -= 1
@@ -298,7 +298,8 @@ class Transmission:
         self._bsmask = export.block_size - 1
         self._size = export.size
         if self._fast_lun is not None:
-            self._fast = (self._fast_lun, self.fe.ctl.submit, self._on_write, self._on_read,
+            # tagged callbacks (fn, cookie, offset): the controller calls fn(cookie, offset, error, data)
+            self._fast = (self._fast_lun, self.fe.ctl.submit, self._wrote, self._read_done,
                           ~self._allowed[NBD_CMD_WRITE], ~self._allowed[NBD_CMD_READ], self._bsmask, self._size)
         self._phase = TRANSMISSION
         self._want = _HEADER

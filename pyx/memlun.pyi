@@ -1,0 +1,9 @@
+"""Type stubs of the memory-device request path (``memlun.pyx`` and its twin ``memlun_py.py``)."""
+from collections.abc import Buffer
+
+class MemoryLun:
+    size: int
+    block_size: int
+    def __init__(self, primary: Buffer, mirror: Buffer | None, epochs, zeros, size: int, block_size: int) -> None: ...
+    def write(self, offset: int, length: int, data: Buffer | None, epoch: int) -> bool: ...
+    def read(self, offset: int, length: int) -> bytes | None: ...
