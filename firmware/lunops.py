@@ -22,7 +22,7 @@ _TRIGGER = int(Op.TRIGGER)
 
 
 class LunRequests:
-    """The handlers ``Controller._execute_one`` looks up by opcode (``_lun_ops``, ``_sub_block_ops``)."""
+    """The handlers the controller's per-request step looks up by opcode (its ``_lun_ops`` and ``_sub_block_ops`` tables)."""
 
     def _opcode_tables(self) -> None:
         """Bind the handlers: requests on a LUN, the same with FLAG_SUB_BLOCK, and requests on a backup."""
