@@ -134,8 +134,8 @@ class LinkDevice(SerialDevice):
         if scheme == "link+tls":
             if not certificates:
                 raise BadURLError(f"{url!r}: link+tls needs tls-certificates=DIR; grammar: {GRAMMAR}")
-            # the certificate layout (ca-cert.pem, client-cert.pem...) has one home: the NBD edge's TLS module
-            from splitpoint.firmware.frontend.nbd.tls import TlsConfigError, client_context
+            # the certificate layout (ca-cert.pem, client-cert.pem...) has one home: hal/tls.py
+            from splitpoint.hal.tls import TlsConfigError, client_context
             try:
                 tls = client_context(certificates)
             except TlsConfigError as exc:

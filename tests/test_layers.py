@@ -38,3 +38,17 @@ def test_no_controller_module_reads_another_layers_private_state_or_sniffs_a_sch
             if FOREIGN_PRIVATE.search(code) or SCHEME_TEST.search(code):
                 offenders.append(f"{os.path.basename(path)}:{n}: {code.strip()}")
     assert not offenders, offenders
+
+
+def test_the_hal_never_imports_the_firmware():
+    """hal/ is the layer below the controller: a device backend (link+tls:// included) takes nothing from above."""
+    hal = os.path.join(os.path.dirname(FIRMWARE), "hal")
+    found = []
+    for root, _dirs, files in os.walk(hal):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(root, f)
+                for n, code in code_lines(path):
+                    if re.search(r"\bsplitpoint\.firmware\b|\bfrom\s+\.\.firmware\b", code):
+                        found.append(f"{os.path.relpath(path, hal)}:{n}: {code.strip()}")
+    assert not found, found

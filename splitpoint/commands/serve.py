@@ -68,12 +68,11 @@ def _tls_settings(nbd, mode, directory, verify_peer):
 
 def _device_tls(device):
     """The device link listener's TLS context ([device] tls_certificates: every link must speak TLS), or None."""
-    from splitpoint.firmware.frontend.nbd.tls import TlsSettings, server_context
+    from splitpoint.hal.tls import server_context
 
     if not device.tls_certificates:
         return None
-    return server_context(TlsSettings(mode="require", certificates=device.tls_certificates,
-                                      verify_peer=device.tls_verify_peer))
+    return server_context(device.tls_certificates, device.tls_verify_peer)
 
 
 def _keep_large_buffers_on_the_heap():
