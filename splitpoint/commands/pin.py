@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import click
 
-from splitpoint.commands.trigger import CONTROL_HELP
+from splitpoint.commands.trigger import CONTROL_HELP, ask
 
 
 def _send(url: str, verb: str, backup: str, timeout: float) -> None:
-    from splitpoint.firmware.frontend.control import ControlError, exchange
-
     if not backup or len(backup.split()) != 1:
         raise click.BadParameter(f"a backup name is one word like lun0.t3, got {backup!r}", param_hint="BACKUP")
-    try:
-        answer = exchange(url, f"{verb} {backup}", timeout)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
-    if answer != "OK":
-        raise click.ClickException(f"the server refused: {answer}")
+    answer = ask(url, f"{verb} {backup}", timeout, accepted=lambda a: a == "OK")
     click.echo(f"{answer}: {backup} {'pinned' if verb == 'PIN' else 'unpinned'}")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from splitpoint.commands.trigger import CONTROL_HELP
+from splitpoint.commands.trigger import CONTROL_HELP, ask
 
 
 @click.command("restore")
@@ -22,16 +22,7 @@ def command(url, lun, timeout, backup):
     apply on top. From its own LUN only the chunks changed since the cut are copied; into
     another LUN of the same size, every chunk. The LUN's later requests wait until it is done.
     """
-    from splitpoint.firmware.frontend.control import ControlError, exchange
-
     for what, value in (("BACKUP", backup), ("--on", lun)):
         if value is not None and (not value or len(value.split()) != 1):
             raise click.BadParameter(f"a name is one word, got {value!r}", param_hint=what)
-    line = f"RESTORE {backup}" + (f" ON {lun}" if lun else "")
-    try:
-        answer = exchange(url, line, timeout)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not answer.startswith("OK "):
-        raise click.ClickException(f"the server refused: {answer}")
-    click.echo(answer)
+    click.echo(ask(url, f"RESTORE {backup}" + (f" ON {lun}" if lun else ""), timeout))

@@ -3,6 +3,20 @@ from __future__ import annotations
 
 import click
 
+def ask(url: str, line: str, timeout: float, accepted=lambda answer: answer.startswith("OK ")) -> str:
+    """Send one control line and return the server's answer; a channel that fails, or an answer
+    ``accepted`` refuses (an ``ERR``), is a one-line error and a non-zero exit."""
+    from splitpoint.firmware.frontend.control import ControlError, exchange
+
+    try:
+        answer = exchange(url, line, timeout)
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not accepted(answer):
+        raise click.ClickException(f"the server refused: {answer}")
+    return answer
+
+
 CONTROL_HELP = ("Control channel of the running server: the pty path `serve` printed, the link given to "
                 "`serve --control-link`, or any pyserial URL. Default: $SPLITPOINT_CONTROL.")
 
@@ -18,17 +32,10 @@ def command(url, target, timeout, label):
     Prints the server's answer, `OK <id> seq=<n>`, once the mirror has split; the backup is
     then exported read-only as <lun>.t<id> (and <lun>.latest).
     """
-    from splitpoint.firmware.frontend.control import ControlError, exchange
     from splitpoint.firmware.triggers import ControlSyntaxError, trigger_line
 
     try:
         line = trigger_line(target, label)
     except ControlSyntaxError as exc:
         raise click.BadParameter(str(exc), param_hint="LABEL" if "label" in str(exc) else "--on") from None
-    try:
-        answer = exchange(url, line, timeout)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not answer.startswith("OK "):
-        raise click.ClickException(f"the server refused: {answer}")
-    click.echo(answer)
+    click.echo(ask(url, line, timeout))
