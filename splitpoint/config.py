@@ -356,21 +356,27 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _device(table, source: str) -> DeviceConfig:
-    _check_keys(table, _DEVICE_KEYS, "device", source)
+def _tls_keys(table, section: str, source: str) -> dict:
+    """``tls_certificates`` (a directory path) and ``tls_verify_peer`` (a boolean) of ``[section]``, checked."""
     kw = {}
     if "tls_certificates" in table:
         if not isinstance(table["tls_certificates"], str) or not table["tls_certificates"]:
-            raise ConfigError(f"{source}: [device] tls_certificates must be a directory path, "
+            raise ConfigError(f"{source}: [{section}] tls_certificates must be a directory path, "
                               f"got {table['tls_certificates']!r}")
         kw["tls_certificates"] = table["tls_certificates"]
     if "tls_verify_peer" in table:
         if not isinstance(table["tls_verify_peer"], bool):
-            raise ConfigError(f"{source}: [device] tls_verify_peer must be true or false, "
+            raise ConfigError(f"{source}: [{section}] tls_verify_peer must be true or false, "
                               f"got {table['tls_verify_peer']!r}")
-        if "tls_certificates" not in kw:
-            raise ConfigError(f"{source}: [device] tls_verify_peer needs tls_certificates")
         kw["tls_verify_peer"] = table["tls_verify_peer"]
+    return kw
+
+
+def _device(table, source: str) -> DeviceConfig:
+    _check_keys(table, _DEVICE_KEYS, "device", source)
+    kw = _tls_keys(table, "device", source)
+    if "tls_verify_peer" in kw and "tls_certificates" not in kw:
+        raise ConfigError(f"{source}: [device] tls_verify_peer needs tls_certificates")
     if "listen" not in table:
         if kw:
             raise ConfigError(f"{source}: [device] tls keys need listen = \"HOST:PORT\"")
@@ -401,16 +407,7 @@ def _nbd(table, source: str) -> NbdConfig:
         if table["tls"] not in ("off", "on", "require"):
             raise ConfigError(f"{source}: [nbd] tls must be \"off\", \"on\" or \"require\", got {table['tls']!r}")
         kw["tls"] = table["tls"]
-    if "tls_certificates" in table:
-        if not isinstance(table["tls_certificates"], str) or not table["tls_certificates"]:
-            raise ConfigError(f"{source}: [nbd] tls_certificates must be a directory path, "
-                              f"got {table['tls_certificates']!r}")
-        kw["tls_certificates"] = table["tls_certificates"]
-    if "tls_verify_peer" in table:
-        if not isinstance(table["tls_verify_peer"], bool):
-            raise ConfigError(f"{source}: [nbd] tls_verify_peer must be true or false, "
-                              f"got {table['tls_verify_peer']!r}")
-        kw["tls_verify_peer"] = table["tls_verify_peer"]
+    kw.update(_tls_keys(table, "nbd", source))
     cfg = NbdConfig(**kw)
     if cfg.tls != "off" and not cfg.tls_certificates:
         raise ConfigError(f"{source}: [nbd] tls = {cfg.tls!r} needs tls_certificates (a directory holding "
