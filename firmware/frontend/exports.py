@@ -316,6 +316,7 @@ class ExportTable:
     def listing(self) -> list[tuple[str, str]]:
         """(name, description) of every export a client can open now, for NBD_OPT_LIST."""
         out = []
+        held = {}   # LUN name -> {TRIGGER id: its backup}, for the group exports below
         for lun in self.luns:
             out.append((lun.name, LunExport(self.fe, lun).description))
             path = TriggerPathExport(self.fe, lun)
@@ -324,6 +325,7 @@ class ExportTable:
                 special = TriggerLunExport(self.fe, lun, triggers.special_lun_export(lun.name))
                 out.append((special.name, special.description))
             backups = self.ctl.backups(lun)
+            held[lun.name] = {info.trigger_id: info for info in backups}
             if backups:
                 newest = backups[0]   # Controller.backups: newest cut first
                 out.append((f"{lun.name}.latest", BackupExport(self.fe, lun, newest, f"{lun.name}.latest").description))
@@ -334,10 +336,11 @@ class ExportTable:
             out.append((special.name, special.description))
             for gid in sorted(group.cuts):
                 for lun in group.luns:
-                    info = self._group_backup(group, gid, lun)
+                    info = held[lun.name].get(group.member_backup(gid, lun.name))
                     if info is not None:
                         out.append((triggers.group_backup_export(group.name, gid, lun.name),
-                                    f"group {group.name} t{gid}: " + describe_backup(lun.name, info)))
+                                    f"group {group.name} t{gid}: "
+                                    + describe_backup(lun.name, info, self.fe.device_links)))
         out.append((triggers.TRIGGER_EXPORT, TriggerLunExport(self.fe, self.default_lun).description))
         return out
 
