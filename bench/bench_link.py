@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from bench.timing import free_port
 from splitpoint.demo import ServerProcess
 from splitpoint.firmware.frontend.control import ControlClient
 
@@ -27,12 +28,6 @@ SIZE = 256 << 20
 
 pytestmark = pytest.mark.skipif(any(shutil.which(t) is None for t in ("nbdcopy", "nbdkit", "socat")),
                                 reason="nbdcopy, nbdkit and socat are needed (make bench installs them)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def far_server(tmp_path, name: str) -> tuple[ServerProcess, str]:

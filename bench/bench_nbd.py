@@ -26,6 +26,7 @@ import time
 
 import pytest
 
+from bench.timing import free_port
 from splitpoint.demo import ServerProcess
 
 ROUNDS = int(os.environ.get("SPLITPOINT_BENCH_ROUNDS", "5"))
@@ -42,12 +43,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pin(view: str, cpu: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Timing helpers the benchmarks share: peers are always measured alternately in one run."""
+"""Helpers the benchmarks share: timing (peers are always measured alternately in one run) and free ports."""
+import socket
 import time
 
 
@@ -11,3 +12,10 @@ def best_of(rounds, *fns):
             fn()
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
