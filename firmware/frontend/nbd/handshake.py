@@ -219,7 +219,7 @@ class Handshake:
         try:
             transport = await self.fe.loop.start_tls(self.transport, self, ctx, server_side=True,
                                                      ssl_handshake_timeout=self.fe.handshake_timeout or None)
-        except (OSError, ConnectionError, TimeoutError, ValueError) as exc:   # ssl.SSLError is an OSError
+        except (OSError, ValueError) as exc:   # ssl.SSLError, ConnectionError and TimeoutError are OSErrors
             if not self.closed:
                 log.warning("%s: TLS handshake failed: %s; disconnecting this client", self.peer, exc)
                 self._phase = CLOSED
