@@ -1,6 +1,6 @@
-/* Cortex-M4 startup of the stm32f411 port: the vector table, and a reset handler that copies
- * .data from flash, zeroes .bss and runs main. No interrupt handler runs: interrupts stay masked and
- * only wake the main loop's WFI. */
+/* Cortex-M startup shared by the ports (M3 on lm3s6965evb, M4 on stm32f411): the vector table, and
+ * a reset handler that copies .data from flash, zeroes .bss and runs main. No interrupt handler
+ * runs: interrupts stay masked and only wake the main loop's WFI. */
 #include <stdint.h>
 
 extern uint32_t _etext, _sdata, _edata, _sbss, _ebss, _stack_top;
