@@ -195,6 +195,24 @@ def _wait_for(path, timeout=10.0):
         time.sleep(0.05)
 
 
+def _unmount_all(mounts, fuse_dirs, procs):
+    for m in mounts:
+        if _mounted(m):
+            subprocess.run(["umount", str(m)], capture_output=True)
+            if _mounted(m):
+                subprocess.run(["umount", "-l", str(m)], capture_output=True)
+    for d in fuse_dirs:
+        if _mounted(d):
+            subprocess.run(["fusermount3", "-u", str(d)], capture_output=True)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    procs.clear()
+
+
 def test_nbdfuse_ext4_backup_holds_exactly_the_files_synced_before_the_cut(server, tmp_path):
     why = _fuse_unavailable()
     if why:
@@ -227,20 +245,63 @@ def test_nbdfuse_ext4_backup_holds_exactly_the_files_synced_before_the_cut(serve
         assert (mnt_ro / "dir" / "data.bin").read_bytes() == bytes(range(256)) * 1024
         assert (mnt / "after.txt").exists()
     finally:
-        for m in (mnt_ro, mnt):
-            if _mounted(m):
-                subprocess.run(["umount", str(m)], capture_output=True)
-                if _mounted(m):
-                    subprocess.run(["umount", "-l", str(m)], capture_output=True)
-        for d in (fuse_ro, fuse_rw):
-            if _mounted(d):
-                subprocess.run(["fusermount3", "-u", str(d)], capture_output=True)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _unmount_all([mnt_ro, mnt], [fuse_ro, fuse_rw], procs)
+
+
+def test_nbdfuse_ext4_restored_from_a_backup_mounts_and_holds_the_files_of_the_cut(server, tmp_path):
+    """The storage engineer's restore: a file system is cut, then damaged (files deleted, rewritten,
+    added), unmounted, RESTOREd from the cut, and mounts again holding exactly the cut's files."""
+    why = _fuse_unavailable()
+    if why:
+        pytest.skip(f"FUSE is unavailable here: {why}")
+    need("mkfs.ext4", "e2fsck")
+    fuse, mnt = tmp_path / "fuse", tmp_path / "mnt"
+    fuse.mkdir()
+    mnt.mkdir()
+    disk = fuse / "disk"
+    procs: list = []
+
+    def attach():
+        # a fresh nbdfuse each time, so no page cache of the FUSE file outlives the restore
+        procs.append(subprocess.Popen(["nbdfuse", str(disk), server.uri("lun0")]))
+        _wait_for(disk)
+
+    def detach():
+        _unmount_all([mnt], [fuse], procs)
+
+    payload = bytes(range(251)) * 4096
+    try:
+        attach()
+        sh("mkfs.ext4", "-q", "-F", "-O", "^has_journal", disk)
+        got = sh("mount", "-o", "loop", disk, mnt, check=False)
+        if got.returncode != 0:
+            pytest.skip(f"FUSE is unavailable here: cannot loop-mount a FUSE file ({got.stderr.strip()})")
+        (mnt / "keep.txt").write_text("the file of the cut\n")
+        os.makedirs(mnt / "dir")
+        (mnt / "dir" / "data.bin").write_bytes(payload)
+        sh("sync")
+        tid = trigger(server, "ext4-restore")
+        (mnt / "keep.txt").unlink()
+        (mnt / "dir" / "data.bin").write_bytes(b"\xee" * len(payload))
+        (mnt / "after.txt").write_text("written after the cut\n")
+        sh("sync")
+        detach()
+
+        answer = exchange(server.control, f"RESTORE lun0.t{tid}", 60)
+        assert answer.startswith("OK restore lun0 seq="), answer
+        # the LUN now equals the backup byte for byte, and the file system on it is clean
+        same = sh("qemu-img", "compare", "-f", "raw", "-F", "raw", server.uri("lun0"), server.uri(f"lun0.t{tid}"),
+                  check=False)
+        assert same.returncode == 0, same.stdout + same.stderr
+
+        attach()
+        sh("e2fsck", "-f", "-n", disk)
+        sh("mount", "-o", "loop", disk, mnt)
+        assert sorted(os.listdir(mnt)) == ["dir", "keep.txt", "lost+found"]
+        assert (mnt / "keep.txt").read_text() == "the file of the cut\n"
+        assert (mnt / "dir" / "data.bin").read_bytes() == payload
+    finally:
+        detach()
 
 
 def test_garbage_and_unknown_exports_leave_other_clients_unaffected(server):
