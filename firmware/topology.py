@@ -43,7 +43,7 @@ class Topology:
         """Open and wire everything the configuration names; a problem raises before anything runs."""
         cfg = self.config
         for lc in cfg.luns:
-            dev = self._open(lc.url, f"LUN {lc.name}")
+            dev = self._striped(lc) if lc.parts else self._open(lc.url, f"LUN {lc.name}")
             if cfg.chunk_size % dev.block_size:
                 raise E.GeometryError(f"chunk_size {cfg.chunk_size} is not a multiple of LUN {lc.name}'s "
                                       f"block size {dev.block_size}")
@@ -77,6 +77,19 @@ class Topology:
             raise E.GeometryError(
                 f"{what} {url!r} is {dev.size} bytes with block {dev.block_size}, but it must match its source: "
                 f"{like.size} bytes with block {like.block_size}")
+        return dev
+
+    def _striped(self, lc):
+        """A LUN laid out over several part devices (``layout = "stripe"``): one StripedDevice over them."""
+        from splitpoint.hal.stripe import StripedDevice, StripeLayoutError
+        parts = [self._open(url, f"LUN {lc.name} part {i}") for i, url in enumerate(lc.parts)]
+        try:
+            dev = StripedDevice(parts, lc.stripe)
+        except StripeLayoutError as exc:
+            raise E.GeometryError(f"LUN {lc.name}: {exc}") from None
+        for p in parts:   # the striped device closes its parts
+            self.devices.remove(p)
+        self.devices.append(dev)
         return dev
 
     def _queued(self, dev, what: str):
