@@ -82,6 +82,8 @@ class BackupConfig:
     url: str
     mirror: str = "sync"
     pool: PoolConfig | None = None
+    stripe: int | None = None            # layout = "stripe": the backup LUN over several devices
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ _DEVICE_KEYS = {"listen", "tls_certificates", "tls_verify_peer"}
 _LUN_KEYS = {"name", "url", "pool", "backup", "layout", "stripe", "parts"}
 LAYOUTS = ("flat", "stripe")
 _POOL_KEYS = {"members", "mirror", "refuse_last_copy"}
-_BACKUP_KEYS = {"url", "mirror", "pool"}
+_BACKUP_KEYS = {"url", "mirror", "pool", "layout", "stripe", "parts"}
 _GROUP_KEYS = {"name", "luns"}
 
 
@@ -200,10 +202,12 @@ def _lun(table, index: int, source: str) -> LunConfig:
     if "backup" in table:
         bt = table["backup"]
         _check_keys(bt, _BACKUP_KEYS, f"{where}.backup", source)
-        if "url" not in bt:
+        bstripe, bparts = _stripe_keys(bt, f"{where}.backup", source)
+        if not bparts and "url" not in bt:
             raise ConfigError(f"{source}: [{where}.backup] needs url, the primary backup LUN's device URL")
         backup = BackupConfig(
-            url=_url(bt["url"], "url", f"{where}.backup", source),
+            url="stripe:" + ",".join(bparts) if bparts else _url(bt["url"], "url", f"{where}.backup", source),
+            stripe=bstripe, parts=bparts,
             mirror=_mirror(bt, f"{where}.backup", source),
             pool=_pool(bt["pool"], f"{where}.backup.pool", source) if "pool" in bt else None,
         )
@@ -276,6 +280,7 @@ def _refuse_aliases(luns, source: str) -> None:
             named += [(f"luns[{i}].pool.members[{j}]", u) for j, u in enumerate(lun.pool.members)]
         if lun.backup is not None:
             named.append((f"luns[{i}].backup.url", lun.backup.url))
+            named += [(f"luns[{i}].backup.parts[{j}]", u) for j, u in enumerate(lun.backup.parts)]
             if lun.backup.pool is not None:
                 named += [(f"luns[{i}].backup.pool.members[{j}]", u) for j, u in enumerate(lun.backup.pool.members)]
         for key, url in named:
