@@ -67,3 +67,21 @@ def test_striped_lun_backups_are_its_writes_before_each_cut():
         for info in ctl.backups("s0"):
             assert ctl.read_backup("s0", info.trigger_id, 0, 2 << 20) == cuts[info.trigger_id]
         assert ctl.read("s0", 0, 2 << 20) == bytes(flat)
+
+
+def _doc_examples():
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "stripes.md")).read()
+    return re.findall(r"```toml\n(.*?)```", text, re.S)
+
+
+def test_the_docs_examples_load():
+    examples = _doc_examples()
+    assert len(examples) == 2
+    first = cfgmod.loads(examples[0], "docs/stripes.md")
+    assert first.luns[0].stripe == 64 << 10 and len(first.luns[0].parts) == 2
+    with Controller.from_config(first) as ctl:
+        assert ctl.luns["s0"].size == 256 << 20
+    second = cfgmod.loads(examples[1], "docs/stripes.md")
+    assert second.luns[0].backup.stripe == 16 << 10 and len(second.luns[0].backup.parts) == 2
