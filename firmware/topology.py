@@ -43,7 +43,7 @@ class Topology:
         """Open and wire everything the configuration names; a problem raises before anything runs."""
         cfg = self.config
         for lc in cfg.luns:
-            dev = self._open(lc.url, f"LUN {lc.name}")
+            dev = self._striped(lc, f"LUN {lc.name}") if lc.parts else self._open(lc.url, f"LUN {lc.name}")
             if cfg.chunk_size % dev.block_size:
                 raise E.GeometryError(f"chunk_size {cfg.chunk_size} is not a multiple of LUN {lc.name}'s "
                                       f"block size {dev.block_size}")
@@ -52,7 +52,10 @@ class Topology:
             if lc.pool is not None:
                 self._add_pool(lun, lun, lc.pool, f"{lc.name}.pool")
             if lc.backup is not None:
-                bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
+                if lc.backup.parts:   # a striped primary backup LUN: each part gets its stripe and the TRIGGER
+                    bdev = self._striped(lc.backup, f"LUN {lc.name} primary backup LUN", like=dev)
+                else:
+                    bdev = self._open(lc.backup.url, f"LUN {lc.name} primary backup LUN", like=dev)
                 if lc.backup.mirror == "async":   # a link's round trips stay off the loop; sync waits for its acks
                     bdev = self._queued(bdev, f"LUN {lc.name} primary backup LUN")
                 node = LunNode(f"{lc.name}.backup", bdev, cfg.chunk_size,
@@ -77,6 +80,23 @@ class Topology:
             raise E.GeometryError(
                 f"{what} {url!r} is {dev.size} bytes with block {dev.block_size}, but it must match its source: "
                 f"{like.size} bytes with block {like.block_size}")
+        return dev
+
+    def _striped(self, lc, what: str, like=None):
+        """A LUN (or primary backup LUN) laid out over several part devices (``layout = "stripe"``): one
+        StripedDevice over them, which closes them."""
+        from splitpoint.hal.stripe import StripedDevice, StripeLayoutError
+        parts = [self._open(url, f"{what} part {i}") for i, url in enumerate(lc.parts)]
+        try:
+            dev = StripedDevice(parts, lc.stripe)
+        except StripeLayoutError as exc:
+            raise E.GeometryError(f"{what}: {exc}") from None
+        if like is not None and (dev.size != like.size or dev.block_size != like.block_size):
+            raise E.GeometryError(f"{what} is {dev.size} bytes with block {dev.block_size} over its parts, but it "
+                                  f"must match its source: {like.size} bytes with block {like.block_size}")
+        for p in parts:   # the striped device closes its parts
+            self.devices.remove(p)
+        self.devices.append(dev)
         return dev
 
     def _queued(self, dev, what: str):

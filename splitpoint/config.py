@@ -82,6 +82,8 @@ class BackupConfig:
     url: str
     mirror: str = "sync"
     pool: PoolConfig | None = None
+    stripe: int | None = None            # layout = "stripe": the backup LUN over several devices
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class LunConfig:
     url: str
     pool: PoolConfig | None = None       # pool fed by the primary itself
     backup: BackupConfig | None = None   # cascade: primary -> backup LUN -> backup.pool
+    stripe: int | None = None            # layout = "stripe": bytes per stripe unit (hal/stripe.py)
+    parts: tuple[str, ...] = ()          # layout = "stripe": the part devices, in stripe order
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,10 @@ _NBD_KEYS = {"handshake_timeout", "client_inflight", "total_inflight", "tls", "t
 #: the largest NBD request: a client budget must hold one
 _MAX_REQUEST = 64 << 20
 _DEVICE_KEYS = {"listen", "tls_certificates", "tls_verify_peer"}
-_LUN_KEYS = {"name", "url", "pool", "backup"}
+_LUN_KEYS = {"name", "url", "pool", "backup", "layout", "stripe", "parts"}
+LAYOUTS = ("flat", "stripe")
 _POOL_KEYS = {"members", "mirror", "refuse_last_copy"}
-_BACKUP_KEYS = {"url", "mirror", "pool"}
+_BACKUP_KEYS = {"url", "mirror", "pool", "layout", "stripe", "parts"}
 _GROUP_KEYS = {"name", "luns"}
 
 
@@ -185,22 +190,51 @@ def _lun(table, index: int, source: str) -> LunConfig:
         raise ConfigError(f"{source}: [{where}] name must be letters and digits starting with a letter "
                           f"(exports are named <name>.t<id>), got {name!r}")
     where = f"lun {name}"
-    if "url" not in table:
+    stripe, parts = _stripe_keys(table, where, source)
+    if parts:
+        url = "stripe:" + ",".join(parts)
+    elif "url" not in table:
         raise ConfigError(f"{source}: [{where}] needs url, the primary's device URL")
-    url = _url(table["url"], "url", where, source)
+    else:
+        url = _url(table["url"], "url", where, source)
     pool = _pool(table["pool"], f"{where}.pool", source) if "pool" in table else None
     backup = None
     if "backup" in table:
         bt = table["backup"]
         _check_keys(bt, _BACKUP_KEYS, f"{where}.backup", source)
-        if "url" not in bt:
+        bstripe, bparts = _stripe_keys(bt, f"{where}.backup", source)
+        if not bparts and "url" not in bt:
             raise ConfigError(f"{source}: [{where}.backup] needs url, the primary backup LUN's device URL")
         backup = BackupConfig(
-            url=_url(bt["url"], "url", f"{where}.backup", source),
+            url="stripe:" + ",".join(bparts) if bparts else _url(bt["url"], "url", f"{where}.backup", source),
+            stripe=bstripe, parts=bparts,
             mirror=_mirror(bt, f"{where}.backup", source),
             pool=_pool(bt["pool"], f"{where}.backup.pool", source) if "pool" in bt else None,
         )
-    return LunConfig(name=name, url=url, pool=pool, backup=backup)
+    return LunConfig(name=name, url=url, pool=pool, backup=backup, stripe=stripe, parts=parts)
+
+
+def _stripe_keys(table, where: str, source: str) -> tuple[int | None, tuple[str, ...]]:
+    """``layout``, ``stripe`` and ``parts`` of a LUN: (stripe size, part URLs), or (None, ()) when flat."""
+    layout = table.get("layout", "flat")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"{source}: [{where}] layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "flat":
+        for key in ("stripe", "parts"):
+            if key in table:
+                raise ConfigError(f"{source}: [{where}] {key} needs layout = \"stripe\"")
+        return None, ()
+    if "url" in table:
+        raise ConfigError(f"{source}: [{where}] a striped LUN has parts, not url")
+    if "stripe" not in table:
+        raise ConfigError(f"{source}: [{where}] layout = \"stripe\" needs stripe = SIZE (e.g. \"64K\")")
+    stripe = _size(table["stripe"], "stripe", where, source, minimum=512)
+    if stripe % 512:
+        raise ConfigError(f"{source}: [{where}] stripe must be a multiple of 512 bytes, got {table['stripe']!r}")
+    parts = table.get("parts")
+    if not isinstance(parts, list) or len(parts) < 2:
+        raise ConfigError(f"{source}: [{where}] parts must be a list of two or more device URLs, got {parts!r}")
+    return stripe, tuple(_url(u, f"parts[{i}]", where, source) for i, u in enumerate(parts))
 
 
 def _device_keys(url: str) -> list[tuple[str, str]]:
@@ -241,11 +275,12 @@ def _refuse_aliases(luns, source: str) -> None:
     """Two keys naming one device would mirror a device onto itself: every backup of it is false."""
     seen: dict[str, str] = {}
     for i, lun in enumerate(luns):
-        named = [(f"luns[{i}].url", lun.url)]
+        named = [(f"luns[{i}].url", lun.url)] + [(f"luns[{i}].parts[{j}]", u) for j, u in enumerate(lun.parts)]
         if lun.pool is not None:
             named += [(f"luns[{i}].pool.members[{j}]", u) for j, u in enumerate(lun.pool.members)]
         if lun.backup is not None:
             named.append((f"luns[{i}].backup.url", lun.backup.url))
+            named += [(f"luns[{i}].backup.parts[{j}]", u) for j, u in enumerate(lun.backup.parts)]
             if lun.backup.pool is not None:
                 named += [(f"luns[{i}].backup.pool.members[{j}]", u) for j, u in enumerate(lun.backup.pool.members)]
         for key, url in named:

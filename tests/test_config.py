@@ -70,7 +70,7 @@ def test_load_reads_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[[lun]]\nname='a'\nurl='ram://'\ncolour='blue'", "unknown key 'colour' in \\[lun a\\]; valid keys: backup, name, pool, url"),
+    ("[[lun]]\nname='a'\nurl='ram://'\ncolour='blue'", "unknown key 'colour' in \\[lun a\\]; valid keys: backup, layout, name, parts, pool, stripe, url"),
     ("[controller]\nchunksize=4096\n[[lun]]\nname='a'\nurl='ram://'", "unknown key 'chunksize' in \\[controller\\]; valid keys: "),
     ("[resync]\nspeed=1\n[[lun]]\nname='a'\nurl='ram://'", "unknown key 'speed' in \\[resync\\]"),
     ("[mirror]\nmode='sync'\n[[lun]]\nname='a'\nurl='ram://'", "unknown key 'mirror' in \\[top level\\]; valid keys: controller, device, group, lun, nbd, resync"),
