@@ -82,6 +82,9 @@ def test_triggers_of_an_outage_are_missed_on_both_sides(pair):
         if dev["queue"] is not None:
             near_missed |= {m["id"] for m in dev["queue"]["missed_triggers"]}
     assert {2, 3} <= near_missed
+    # the far side stayed up: the resync copied only what was written since its last acknowledged cut (t1)
+    resync = status["luns"][0]["backup_lun"]["last_resync"]
+    assert resync is not None and resync["since"] > 0, resync
     assert any(d["link"]["reconnects"] or d["link"]["gave_up"] for d in status["devices"])
     table = subprocess.run([sys.executable, "-m", "splitpoint", "status", "--control", near.control],
                            capture_output=True, text=True, timeout=60).stdout
