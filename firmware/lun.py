@@ -54,6 +54,9 @@ class LunNode:
         self.failed: str | None = None
         self.missed: list[dict] = []   # TRIGGERs its device (one that cuts itself) could not cut exactly
         self.on_behind = None          # called when a sweep starts (a device failure): the owner schedules it
+        self.cut_epochs: dict[int, int] = {}   # TRIGGER id -> its epoch, of cuts sent to a device that cuts itself
+        self.resume_far: str | None = None   # the far side an incremental resync counts on (its board id)
+        self.last_resync: dict | None = None   # since which epoch the latest resync after a device failure copies
 
     @property
     def persistent(self) -> bool:
@@ -134,6 +137,10 @@ class LunNode:
         """The device is a controller (a device link, a board running the firmware): it cuts its own
         backups at this TRIGGER, queued behind every write before it. One this node could not hold
         exactly goes as MISSED: the far side records it and cuts nothing."""
+        if event.exact:
+            self.cut_epochs[event.id] = event.epoch
+            if len(self.cut_epochs) > 256:
+                del self.cut_epochs[next(iter(self.cut_epochs))]
         try:
             self.device.trigger(event.id, event.label, missed=not event.exact)
         except HalError as exc:
@@ -245,7 +252,25 @@ class LunNode:
     def device_failed(self, exc) -> None:
         """The device failed an op: it is behind from now on and must be resynced in full."""
         self.failed = str(exc)
-        self.start_sweep(0)
+        since, self.resume_far = self._resume_point()
+        self.start_sweep(since)
+        self.last_resync = {"since": since, "why": str(exc)[:200]}
+
+    def _resume_point(self) -> tuple[int, str | None]:
+        """Where a resync after a device failure may start: past the newest exact TRIGGER a device link's far
+        side acknowledged (every chunk written after it, by the epoch map), while that far side is the same
+        process (its board id); else 0, everything."""
+        acked = getattr(self.device, "acked_trigger", None)
+        if acked is None or self.upstream is None:
+            return 0, None
+        epoch = self.cut_epochs.get(acked[0])
+        if epoch is None or self._far_id() != acked[1]:
+            return 0, None
+        return epoch + 1, acked[1]
+
+    def _far_id(self) -> str | None:
+        info = getattr(self.device, "info", None)
+        return None if info is None else info.board_id
 
     def start_sweep(self, since: int) -> None:
         if self.upstream is None:
@@ -261,6 +286,11 @@ class LunNode:
         sweep = self.sweep
         if sweep is None:
             return 0
+        if self.resume_far is not None and self._far_id() != self.resume_far:
+            # the far side restarted since its last acknowledged cut: it may hold anything, copy everything
+            self.resume_far = None
+            self.last_resync = {"since": 0, "why": "the far side restarted"}
+            sweep = self.sweep = Sweep(self.upstream.source.epochs, 0)
         room = getattr(self.device, "write_budget", None)   # a device queue: never queue more than it moves
         if room is not None:
             budget = min(budget, max(room(), self.chunk_size))
@@ -282,6 +312,7 @@ class LunNode:
         if sweep.done:
             self.sweep = None
             self.failed = None
+            self.resume_far = None
         return n
 
     def finish_sweep(self, drain: bool = True) -> None:
@@ -293,7 +324,8 @@ class LunNode:
                 "block_size": self.block_size, "epoch": self.epoch,
                 "state": "syncing" if self.sweep is not None else ("failed" if self.failed else "in-sync"),
                 "resync": None if self.sweep is None else self.sweep.progress(),
-                "paths": [p.status() for p in self.paths], "missed_cuts": list(self.missed)}
+                "paths": [p.status() for p in self.paths], "missed_cuts": list(self.missed),
+                "last_resync": self.last_resync}
 
 
 class Lun(LunNode):

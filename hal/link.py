@@ -101,6 +101,7 @@ class LinkDevice(SerialDevice):
 
     scheme = "link"
     cuts_itself = True
+    resumes_from_cuts = True   # the listener's INFO names its process (firmware/link/listener.py)
 
     def __init__(self, host: str, port: int, lun: str, origin: str | None = None, tls=None, **kwargs):
         self.address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"

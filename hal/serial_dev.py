@@ -362,6 +362,14 @@ class SerialDevice(BlockDevice):
         self._live()
         flags = Flag.MISSED if missed else 0
         self._wait_all([self.submit(wire.Trigger(id=trigger_id, label=label, flags=flags))])
+        if not missed and self.resumes_from_cuts:   # every request before it is applied there: a resync point
+            self.acked_trigger = (trigger_id, self.info.board_id)
+
+    #: (id, the far side's board id then) of the newest exact TRIGGER the far side acknowledged, or None
+    acked_trigger = None
+    #: the far side's board id changes whenever it may have lost its bytes (a device link's listener: each
+    #: process has its own), so an acknowledged cut is a point to resync from; a board's id never changes
+    resumes_from_cuts = False
 
     def close(self):
         if self._closed:

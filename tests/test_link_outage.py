@@ -82,7 +82,52 @@ def test_triggers_of_an_outage_are_missed_on_both_sides(pair):
         if dev["queue"] is not None:
             near_missed |= {m["id"] for m in dev["queue"]["missed_triggers"]}
     assert {2, 3} <= near_missed
+    # the far side stayed up: the resync copied only what was written since its last acknowledged cut (t1)
+    resync = status["luns"][0]["backup_lun"]["last_resync"]
+    assert resync is not None and resync["since"] > 0, resync
     assert any(d["link"]["reconnects"] or d["link"]["gave_up"] for d in status["devices"])
     table = subprocess.run([sys.executable, "-m", "splitpoint", "status", "--control", near.control],
                            capture_output=True, text=True, timeout=60).stdout
     assert "TRIGGER(s) missed" in table or "cut(s) missed there" in table, table
+
+
+#: the link's reconnect bound in the test below, and the slack a loaded 2-core machine gets on top of it
+RECONNECT = 1.0
+SLACK = 4.0
+
+
+def test_a_dead_far_side_never_holds_up_local_writes_and_triggers(pair):
+    """The far side unreachable for good: every local write and TRIGGER still completes within the
+    link's reconnect bound (plus slack), and each local pool backup holds exactly the writes before it."""
+    from nbd_raw import RawClient
+
+    near, far, px = pair("async", options=f"rto=0.05&reconnect={RECONNECT:g}s")
+    control = ControlClient(near.control)
+    client = RawClient(near.socket).connect("lun0")
+    px.refuse = True
+    px.cut()
+    image = bytearray(client.read(0, 1 << 20))
+    slowest = 0.0
+    cuts = []
+    for i in range(6):
+        block = bytes([i + 1]) * 65536
+        offset = (i * 3 % 16) * 65536
+        t0 = time.monotonic()
+        reply = client.do("WRITE", offset, len(block), payload=block)
+        slowest = max(slowest, time.monotonic() - t0)
+        assert reply.error == 0, reply
+        image[offset:offset + len(block)] = block
+        t0 = time.monotonic()
+        tid = trigger(control, f"dead{i}")
+        slowest = max(slowest, time.monotonic() - t0)
+        cuts.append((tid, bytes(image)))
+        time.sleep(0.3)   # spread the ops over more than the reconnect bound: the link gives up meanwhile
+    assert slowest < RECONNECT + SLACK, f"a local op waited {slowest:.2f} s on a dead link"
+    st = control.status()
+    local = {b["trigger_id"] for b in st["luns"][0]["backups"]}
+    for tid, want in cuts[-2:]:   # the local pool of two members keeps the newest cuts
+        if tid in local:
+            assert nbdcopy(near, f"lun0.t{tid}")[:len(want)] == want
+    assert local, st["luns"][0]["pools"]
+    assert not st["devices"][0]["link"]["up"]
+    px.refuse = False

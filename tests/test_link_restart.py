@@ -71,6 +71,8 @@ def test_far_side_killed_mid_stream_is_resynced_and_cut_exactly(tmp_path):
     try:
         st = control.status()
         assert st["devices"][0]["link"]["reconnects"] >= 1
+        # the far side restarted (another process, empty RAM): the resync was a full one
+        assert st["luns"][0]["backup_lun"]["last_resync"]["since"] == 0
         assert far_status(far2)["device_links"]["luns"][0]["cuts"] == 1
         # nothing written since: the far LUN is the primary, byte for byte
         tid = int(control.ask("TRIGGER last").split()[1])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from splitpoint.firmware import errors as E
@@ -79,7 +80,7 @@ class LinkedLun:
     def _describe(self) -> wire.BoardInfo:
         lun = self.lun
         return wire.BoardInfo(capacity=lun.size, block_size=lun.block_size, max_transfer=MAX_TRANSFER,
-                              window=WINDOW, board_id=f"splitpoint {lun.name}"[:wire.MAX_BOARD_ID],
+                              window=WINDOW, board_id=f"splitpoint {self.listener.instance:08x} {lun.name}"[:wire.MAX_BOARD_ID],
                               features=wire.Feature.FLUSH | wire.Feature.TRIM | wire.Feature.FUA
                               | wire.Feature.TRIGGER)
 
@@ -273,6 +274,9 @@ class DeviceLinkListener:
         self.connections: set[LinkConnection] = set()
         self.server: asyncio.AbstractServer | None = None
         frontend.device_links = self
+        # this process's token in every INFO answer: a peer that sees it change knows this side restarted
+        # (its LUN may hold other bytes now), so it resyncs in full rather than from its last acknowledged cut
+        self.instance = int.from_bytes(os.urandom(4), "little")
         self.ctl.status_sources["device_links"] = self.status
 
     def lun_names(self) -> list[str]:
