@@ -20,7 +20,8 @@ from splitpoint import pyx
 from splitpoint.firmware import errors as E
 from splitpoint.firmware.requests import FLAG_FUA, Op
 from splitpoint.firmware.resync import Sweep, copy_between
-from splitpoint.hal import HalError
+from splitpoint.hal import DeviceGoneError, HalError
+
 
 _em = pyx.select("epochmap")
 _memlun = pyx.select("memlun")
@@ -57,6 +58,7 @@ class LunNode:
         self.cut_epochs: dict[int, int] = {}   # TRIGGER id -> its epoch, of cuts sent to a device that cuts itself
         self.resume_far: str | None = None   # the far side an incremental resync counts on (its board id)
         self.last_resync: dict | None = None   # since which epoch the latest resync after a device failure copies
+        self.incarnation = getattr(device, "incarnation", 0)   # the device's session the bytes below are known in
 
     @property
     def persistent(self) -> bool:
@@ -119,6 +121,7 @@ class LunNode:
 
     def trigger(self, event) -> None:
         """A TRIGGER reaching this node as a mirror target: be exact at this point, then pass it on."""
+        self.check_medium()
         if self.sweep is not None:
             if self.upstream is not None and len(self.upstream) == 0:
                 try:
@@ -248,6 +251,16 @@ class LunNode:
             self.sweep = None if s is None else Sweep(self.upstream.source.epochs, s["since"], cursor=s["cursor"])
         else:
             self.start_sweep(0)
+
+    def check_medium(self) -> None:
+        """A mirror target whose device lost its session (a far controller or board restarted, even while
+        idle, with nothing in flight to fail) holds unknown bytes: resync it before anything is cut there."""
+        inc = getattr(self.device, "incarnation", 0)
+        if inc != self.incarnation:
+            self.incarnation = inc
+            if self.upstream is not None:
+                self.device_failed(DeviceGoneError(f"{self.name}: its device lost its session (restarted or "
+                                                   f"reset; incarnation {inc}): its bytes are unknown"))
 
     def device_failed(self, exc) -> None:
         """The device failed an op: it is behind from now on and must be resynced in full."""

@@ -40,6 +40,8 @@ class MirrorPath:
         self.stalls = 0          # forwards that had to apply queued ops first (backpressure)
         self.errors = 0          # target I/O failures
         target.attach_upstream(self)
+        # a LUN node target watches its device's session (a pool checks its members itself)
+        self._watch_medium = hasattr(target, "check_medium") and hasattr(target.device, "incarnation")
 
     @property
     def name(self) -> str:
@@ -114,11 +116,15 @@ class MirrorPath:
             self._apply(op, offset, length, data, flags, epoch)
 
     def _apply(self, op, offset, length, data, flags, epoch) -> None:
+        target = self.target
         try:
-            self.target.apply(op, offset, length, data, flags, epoch)
+            target.apply(op, offset, length, data, flags, epoch)
         except HalError as exc:
             self.errors += 1
-            self.target.device_failed(exc)
+            target.device_failed(exc)
+        else:
+            if self._watch_medium and target.device.incarnation != target.incarnation:
+                target.check_medium()   # applied to a device that restarted meanwhile: resync it
 
     def _flush(self) -> None:
         try:

@@ -83,3 +83,51 @@ def test_far_side_killed_mid_stream_is_resynced_and_cut_exactly(tmp_path):
         if far2 is not None:
             far2.stop()
         px.close()
+
+
+def test_far_side_restarted_while_idle_never_yields_a_false_backup(tmp_path):
+    """The far controller dies and comes back empty while no write is in flight: the reconnect finds the
+    session gone although nothing failed. The next TRIGGER must still cut the far side at exactly the
+    primary (a resync first), never a backup of the empty far LUN."""
+    far = ServerProcess(str(tmp_path / "far"), config=far_config(str(tmp_path))).start()
+    px = Proxy(hostport(far))
+    near = ServerProcess(str(tmp_path / "near"), config=near_config(
+        str(tmp_path), f"link://127.0.0.1:{px.port}/lun0?rto=0.05&reconnect=20s")).start()
+    far2 = None
+    try:
+        control = ControlClient(near.control)
+        client = RawClient(near.socket).connect("lun0")
+        pattern = bytes(range(256)) * 16
+        for i in range(0, SIZE // 2, 1 << 16):
+            client.write(i, pattern * 16)
+        assert control.ask("TRIGGER before").startswith("OK 1 ")
+        far.stop(sig=signal.SIGKILL, timeout=10)   # idle: nothing unanswered on the link
+        far2 = ServerProcess(str(tmp_path / "far2"), config=far_config(str(tmp_path))).start()
+        px.upstream = hostport(far2)
+        px.cut()
+        deadline = time.monotonic() + 30
+        while control.status()["devices"][0]["link"]["reconnects"] < 1:
+            assert time.monotonic() < deadline, json.dumps(control.status()["devices"][0])
+            time.sleep(0.1)
+        answer = control.ask("TRIGGER after")
+        assert answer.startswith("OK 2 "), answer
+        primary = client.read(0, SIZE)
+        st = control.status()["luns"][0]["backup_lun"]
+        cuts = far_status(far2)["device_links"]["luns"][0]["cuts"]
+        if cuts:   # cut at the TRIGGER: then it is exactly the primary
+            assert nbdcopy(far2, "lun0.t1") == primary
+        else:      # or recorded as missed, never a false cut
+            assert [m["id"] for m in st["missed_cuts"]] == [2], st
+        assert st["last_resync"] is not None and st["last_resync"]["since"] == 0, st
+        deadline = time.monotonic() + 30
+        while control.status()["luns"][0]["backup_lun"]["state"] != "in-sync":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert control.ask("TRIGGER last").startswith("OK 3 ")
+        assert nbdcopy(far2, f"lun0.t{cuts + 1}") == primary
+        client.close()
+    finally:
+        near.stop()
+        if far2 is not None:
+            far2.stop()
+        px.close()
